@@ -1,0 +1,1 @@
+"""HQRS-CLIP and RS-CoCa as Hugging Face transformers models (``hqrs.modeling``)."""

@@ -1,0 +1,199 @@
+"""Entry point of the ``hqrs`` console script.
+
+``hqrs [-v|-q] COMMAND [options] [--config-file FILE]``
+
+Any sub-command accepts ``--config-file FILE``: a YAML mapping whose keys are that command's
+option names (``out_dir`` or ``out-dir``). Values from the file become the option defaults, so a
+flag given on the command line always wins over the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("hqrs")
+
+# Modules that define ``register(subparsers, parents)``; one per top-level sub-command.
+COMMAND_MODULES: tuple[str, ...] = (
+    "hqrs.scripts.env",
+    "hqrs.scripts.convert",
+    "hqrs.scripts.build",
+    "hqrs.scripts.mpgi",
+    "hqrs.scripts.train",
+    "hqrs.scripts.eval",
+    "hqrs.scripts.push",
+)
+
+
+def version() -> str:
+    """Installed version of the ``hqrs`` distribution (``pyproject.toml`` is the single source)."""
+    try:
+        return metadata.version("hqrs")
+    except metadata.PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+def setup_logging(verbosity: int) -> None:
+    """Map ``-v``/``-q`` counts to log levels for hqrs and the HF libraries.
+
+    0 → INFO for hqrs, WARNING for libraries; -v → DEBUG for hqrs, INFO for libraries;
+    -vv → DEBUG everywhere; -q → WARNING; -qq → ERROR.
+    """
+    own = (
+        logging.DEBUG
+        if verbosity >= 1
+        else {0: logging.INFO, -1: logging.WARNING}.get(verbosity, logging.ERROR)
+    )
+    libs = logging.DEBUG if verbosity >= 2 else logging.INFO if verbosity == 1 else max(own, logging.WARNING)
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True
+    )
+    logging.getLogger().setLevel(libs)
+    logger.setLevel(own)
+    for name in ("transformers", "datasets", "huggingface_hub", "datatrove", "open_clip", "peft", "evaluate"):
+        logging.getLogger(name).setLevel(libs)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", logging.getLevelName(libs).lower())
+
+
+def _common_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("common options")
+    group.add_argument(
+        "--config-file",
+        metavar="YAML",
+        type=Path,
+        default=None,
+        help="YAML mapping of this command's options (keys as option names); command-line flags override it",
+    )
+    # Also accepted after the sub-command; SUPPRESS keeps the top-level value when not given here.
+    group.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging (-vv: debug)"
+    )
+    group.add_argument(
+        "-q", "--quiet", action="count", default=argparse.SUPPRESS, help="less logging (-qq: errors only)"
+    )
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hqrs",
+        description="MpGI remote-sensing vision-language data and models (HQRS-IT, HQRS-CLIP, RS-CoCa).",
+    )
+    parser.add_argument("--version", action="version", version=f"hqrs {version()}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="count", default=0, help="less logging (-qq: errors only)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parents = [_common_parent()]
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers, parents)
+    return parser
+
+
+def leaf_parser(
+    subparsers: Any, name: str, parents: list[argparse.ArgumentParser], **kwargs: Any
+) -> argparse.ArgumentParser:
+    """Add a runnable sub-command parser with the common options.
+
+    The parser records itself in the namespace, which is how ``--config-file`` finds the
+    options of the command that was chosen, however deep it is nested (``hqrs mpgi run``).
+    """
+    sub = subparsers.add_parser(name, parents=parents, **kwargs)
+    sub.set_defaults(_leaf=sub)
+    return sub
+
+
+def _option_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {
+        a.dest: a
+        for a in parser._actions
+        if a.option_strings and a.dest not in ("help", "config_file", "verbose", "quiet", argparse.SUPPRESS)
+    }
+
+
+def apply_config_file(leaf: argparse.ArgumentParser, path: Path) -> list[str]:
+    """Use the YAML file at ``path`` as defaults of ``leaf``; returns the keys applied."""
+    import yaml
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--config-file {str(path)!r} does not exist or is not a file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"--config-file {str(path)!r} is not valid YAML: {exc}") from None
+    if data is None:
+        return []
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"--config-file {str(path)!r} must hold a mapping of option names, got {type(data).__name__}"
+        )
+    actions = _option_actions(leaf)
+    positionals = {a.dest for a in leaf._actions if not a.option_strings}
+    defaults: dict[str, Any] = {}
+    for key, value in data.items():
+        dest = str(key).replace("-", "_")
+        if dest in positionals:
+            raise ValueError(
+                f"--config-file {str(path)!r}: {key!r} is a positional argument of '{leaf.prog}'; give it on the command line"
+            )
+        if dest not in actions:
+            known = ", ".join(sorted(d.replace("_", "-") for d in actions)) or "(none)"
+            raise ValueError(
+                f"--config-file {str(path)!r}: unknown option {key!r} for '{leaf.prog}'; known: {known}"
+            )
+        action = actions[dest]
+        if action.choices is not None and value not in action.choices:
+            raise ValueError(
+                f"--config-file {str(path)!r}: {key}={value!r} is not one of {sorted(map(str, action.choices))}"
+            )
+        if isinstance(value, str) and action.type is not None:
+            value = action.type(value)
+        defaults[dest] = value
+        action.required = False
+    leaf.set_defaults(**defaults)
+    return list(defaults)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config_file", None) is not None:
+        applied = apply_config_file(args._leaf, args.config_file)
+        args = parser.parse_args(argv)
+        args._config_keys = applied
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"hqrs: error: {exc}", file=sys.stderr)
+        return 2
+    verbosity = (args.verbose or 0) - (args.quiet or 0)
+    setup_logging(verbosity)
+    if getattr(args, "_config_keys", None):
+        logger.debug("options from %s: %s", args.config_file, ", ".join(args._config_keys))
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("hqrs: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as exc:
+        # Library errors are written for users (they name the file/field and the fix).
+        if verbosity >= 1:
+            logger.exception("command failed")
+        print(f"hqrs: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The ``hqrs`` command frame: help, version, logging, ``--config-file`` and ``hqrs env``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from hqrs.scripts import cli, env
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: hqrs" in out
+    assert "env" in out
+
+
+def test_version_matches_distribution(capsys):
+    from importlib import metadata
+
+    with pytest.raises(SystemExit):
+        cli.main(["--version"])
+    assert capsys.readouterr().out.strip() == f"hqrs {metadata.version('hqrs')}"
+
+
+def test_no_command_is_an_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([])
+    assert exc.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "argv, own, libs",
+    [
+        ([], logging.INFO, logging.WARNING),
+        (["-v"], logging.DEBUG, logging.INFO),
+        (["-vv"], logging.DEBUG, logging.DEBUG),
+        (["-q"], logging.WARNING, logging.WARNING),
+        (["-qq"], logging.ERROR, logging.ERROR),
+        (["env", "-q", "--json"], logging.WARNING, logging.WARNING),
+    ],
+)
+def test_verbosity_flags(argv, own, libs, capsys):
+    argv = argv if "env" in argv else [*argv, "env", "--json"]
+    assert cli.main(argv) == 0
+    assert logging.getLogger("hqrs").level == own
+    assert logging.getLogger("transformers").level == libs
+    capsys.readouterr()
+
+
+def test_env_json_reports_versions_device_and_offline(capsys):
+    assert cli.main(["env", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    from importlib import metadata
+
+    for label, dist in env.PACKAGES:
+        try:
+            expected = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            expected = "not installed"
+        assert info[label] == expected
+    assert info["device"] in {"cpu", "cuda", "mps"}
+    assert info["hub offline (huggingface_hub)"] is True  # conftest sets HF_HUB_OFFLINE=1
+    assert info["HF_HUB_OFFLINE"] == "1"
+
+
+def test_env_text_has_one_line_per_key(capsys):
+    assert cli.main(["env"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("- ")]
+    assert {line.split(":")[0][2:] for line in lines} >= {"hqrs", "python", "torch", "transformers", "device"}
+
+
+def test_config_file_sets_defaults_and_flags_win(tmp_path, capsys):
+    cfg = tmp_path / "env.yaml"
+    cfg.write_text("json: true\n")
+    args = cli.parse_args(["env", "--config-file", str(cfg)])
+    assert args.json is True
+    # a flag given on the command line overrides the file
+    cfg.write_text("json: false\n")
+    args = cli.parse_args(["env", "--config-file", str(cfg), "--json"])
+    assert args.json is True
+    # the file applies only to the parse that named it
+    assert cli.parse_args(["env"]).json is False
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("nonsense: 1\n", "unknown option 'nonsense'"),
+        ("- a\n- b\n", "must hold a mapping"),
+        ("json: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_config_file_errors_name_the_problem(tmp_path, capsys, content, message):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(content)
+    assert cli.main(["env", "--config-file", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(cfg) in err
+
+
+def test_missing_config_file(tmp_path, capsys):
+    assert cli.main(["env", "--config-file", str(tmp_path / "nope.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_console_script_runs_in_subprocess():
+    out = subprocess.run(
+        [sys.executable, "-m", "hqrs.scripts.cli", "--version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.startswith("hqrs ")
+
+
+def test_network_guard_blocks_non_loopback():
+    from pytest_socket import SocketConnectBlockedError
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.1)
+        with pytest.raises(SocketConnectBlockedError, match="192.0.2.1"):
+            s.connect(("192.0.2.1", 80))  # TEST-NET-1, never routed
+
+
+def test_network_guard_allows_loopback():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    with server, socket.create_connection(server.getsockname(), timeout=2):
+        pass
+
+
+def test_rs_real_fixture(rs_real):
+    assert (rs_real / "SOURCES.md").is_file()
