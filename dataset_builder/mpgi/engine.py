@@ -1,0 +1,738 @@
+"""Running MpGI on datatrove: passes, stages, executors, resume, results, status and the run manifest.
+
+Run directory layout::
+
+    RUN/manifest.json                     recipe hash, models, package versions, passes, tokens, timings
+    RUN/recipe.json                       the recipe as run
+    RUN/passes/0000/input/00000.jsonl     the records of this pass (one shard per task), with rule facts
+    RUN/passes/0000/stages/<stage>/       output/ (stage results), checkpoints/ (datatrove checkpoints and
+                                          request cache), logs/ (datatrove executor logs), progress/
+    RUN/passes/0000/pass.json             what the pass holds; DONE.json once its last stage finished
+
+A *pass* is one datatrove pipeline per stage chained with ``depends=``: one generation stage per
+backend (an ``InferenceRunner``), then the integration stage (``InferenceRunner``, or the template step
+of the ``offline`` recipe). ``run_mpgi`` on an existing run directory first resumes an unfinished pass
+(datatrove skips finished tasks, replays checkpointed documents and answers already-sent requests from
+its request cache), then starts a new pass with every record that has no ``ok`` result yet — the failed
+ones (keeping their successful perspectives) and new ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..records import Caption, ImageRecord, MpGIResult, Perspective
+from ..rules import rule_facts, rule_text
+from .recipe import TEMPLATE_INTEGRATOR, Recipe
+from .steps import (
+    GEN_KEY_PREFIX,
+    INTEGRATION_KEY,
+    GenerationRollout,
+    IntegrationRollout,
+    MpGIInferenceRunner,
+    TemplateIntegrationStep,
+    collect_perspectives,
+    document_dict,
+)
+
+logger = logging.getLogger("hqrs.mpgi")
+
+EXECUTORS = ("local", "slurm", "ray")
+OUTPUT_FILENAME = "${rank}_chunk_${chunk_index}.jsonl"
+_PACKAGES = ("hqrs", "datatrove", "transformers", "torch", "jinja2", "pyyaml", "pillow")
+
+
+class MpGIRunError(RuntimeError):
+    """A stage stopped (e.g. its server never became ready); finished work is kept, rerun to resume."""
+
+
+@dataclass
+class RunReport:
+    """What one ``run_mpgi`` call did (counts are over the records it was given, after ``limit``)."""
+
+    run_dir: str
+    recipe: str
+    recipe_hash: str
+    records: int = 0  # distinct records given
+    ok: int = 0  # records with an ok result after this call
+    failed: int = 0  # records whose latest result is failed (retry with another run_mpgi call)
+    skipped: int = 0  # records already ok before this call
+    duplicates: int = 0  # records given twice (same image id), ignored
+    pending: int = 0  # records not finished (e.g. Slurm/Ray jobs still running)
+    processed: int = 0  # records that went through a pass in this call
+    resumed_pass: int | None = None
+    new_pass: int | None = None
+    seconds: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    fact_rejected: int = 0
+    fact_dropped: int = 0
+    repairs: int = 0
+    regenerations: int = 0
+    errors: dict[str, int] = field(default_factory=dict)  # error message (first 120 chars) → count
+
+
+# --------------------------------------------------------------------------- #
+# Stages
+# --------------------------------------------------------------------------- #
+
+
+@dataclass
+class Stage:
+    key: str  # metadata key / folder name: "gen:<backend>" or "integration"
+    backend: str | None  # None for the template integrator
+
+    @property
+    def folder(self) -> str:
+        return self.key.replace(":", "-")
+
+
+def recipe_stages(recipe: Recipe) -> list[Stage]:
+    stages = [Stage(GEN_KEY_PREFIX + b, b) for b in recipe.generator_backends()]
+    backend = recipe.integrator.backend
+    stages.append(Stage(INTEGRATION_KEY, None if backend == TEMPLATE_INTEGRATOR else backend))
+    return stages
+
+
+def inference_config(recipe: Recipe, backend: str):
+    """datatrove ``InferenceConfig`` of one backend of ``recipe``."""
+    from datatrove.pipeline.inference.run_inference import InferenceConfig
+
+    spec = recipe.backends[backend]
+    return InferenceConfig(
+        server_type=spec.server,
+        model_name_or_path=spec.model,
+        model_max_context=spec.max_context,
+        use_chat=True,
+        endpoint_url=spec.server_root,
+        api_key="EMPTY",  # a placeholder: the real key (api_key_env) is set inside the task
+        tp=spec.tp,
+        dp=spec.dp,
+        pp=spec.pp,
+        max_concurrent_generations=spec.max_concurrent,
+        max_concurrent_documents=spec.max_concurrent,
+        request_timeout=spec.request_timeout,
+        model_kwargs=dict(spec.model_kwargs) or None,
+        server_ready_max_attempts=spec.server_ready_attempts,
+        server_ready_delay_sec=spec.server_ready_delay,
+        metric_interval=600,
+    )
+
+
+def stage_pipeline(recipe: Recipe, stage: Stage, input_folder: str, stage_dir: Path) -> list:
+    """The datatrove pipeline of one stage: read the previous stage's documents, run, write."""
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    reader = JsonlReader(input_folder, glob_pattern="*.jsonl", compression=None)
+    progress = str(stage_dir / "progress")
+    if stage.backend is None:
+        writer = JsonlWriter(
+            str(stage_dir / "output"),
+            output_filename="${rank}.jsonl",
+            compression=None,
+            adapter=document_dict,
+        )
+        return [reader, TemplateIntegrationStep(recipe, progress_folder=progress), writer]
+    writer = JsonlWriter(
+        str(stage_dir / "output"), output_filename=OUTPUT_FILENAME, compression=None, adapter=document_dict
+    )
+    if stage.key == INTEGRATION_KEY:
+        rollout = IntegrationRollout(recipe, progress_folder=progress)
+    else:
+        rollout = GenerationRollout(recipe, stage.backend, progress_folder=progress)
+    runner = MpGIInferenceRunner(
+        rollout_fn=rollout,
+        config=inference_config(recipe, stage.backend),
+        output_writer=writer,
+        checkpoints_local_dir=str(stage_dir / "checkpoints"),
+        records_per_chunk=recipe.execution.records_per_chunk,
+        metadata_key=stage.key,
+        api_key_env=recipe.backends[stage.backend].api_key_env,
+    )
+    return [reader, runner]
+
+
+def build_executor(
+    kind: str,
+    pipeline: list,
+    logging_dir: str,
+    tasks: int,
+    workers: int,
+    depends=None,
+    options: dict[str, Any] | None = None,
+    job_name: str = "mpgi",
+):
+    """A datatrove executor for one stage; ``options`` are the recipe's ``execution.slurm``/``ray`` args."""
+    options = dict(options or {})
+    if kind == "local":
+        from datatrove.executor import LocalPipelineExecutor
+
+        return LocalPipelineExecutor(
+            pipeline,
+            tasks=tasks,
+            workers=workers,
+            logging_dir=logging_dir,
+            depends=depends,
+            start_method="spawn",
+        )
+    if kind == "slurm":
+        from datatrove.executor import SlurmPipelineExecutor
+
+        missing = [k for k in ("partition", "time") if k not in options]
+        if missing:
+            raise ValueError(
+                f"--executor slurm needs {' and '.join(missing)}: set execution.slurm.{missing[0]} in the recipe "
+                f"or pass --set execution.slurm.{missing[0]}=..."
+            )
+        options.setdefault("job_name", job_name)
+        return SlurmPipelineExecutor(
+            pipeline, tasks=tasks, workers=workers, logging_dir=logging_dir, depends=depends, **options
+        )
+    if kind == "ray":
+        from datatrove.executor import RayPipelineExecutor
+
+        return RayPipelineExecutor(
+            pipeline, tasks=tasks, workers=workers, logging_dir=logging_dir, depends=depends, **options
+        )
+    raise ValueError(f"unknown executor {kind!r}: use one of {', '.join(EXECUTORS)}")
+
+
+# --------------------------------------------------------------------------- #
+# Run directory helpers
+# --------------------------------------------------------------------------- #
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _read_json(path: Path, default=None):
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return default
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str))
+    os.replace(tmp, path)
+
+
+def _iter_jsonl(folder: Path) -> Iterator[dict]:
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.rglob("*.jsonl")):
+        with open(path, "rb") as f:
+            for line in f:
+                if line.strip():
+                    try:
+                        yield orjson.loads(line)
+                    except orjson.JSONDecodeError:  # a line cut by a kill: its document is re-done
+                        continue
+
+
+def _pass_dirs(run_dir: Path) -> list[Path]:
+    root = run_dir / "passes"
+    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def _stage_done(stage_dir: Path, tasks: int) -> bool:
+    comp = stage_dir / "logs" / "completions"
+    return all((comp / f"{r:05d}").exists() for r in range(tasks))
+
+
+def _package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def result_from_document(doc: dict, recipe: Recipe) -> MpGIResult:
+    """Assemble an :class:`MpGIResult` from a final-stage document (as stored, a dict)."""
+    meta = doc["metadata"]
+    record = ImageRecord.from_dict(meta["record"])
+    perspectives, errors = collect_perspectives(meta, recipe)
+    integration = (meta.get(INTEGRATION_KEY) or [{}])[0]
+    usage: dict[str, int] = {}
+    stats: dict[str, Any] = {}
+    for key in [GEN_KEY_PREFIX + b for b in recipe.generator_backends()] + [INTEGRATION_KEY]:
+        res = (meta.get(key) or [{}])[0]
+        for k, v in (res.get("usage") or {}).items():
+            usage[k] = usage.get(k, 0) + int(v)
+        for k, v in (res.get("counters") or {}).items():
+            stats[k] = stats.get(k, 0) + int(v)
+    stats.update(integration.get("stats") or {})
+    stats["prompt_tokens"] = usage.get("prompt_tokens", 0)
+    stats["completion_tokens"] = usage.get("completion_tokens", 0)
+    status = integration.get("status", "failed")
+    return MpGIResult(
+        record=record,
+        rule_text=meta["rule_text"],
+        perspectives=[Perspective(**p) for p in perspectives],
+        captions=[Caption(**c) for c in integration.get("captions", [])] if status == "ok" else [],
+        status=status,
+        error=integration.get("error") if status != "ok" else None,
+        stats=stats,
+    )
+
+
+def _load_recipe_of_run(run_dir: Path) -> Recipe:
+    from .recipe import recipe_from_dict
+
+    data = _read_json(run_dir / "recipe.json")
+    if data is None:
+        raise ValueError(
+            f"{run_dir} is not an MpGI run directory (no recipe.json); run `hqrs mpgi run` first"
+        )
+    source = data.pop("_source_path", None)
+    return recipe_from_dict(data, source_path=source)
+
+
+def _final_stage_docs(pass_dir: Path, recipe: Recipe) -> Iterator[dict]:
+    stage = recipe_stages(recipe)[-1]
+    yield from _iter_jsonl(pass_dir / "stages" / stage.folder / "output")
+
+
+def iter_results(run_dir: str | os.PathLike) -> Iterator[MpGIResult]:
+    """Every image of the run once, with its latest outcome (``status`` ``"ok"`` or ``"failed"``).
+
+    Only finished passes' stage outputs are read; records still pending are not yielded.
+
+    Example:
+        >>> for result in iter_results("runs/demo"):  # doctest: +SKIP
+        ...     print(result.image_id, result.status, [c.text for c in result.captions])
+    """
+    run_dir = Path(run_dir)
+    recipe = _load_recipe_of_run(run_dir)
+    seen: set[str] = set()
+    for pass_dir in reversed(_pass_dirs(run_dir)):
+        for doc in _final_stage_docs(pass_dir, recipe):
+            if doc["id"] in seen:
+                continue
+            seen.add(doc["id"])
+            yield result_from_document(doc, recipe)
+
+
+def _stage_ids(stage_dir: Path) -> tuple[set[str], set[str]]:
+    """(ids done, ids failed) of one stage: its outputs plus checkpointed documents."""
+    done, failed = set(), set()
+    for folder in (stage_dir / "output", stage_dir / "checkpoints"):
+        for doc in _iter_jsonl(folder):
+            key = (
+                stage_dir.name.replace("-", ":", 1) if stage_dir.name.startswith("gen-") else INTEGRATION_KEY
+            )
+            res = (doc.get("metadata", {}).get(key) or [{}])[0]
+            done.add(doc["id"])
+            if res.get("status") != "ok":
+                failed.add(doc["id"])
+    return done, failed
+
+
+def run_status(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Done / failed / pending counts per stage of every pass, and overall.
+
+    Returns ``{"run_dir", "recipe", "recipe_hash", "records", "ok", "failed", "pending", "passes":
+    [{"pass", "records", "complete", "stages": {stage: {"done", "failed", "pending"}}}]}``.
+    """
+    run_dir = Path(run_dir)
+    recipe = _load_recipe_of_run(run_dir)
+    manifest = _read_json(run_dir / "manifest.json", {})
+    passes = []
+    all_ids: set[str] = set()
+    for pass_dir in _pass_dirs(run_dir):
+        info = _read_json(pass_dir / "pass.json", {})
+        n = info.get("records", 0)
+        stages = {}
+        for stage in recipe_stages(recipe):
+            done, failed = _stage_ids(pass_dir / "stages" / stage.folder)
+            stages[stage.key] = {
+                "done": len(done) - len(failed),
+                "failed": len(failed),
+                "pending": n - len(done),
+            }
+        passes.append(
+            {
+                "pass": pass_dir.name,
+                "records": n,
+                "complete": (pass_dir / "DONE.json").exists(),
+                "stages": stages,
+            }
+        )
+        for doc in _iter_jsonl(pass_dir / "input"):
+            all_ids.add(doc["id"])
+    ok = failed = 0
+    finished = set()
+    for result in iter_results(run_dir):
+        finished.add(result.image_id)
+        ok += result.status == "ok"
+        failed += result.status != "ok"
+    return {
+        "run_dir": str(run_dir),
+        "recipe": recipe.name,
+        "recipe_hash": manifest.get("recipe_hash"),
+        "records": len(all_ids),
+        "ok": ok,
+        "failed": failed,
+        "pending": len(all_ids - finished),
+        "passes": passes,
+    }
+
+
+# --------------------------------------------------------------------------- #
+# Progress
+# --------------------------------------------------------------------------- #
+
+
+class _ProgressBar:
+    """tqdm bar fed by tailing the stages' ``progress/*.tsv`` files (works across worker processes)."""
+
+    def __init__(self, folders: list[tuple[str, Path]], total: int, enabled: bool):
+        self.folders = folders
+        self.total = total
+        self.enabled = enabled
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self):
+        if self.enabled:
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        from tqdm.auto import tqdm
+
+        offsets: dict[Path, int] = {}
+        for key, folder in self.folders:
+            seen: set[str] = set()
+            tokens = 0
+            start = time.monotonic()
+            bar = tqdm(total=self.total, desc=f"MpGI {key}", unit="rec", dynamic_ncols=True, file=sys.stderr)
+            while True:
+                stage_done = (folder.parent / "DONE_STAGE").exists()
+                for path in sorted(folder.glob("*.tsv")) if folder.is_dir() else []:
+                    with open(path, "rb") as f:
+                        f.seek(offsets.get(path, 0))
+                        chunk = f.read()
+                    cut = chunk.rfind(b"\n") + 1
+                    offsets[path] = offsets.get(path, 0) + cut
+                    for line in chunk[:cut].decode().splitlines():
+                        parts = line.split("\t")
+                        if len(parts) == 4 and parts[0] not in seen:
+                            seen.add(parts[0])
+                            tokens += int(parts[2])
+                            bar.update(1)
+                elapsed = max(1e-6, time.monotonic() - start)
+                bar.set_postfix_str(f"{tokens / elapsed:.1f} tok/s", refresh=False)
+                if stage_done or len(seen) >= self.total or self._stop.is_set():
+                    break
+                self._stop.wait(0.5)
+            bar.close()
+            if self._stop.is_set():
+                return
+
+
+# --------------------------------------------------------------------------- #
+# run_mpgi
+# --------------------------------------------------------------------------- #
+
+
+def _prepare_doc(record: ImageRecord, prior: list[dict] | None) -> dict:
+    facts = rule_facts(record)
+    meta = {"record": record.to_dict(), "rule_text": rule_text(record, facts), "facts": facts.to_dict()}
+    if prior:
+        meta["prior_perspectives"] = prior
+    return {"text": record.image, "id": record.image_id, "metadata": meta}
+
+
+def _write_pass_input(pass_dir: Path, docs: list[dict], tasks: int) -> None:
+    folder = pass_dir / "input"
+    folder.mkdir(parents=True, exist_ok=True)
+    shards = [open(folder / f"{i:05d}.jsonl", "wb") for i in range(max(1, min(tasks, len(docs))))]  # noqa: SIM115
+    try:
+        for i, doc in enumerate(docs):
+            shards[i % len(shards)].write(orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE))
+    finally:
+        for f in shards:
+            f.close()
+
+
+def _run_pass(
+    pass_dir: Path, recipe: Recipe, executor: str, tasks: int, workers: int, progress: bool
+) -> bool:
+    """Run (or resume) every stage of one pass; True when its last stage is complete."""
+    info = _read_json(pass_dir / "pass.json")
+    tasks = info["tasks"]
+    stages = recipe_stages(recipe)
+    options = {"slurm": recipe.execution.slurm, "ray": recipe.execution.ray}.get(executor)
+    previous = None
+    input_folder = str(pass_dir / "input")
+    folders = []
+    for i, stage in enumerate(stages):
+        stage_dir = pass_dir / "stages" / stage.folder
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        folders.append((stage.key, stage_dir / "progress"))
+        previous = build_executor(
+            executor,
+            stage_pipeline(recipe, stage, input_folder, stage_dir),
+            logging_dir=str(stage_dir / "logs"),
+            tasks=tasks,
+            workers=workers,
+            depends=previous,
+            options=options,
+            job_name=f"mpgi-{pass_dir.name}-{i}-{stage.folder}",
+        )
+        input_folder = str(stage_dir / "output")
+    total = info["records"]
+    try:
+        with _ProgressBar(folders if executor == "local" else [], total, progress and executor == "local"):
+            previous.run()
+    except Exception as e:
+        logs = ", ".join(str(pass_dir / "stages" / s.folder / "logs") for s in stages)
+        raise MpGIRunError(
+            f"MpGI pass {pass_dir.name} stopped: {type(e).__name__}: {str(e)[:500]}. Finished records are kept; "
+            f"fix the cause (is the server running? see the task logs in {logs}) and rerun to resume."
+        ) from e
+    last = pass_dir / "stages" / stages[-1].folder
+    complete = _stage_done(last, tasks)
+    if complete:
+        for stage in stages:
+            (pass_dir / "stages" / stage.folder / "DONE_STAGE").touch()
+    return complete
+
+
+def _summarise_pass(pass_dir: Path, recipe: Recipe) -> dict[str, Any]:
+    summary: dict[str, Any] = {"ok": 0, "failed": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    for key in ("fact_rejected", "fact_dropped", "repairs", "regenerations", "retries", "reused"):
+        summary[key] = 0
+    errors: dict[str, int] = {}
+    for doc in _final_stage_docs(pass_dir, recipe):
+        result = result_from_document(doc, recipe)
+        summary[result.status if result.status == "ok" else "failed"] += 1
+        for key in list(summary):
+            if key not in ("ok", "failed"):
+                summary[key] += int(result.stats.get(key, 0) or 0)
+        if result.error:
+            errors[result.error[:120]] = errors.get(result.error[:120], 0) + 1
+    summary["errors"] = errors
+    return summary
+
+
+def run_mpgi(
+    records: Iterable[ImageRecord],
+    recipe: Recipe,
+    run_dir: str | os.PathLike,
+    executor: str = "local",
+    tasks: int = 1,
+    workers: int = 1,
+    limit: int | None = None,
+    progress: bool = True,
+) -> RunReport:
+    """Run MpGI on ``records`` into ``run_dir`` (resumable; rerun to finish or to retry failed records).
+
+    Args:
+        records: the images (:class:`ImageRecord`); duplicates (same ``image_id``) are ignored.
+        recipe: from :func:`load_recipe`. A run directory keeps its recipe: a different one is an error.
+        run_dir: the run directory (created if missing).
+        executor: ``local`` (default), ``slurm`` or ``ray`` (datatrove executors; Slurm and Ray return
+            after submitting: check with :func:`run_status`, then call again to retry failures).
+        tasks, workers: datatrove tasks (input shards) and parallel workers.
+        limit: only the first ``limit`` records.
+        progress: show a tqdm bar per stage (records/s and tokens/s).
+
+    Example:
+        >>> from hqrs.dataset_builder.mpgi import load_recipe, run_mpgi, iter_results  # doctest: +SKIP
+        >>> report = run_mpgi(records, load_recipe("offline"), "runs/demo")  # doctest: +SKIP
+        >>> report.ok, report.failed  # doctest: +SKIP
+    """
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
+    if tasks < 1 or workers < 1:
+        raise ValueError(f"tasks and workers must be >= 1, got tasks={tasks!r} workers={workers!r}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit!r}")
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    recipe_hash = recipe.hash()
+    manifest_path = run_dir / "manifest.json"
+    manifest = _read_json(manifest_path)
+    if manifest is not None and manifest.get("recipe_hash") != recipe_hash:
+        raise ValueError(
+            f"run directory {str(run_dir)!r} was made with recipe {manifest.get('recipe')!r} "
+            f"(hash {manifest.get('recipe_hash', '?')[:12]}), not with this recipe {recipe.name!r} "
+            f"(hash {recipe_hash[:12]}): use another --out, or the same recipe"
+        )
+    if manifest is None:
+        manifest = {
+            "recipe": recipe.name,
+            "recipe_hash": recipe_hash,
+            "recipe_source": recipe.source_path,
+            "models": recipe.models(),
+            "integrator": recipe.integrator.backend,
+            "created": _now(),
+            "passes": [],
+        }
+        _write_json(run_dir / "recipe.json", {**recipe.to_dict(), "_source_path": recipe.source_path})
+    manifest["packages"] = _package_versions()
+    _write_json(manifest_path, manifest)
+    report = RunReport(run_dir=str(run_dir), recipe=recipe.name, recipe_hash=recipe_hash)
+
+    # 1. resume an unfinished pass
+    resumed_ids: set[str] = set()
+    passes = _pass_dirs(run_dir)
+    if passes and not (passes[-1] / "DONE.json").exists():
+        pass_dir = passes[-1]
+        report.resumed_pass = int(pass_dir.name)
+        logger.info("resuming unfinished pass %s of %s", pass_dir.name, run_dir)
+        _execute_pass(pass_dir, recipe, executor, workers, progress, manifest, manifest_path)
+        resumed_ids = {d["id"] for d in _iter_jsonl(pass_dir / "input")}
+
+    # 2. what is still to do
+    latest: dict[str, MpGIResult] = {r.image_id: r for r in iter_results(run_dir)}
+    in_flight = set()
+    passes = _pass_dirs(run_dir)
+    if passes and not (passes[-1] / "DONE.json").exists():  # slurm/ray still running
+        in_flight = {d["id"] for d in _iter_jsonl(passes[-1] / "input")}
+    todo: list[dict] = []
+    given: set[str] = set()
+    for record in records:
+        if limit is not None and len(given) >= limit:
+            break
+        if record.image_id in given:
+            report.duplicates += 1
+            continue
+        given.add(record.image_id)
+        prev = latest.get(record.image_id)
+        if prev is not None and prev.status == "ok":
+            if record.image_id not in resumed_ids:
+                report.skipped += 1
+            continue
+        if record.image_id in in_flight or (prev is not None and record.image_id in resumed_ids):
+            continue  # just attempted (or still running): retry in a later call
+        prior = [asdict(p) for p in prev.perspectives if p.generator != "rule"] if prev is not None else None
+        todo.append(_prepare_doc(record, prior))
+    report.records = len(given)
+
+    # 3. a new pass for them
+    if todo and not in_flight:
+        index = int(passes[-1].name) + 1 if passes else 0
+        pass_dir = run_dir / "passes" / f"{index:04d}"
+        pass_dir.mkdir(parents=True)
+        _write_pass_input(pass_dir, todo, tasks)
+        n_shards = len(list((pass_dir / "input").glob("*.jsonl")))
+        _write_json(pass_dir / "pass.json", {"records": len(todo), "tasks": n_shards, "created": _now()})
+        report.new_pass = index
+        _execute_pass(pass_dir, recipe, executor, workers, progress, manifest, manifest_path)
+
+    # 4. report
+    latest = {r.image_id: r for r in iter_results(run_dir)}
+    for image_id in given:
+        res = latest.get(image_id)
+        if res is None:
+            report.pending += 1
+        elif res.status == "ok":
+            report.ok += 1
+        else:
+            report.failed += 1
+            msg = (res.error or "?")[:120]
+            report.errors[msg] = report.errors.get(msg, 0) + 1
+    for entry in manifest["passes"]:
+        if entry.get("pass") in (report.resumed_pass, report.new_pass) and "summary" in entry:
+            s = entry["summary"]
+            report.processed += s["ok"] + s["failed"]
+            report.prompt_tokens += s["prompt_tokens"]
+            report.completion_tokens += s["completion_tokens"]
+            for key in ("fact_rejected", "fact_dropped", "repairs", "regenerations"):
+                setattr(report, key, getattr(report, key) + s[key])
+    report.seconds = round(time.perf_counter() - started, 3)
+    return report
+
+
+def _execute_pass(
+    pass_dir: Path,
+    recipe: Recipe,
+    executor: str,
+    workers: int,
+    progress: bool,
+    manifest: dict,
+    manifest_path: Path,
+) -> None:
+    index = int(pass_dir.name)
+    entry = next((e for e in manifest["passes"] if e.get("pass") == index), None)
+    if entry is None:
+        entry = {
+            "pass": index,
+            "records": _read_json(pass_dir / "pass.json")["records"],
+            "executor": executor,
+        }
+        manifest["passes"].append(entry)
+    entry.setdefault("attempts", []).append({"started": _now()})
+    _write_json(manifest_path, manifest)
+    t0 = time.perf_counter()
+    tasks = _read_json(pass_dir / "pass.json")["tasks"]
+    complete = _run_pass(pass_dir, recipe, executor, tasks, workers, progress)
+    entry["attempts"][-1]["seconds"] = round(time.perf_counter() - t0, 3)
+    if complete:
+        summary = _summarise_pass(pass_dir, recipe)
+        summary["seconds"] = round(sum(a.get("seconds", 0) for a in entry["attempts"]), 3)
+        summary["stage_stats"] = _stage_stats(pass_dir, recipe)
+        entry["summary"] = summary
+        entry["finished"] = _now()
+        _write_json(pass_dir / "DONE.json", summary)
+    totals = {"prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0, "ok": 0, "failed": 0}
+    for e in manifest["passes"]:
+        for key in totals:
+            totals[key] += e.get("summary", {}).get(key, 0)
+    manifest["totals"] = totals
+    _write_json(manifest_path, manifest)
+
+
+def _stage_stats(pass_dir: Path, recipe: Recipe) -> dict[str, Any]:
+    """Timing and request counts from datatrove's own ``logs/stats.json`` of each stage."""
+    out = {}
+    for stage in recipe_stages(recipe):
+        stats = _read_json(pass_dir / "stages" / stage.folder / "logs" / "stats.json")
+        if not stats:
+            continue
+        flat = {}
+        for step in stats:
+            for key, val in (step.get("stats") or {}).items():
+                if isinstance(val, dict) and "total" in val:
+                    flat[f"{step.get('name', '?')}/{key}"] = val["total"]
+        out[stage.key] = flat
+    return out
+
+
+def remove_run(run_dir: str | os.PathLike) -> None:
+    """Delete a run directory (only one that has a manifest)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "manifest.json").is_file():
+        raise ValueError(f"{run_dir} is not an MpGI run directory (no manifest.json); not deleting it")
+    shutil.rmtree(run_dir)

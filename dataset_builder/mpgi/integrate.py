@@ -1,0 +1,408 @@
+"""Integration output handling: JSON extraction and repair, schema validation, the fact-consistency
+filter, and the deterministic template integrator of the ``offline`` recipe."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from ..records import Caption
+from ..rules import (
+    NUMBER_WORDS,
+    SYNONYMS,
+    RuleFacts,
+    article,
+    count_phrase,
+    footprint_sentence,
+    join_list,
+    plural,
+    positions_sentence,
+)
+from .recipe import LENGTHS, IntegratorSpec
+
+# JSON schema of the integrator's answer (documentation and the validator below agree).
+CAPTIONS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["captions"],
+    "properties": {
+        "captions": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["text", "length"],
+                "properties": {
+                    "text": {"type": "string", "minLength": 1},
+                    "length": {"enum": list(LENGTHS)},
+                    "sources": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        }
+    },
+}
+
+
+class IntegrationError(ValueError):
+    """The integrator's answer is not usable; the message is shown to the model in the repair prompt."""
+
+
+# --------------------------------------------------------------------------- #
+# JSON extraction
+# --------------------------------------------------------------------------- #
+
+_FENCE_RE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
+
+
+def _balanced_objects(text: str):
+    """Yield every balanced ``{...}`` / ``[...]`` substring, outermost first, skipping string contents."""
+    for start, ch in enumerate(text):
+        if ch not in "{[":
+            continue
+        stack, in_str, esc = [], False, False
+        for end in range(start, len(text)):
+            c = text[end]
+            if in_str:
+                if esc:
+                    esc = False
+                elif c == "\\":
+                    esc = True
+                elif c == '"':
+                    in_str = False
+                continue
+            if c == '"':
+                in_str = True
+            elif c in "{[":
+                stack.append("}" if c == "{" else "]")
+            elif c in "}]":
+                if not stack or stack.pop() != c:
+                    break
+                if not stack:
+                    yield text[start : end + 1]
+                    break
+
+
+def _loose_fix(candidate: str) -> str:
+    """Repairs small models make necessary: trailing commas, smart quotes, Python literals."""
+    s = candidate.replace("\u201c", '"').replace("\u201d", '"').replace("\u2019", "'")
+    s = re.sub(r",\s*([}\]])", r"\1", s)
+    s = re.sub(r"\bTrue\b", "true", re.sub(r"\bFalse\b", "false", re.sub(r"\bNone\b", "null", s)))
+    return s
+
+
+def extract_json(text: str) -> Any:
+    """The first JSON value in a model's answer: plain, inside a ```json fence, or embedded in prose.
+
+    Raises:
+        IntegrationError: when no candidate parses (even after removing trailing commas and smart quotes).
+    """
+    if not text or not text.strip():
+        raise IntegrationError("the answer was empty")
+    candidates = [text.strip()] + [m.strip() for m in _FENCE_RE.findall(text)]
+    for cand in candidates:
+        try:
+            return json.loads(cand)
+        except json.JSONDecodeError:
+            pass
+    for cand in _balanced_objects(text):
+        for variant in (cand, _loose_fix(cand)):
+            try:
+                return json.loads(variant)
+            except json.JSONDecodeError:
+                continue
+    raise IntegrationError("the answer contains no valid JSON object")
+
+
+def validate_captions(data: Any, known_sources: list[str]) -> list[Caption]:
+    """Check ``data`` against :data:`CAPTIONS_SCHEMA` and turn it into :class:`Caption` objects.
+
+    A bare list of caption objects is accepted as ``{"captions": [...]}``. Unknown source names are
+    dropped; a caption without any known source is attributed to all perspectives.
+    """
+    if isinstance(data, list):
+        data = {"captions": data}
+    if not isinstance(data, dict) or "captions" not in data:
+        raise IntegrationError('expected a JSON object with a "captions" list')
+    items = data["captions"]
+    if not isinstance(items, list) or not items:
+        raise IntegrationError('"captions" must be a non-empty list')
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            raise IntegrationError(
+                f'captions[{i}] is a string; each caption must be {{"text", "length", "sources"}}'
+            )
+        if not isinstance(item, dict):
+            raise IntegrationError(f"captions[{i}] must be an object")
+        text = item.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise IntegrationError(f'captions[{i}]."text" must be a non-empty string')
+        length = item.get("length")
+        if length not in LENGTHS:
+            raise IntegrationError(
+                f'captions[{i}]."length" must be one of {", ".join(LENGTHS)}, got {length!r}'
+            )
+        sources = item.get("sources", [])
+        if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
+            raise IntegrationError(f'captions[{i}]."sources" must be a list of description names')
+        sources = [s.strip("[] ") for s in sources]
+        sources = [s for s in dict.fromkeys(sources) if s in known_sources] or list(known_sources)
+        out.append(Caption(text=" ".join(text.split()), length=length, sources=sources))
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# Fact-consistency filter
+# --------------------------------------------------------------------------- #
+
+_NEGATIONS = {"no", "not", "without", "none", "nor", "never", "lacks", "absent", "zero"}
+_BREAKERS = {"of", "and", "or", "rows", "row", "groups", "group", "pairs", "pair", "lines", "line", "sets"}
+_BREAKERS |= {
+    "clusters",
+    "cluster",
+    "with",
+    "near",
+    "beside",
+    "next",
+    "to",
+    "in",
+    "on",
+    "at",
+    "the",
+    "a",
+    "an",
+}
+_WORD_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+
+
+def _number(token: str) -> int | None:
+    if token.isdigit():
+        return int(token)
+    if token == "single":
+        return 1
+    return NUMBER_WORDS.get(token)
+
+
+def _class_forms(name: str) -> list[tuple[list[str], bool]]:
+    """Word sequences that name ``name`` (singular and plural of the class and its synonyms)."""
+    forms = []
+    for syn in SYNONYMS.get(name, (name,)):
+        forms.append((syn.split(), False))
+        forms.append((plural(syn).split(), True))
+    return forms
+
+
+@dataclass
+class FactCheck:
+    """Contradictions of one caption with the rule facts (empty when consistent)."""
+
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _class_regex(names: frozenset[str]) -> tuple[re.Pattern, dict[str, str]]:
+    """One alternation of every form of ``names``, longest first, and form → class."""
+    form_to_class = {}
+    for name in sorted(names):
+        for form, _ in _class_forms(name):
+            form_to_class.setdefault(" ".join(form), name)
+    forms = sorted(form_to_class, key=lambda f: (-len(f), f))
+    return re.compile(r"\b(" + "|".join(re.escape(f) for f in forms) + r")\b"), form_to_class
+
+
+_class_regex_cached = lru_cache(maxsize=1024)(_class_regex)
+
+
+def check_caption(text: str, facts: RuleFacts) -> FactCheck:
+    """Find claims in ``text`` that contradict ``facts``.
+
+    Two kinds are detected: an explicit number before an annotated class that differs from its count
+    ("three storage tanks" when five are annotated; up to two adjectives may stand between), and any
+    mention of a class that exhaustive annotations exclude, unless a negation ("no", "without"...)
+    precedes it in the same clause.
+    """
+    check = FactCheck()
+    absent = set(facts.absent)
+    classes = frozenset(facts.counts) | frozenset(absent)
+    if not classes:
+        return check
+    pattern, form_to_class = _class_regex_cached(classes)
+    for clause in re.split(r"[.;:!?]+", text.lower()):
+        clause = " ".join(_WORD_RE.findall(clause.replace("-", " ")))
+        for match in pattern.finditer(clause):
+            name = form_to_class[match.group(1)]
+            before = clause[: match.start()].split()
+            if name in absent and facts.counts.get(name, 0) == 0:
+                if not _NEGATIONS.intersection(before):
+                    check.problems.append(f"mentions {plural(name)}, but the annotations show none")
+                continue
+            expected = facts.counts.get(name)
+            # look back over up to two adjectives for an explicit number
+            for word in reversed(before[-3:]):
+                if word in _BREAKERS or word in _NEGATIONS:
+                    break
+                n = _number(word)
+                if n is not None:
+                    if n != expected:
+                        claimed = name if n == 1 else plural(name)
+                        check.problems.append(f"says {word} {claimed}, annotations count {expected}")
+                    break
+    return check
+
+
+def filter_captions(
+    captions: list[Caption], facts: RuleFacts
+) -> tuple[list[Caption], list[tuple[Caption, FactCheck]]]:
+    """Split ``captions`` into consistent ones and rejected ones with their problems."""
+    kept, rejected = [], []
+    for cap in captions:
+        result = check_caption(cap.text, facts)
+        (kept if result.ok else rejected).append(cap if result.ok else (cap, result))
+    return kept, rejected
+
+
+def select_captions(captions: list[Caption], spec: IntegratorSpec) -> tuple[list[Caption], dict[str, int]]:
+    """Keep up to the requested number per length (first come first kept); drop exact duplicates.
+
+    Returns the kept captions (in ``short, medium, long`` order) and the per-length shortfall.
+    """
+    seen: set[str] = set()
+    by_len: dict[str, list[Caption]] = {k: [] for k in LENGTHS}
+    for cap in captions:
+        key = cap.text.lower()
+        if key in seen:
+            continue
+        seen.add(key)
+        by_len[cap.length].append(cap)
+    kept, missing = [], {}
+    for length in LENGTHS:
+        want = spec.captions.get(length, 0)
+        kept.extend(by_len[length][:want])
+        if len(by_len[length]) < want:
+            missing[length] = want - len(by_len[length])
+    return kept, missing
+
+
+# --------------------------------------------------------------------------- #
+# Template integrator (offline recipe)
+# --------------------------------------------------------------------------- #
+
+
+def _pick(options: list[str], seed: str, salt: str) -> str:
+    h = int.from_bytes(hashlib.sha256(f"{seed}:{salt}".encode()).digest()[:8], "big")
+    return options[h % len(options)]
+
+
+def _scene_np(facts: RuleFacts) -> str | None:
+    return facts.scene[0] if facts.scene else None
+
+
+def template_captions(facts: RuleFacts, spec: IntegratorSpec, seed: str) -> list[Caption]:
+    """Deterministic captions of mixed lengths from the rule facts alone (no model).
+
+    ``seed`` (the image id) picks among phrasings, so that captions vary across images but a rerun
+    gives the same text. Every caption states only facts, so it passes :func:`check_caption`.
+    """
+    scene = _scene_np(facts)
+    counts = list(facts.counts.items())
+    count_list = join_list([count_phrase(n, c) for c, n in counts[:4]])
+    main = counts[0] if counts else None
+    place = f"{article(scene)} area" if scene and not scene.endswith(("area", "land")) else scene
+    short: list[str] = []
+    if scene and main:
+        short += [
+            f"{place[0].upper()}{place[1:]} with {count_phrase(main[1], main[0])}.",
+            f"{count_phrase(main[1], main[0]).capitalize()} in {place}.",
+            f"A remote sensing image of {place} with {count_phrase(main[1], main[0])}.",
+        ]
+    elif scene:
+        short += [
+            f"A remote sensing image of {place}.",
+            f"An aerial view of {place}.",
+            f"{place[0].upper()}{place[1:]} seen from above.",
+        ]
+    elif main:
+        short += [
+            f"An aerial image with {count_phrase(main[1], main[0])}.",
+            f"{count_phrase(main[1], main[0]).capitalize()} seen from above.",
+            f"A remote sensing image showing {count_phrase(main[1], main[0])}.",
+        ]
+    else:
+        short += [
+            "A remote sensing image.",
+            "An aerial view of the ground.",
+            "A satellite image seen from above.",
+        ]
+    if facts.land_cover:
+        top = next(iter(facts.land_cover))
+        short.append(f"An aerial image dominated by {top}.")
+
+    where = positions_sentence(facts)
+    foot = footprint_sentence(facts)
+    medium: list[str] = []
+    lead = f"This remote sensing image shows {place}" if scene else "This remote sensing image"
+    # `lead` continues into a clause; `opening` is a whole sentence on its own.
+    opening = f"{lead}." if scene else "This is a remote sensing image taken from directly above."
+    if counts:
+        medium.append(f"{lead} containing {count_list}.")
+        medium.append(f"{lead}; it contains {count_list}." if scene else f"{lead} contains {count_list}.")
+        if where:
+            medium.append(f"{count_list[0].upper()}{count_list[1:]} can be seen. {where}")
+    else:
+        medium.append(f"{lead}, seen from directly above.")
+        medium.append(f"{lead}; no annotated objects are listed for it.")
+    if foot:
+        medium.append(f"{opening} {foot}")
+    if facts.land_cover:
+        items = [f"{c} ({round(100 * f)}%)" for c, f in list(facts.land_cover.items())[:3] if f >= 0.01]
+        if items:
+            medium.append(f"{opening} The land cover is mostly {join_list(items)}.")
+
+    long: list[str] = []
+    parts = [opening]
+    if foot:
+        parts.append(foot)
+    if counts:
+        parts.append(f"It contains {join_list([count_phrase(n, c) for c, n in counts])}.")
+    if where:
+        parts.append(where)
+    if facts.land_cover:
+        items = [f"{c} {round(100 * f)}%" for c, f in list(facts.land_cover.items())[:5] if f >= 0.01]
+        if items:
+            parts.append(f"Land cover: {', '.join(items)}.")
+    long.append(" ".join(parts))
+    alt = [
+        f"Seen from above, the image shows {place}."
+        if scene
+        else "The image is an overhead view of the ground."
+    ]
+    if counts:
+        alt.append(f"The annotations list {join_list([count_phrase(n, c) for c, n in counts])}.")
+    if where:
+        alt.append(where)
+    if foot:
+        alt.append(foot)
+    long.append(" ".join(alt))
+    if facts.absent and counts:
+        long.append(
+            " ".join(parts[:3])
+            + f" There are no {join_list([plural(c) for c in facts.absent[:4]]).replace(' and ', ' or ')}."
+        )
+
+    pools = {"short": short, "medium": medium, "long": long}
+    out: list[Caption] = []
+    for length in LENGTHS:
+        want = spec.captions.get(length, 0)
+        pool = list(dict.fromkeys(pools[length]))
+        if not want or not pool:
+            continue
+        start = int.from_bytes(hashlib.sha256(f"{seed}:{length}".encode()).digest()[:4], "big") % len(pool)
+        for k in range(min(want, len(pool))):
+            out.append(Caption(text=pool[(start + k) % len(pool)], length=length, sources=["rule"]))
+    return out

@@ -1,0 +1,126 @@
+"""Jinja prompt templates of MpGI and the chat payloads built from them.
+
+A template is named either by a file shipped in ``hqrs.dataset_builder.recipes`` (``perspective.jinja``,
+``integrate.jinja``, ``repair.jinja``) or by a path (relative paths resolve against the recipe file's
+folder). Templates render with ``StrictUndefined``: a misspelt variable is an error, not an empty string.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import mimetypes
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+
+if TYPE_CHECKING:
+    from .recipe import Recipe
+
+
+def _resolve(name: str, recipe_path: str | None) -> Path | None:
+    path = Path(name)
+    if path.is_absolute():
+        return path
+    if recipe_path and Path(recipe_path).is_file():
+        candidate = Path(recipe_path).parent / path
+        if candidate.is_file():
+            return candidate
+    if len(path.parts) > 1 or path.is_file():
+        return path
+    return None
+
+
+@lru_cache(maxsize=64)
+def _read_template(name: str, recipe_path: str | None) -> str:
+    path = _resolve(name, recipe_path)
+    if path is not None:
+        if not path.is_file():
+            raise ValueError(f"prompt template {name!r} not found at {str(path)!r}")
+        return path.read_text(encoding="utf-8")
+    shipped = resources.files("hqrs.dataset_builder.recipes").joinpath(name)
+    if not shipped.is_file():
+        available = sorted(
+            p.name
+            for p in resources.files("hqrs.dataset_builder.recipes").iterdir()
+            if p.name.endswith(".jinja")
+        )
+        raise ValueError(
+            f"prompt template {name!r} is neither a file nor a shipped template ({', '.join(available)})"
+        )
+    return shipped.read_text(encoding="utf-8")
+
+
+def template_source(name: str, recipe: Recipe | None = None) -> str:
+    return _read_template(name, recipe.source_path if recipe is not None else None)
+
+
+_ENV = jinja2.Environment(
+    undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False, trim_blocks=False
+)
+
+
+@lru_cache(maxsize=64)
+def _compile(source: str) -> jinja2.Template:
+    return _ENV.from_string(source)
+
+
+def prompt_id(name: str, recipe: Recipe | None = None) -> str:
+    """Provenance id of a template: ``name@<first 10 hex of sha256(template text)>``."""
+    digest = hashlib.sha256(template_source(name, recipe).encode()).hexdigest()[:10]
+    return f"{Path(name).name}@{digest}"
+
+
+def render(name: str, recipe: Recipe | None = None, **variables: Any) -> str:
+    """Render template ``name`` with ``variables``; errors name the template and the missing variable."""
+    try:
+        return _compile(template_source(name, recipe)).render(**variables).strip()
+    except jinja2.UndefinedError as e:
+        raise ValueError(
+            f"prompt template {name!r}: {e.message}; available variables: {sorted(variables)}"
+        ) from e
+    except jinja2.TemplateSyntaxError as e:
+        raise ValueError(f"prompt template {name!r} line {e.lineno}: {e.message}") from e
+
+
+# --------------------------------------------------------------------------- #
+# Images as data URLs
+# --------------------------------------------------------------------------- #
+
+
+def image_data_url(path: str | Path, max_side: int = 1024) -> str:
+    """The image at ``path`` as a ``data:`` URL, downscaled so that its longer side is <= ``max_side``.
+
+    PNG and JPEG files that are small enough are sent byte for byte; everything else (TIFF, large
+    images) is re-encoded as PNG (lossless).
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    mime = mimetypes.guess_type(path.name)[0] or ""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        if mime in ("image/png", "image/jpeg") and max(im.size) <= max_side:
+            return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+        im = im.convert("RGB") if im.mode not in ("RGB", "L") else im
+        if max(im.size) > max_side:
+            scale = max_side / max(im.size)
+            im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BICUBIC)
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+    return f"data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"
+
+
+def chat_payload(text: str, image_url: str | None, sampling: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI chat-completions payload: one user message with the image (if any) and the text."""
+    if image_url is None:
+        content: Any = text
+    else:
+        content = [{"type": "image_url", "image_url": {"url": image_url}}, {"type": "text", "text": text}]
+    payload = {"messages": [{"role": "user", "content": content}]}
+    payload.update(sampling)
+    return payload

@@ -1,0 +1,1 @@
+"""Shipped MpGI recipes (YAML), loaded by name with :func:`importlib.resources`."""

@@ -1,0 +1,168 @@
+"""``hqrs mpgi run`` / ``hqrs mpgi status``: the MpGI engine from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from .cli import leaf_parser
+
+logger = logging.getLogger("hqrs.mpgi")
+
+
+def register(subparsers, parents) -> None:
+    p = subparsers.add_parser(
+        "mpgi",
+        help="generate multi-perspective captions (MpGI) for annotated RS images",
+        description="MpGI: rule perspective, MLLM perspectives and LLM integration, on datatrove.",
+    )
+    sub = p.add_subparsers(dest="mpgi_command", metavar="SUBCOMMAND", required=True)
+
+    run = leaf_parser(
+        sub,
+        "run",
+        parents,
+        help="run (or resume, or retry the failed records of) an MpGI run",
+        description=(
+            "Run MpGI on the records of --source into --out. Rerunning the same command resumes an "
+            "interrupted run (finished documents and answered requests are not redone) and then retries "
+            "records that failed."
+        ),
+    )
+    run.add_argument(
+        "--recipe", default="offline", help="shipped recipe (offline, cpu-tiny, gpu-vllm) or YAML path"
+    )
+    run.add_argument(
+        "--source",
+        action="append",
+        required=True,
+        metavar="SPEC",
+        help="records: 'KIND:PATH?images=DIR' (dataset-builder source adapters), or a folder of images; repeatable",
+    )
+    run.add_argument("--out", required=True, type=Path, help="run directory")
+    run.add_argument("--executor", choices=("local", "slurm", "ray"), default="local")
+    run.add_argument("--tasks", type=int, default=1, help="datatrove tasks (input shards)")
+    run.add_argument("--workers", type=int, default=1, help="parallel datatrove workers (local executor)")
+    run.add_argument("--limit", type=int, default=None, help="only the first N records")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key, e.g. backends.local.endpoint_url=http://127.0.0.1:8000 (repeatable)",
+    )
+    run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    run.set_defaults(func=run_command)
+
+    status = leaf_parser(
+        sub,
+        "status",
+        parents,
+        help="done / failed / pending records per stage of a run",
+        description="Show how far an MpGI run is: done / failed / pending per stage and pass.",
+    )
+    status.add_argument("run_dir", type=Path, help="run directory")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.set_defaults(func=status_command)
+
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+
+
+def flat_folder_records(folder: Path, report):
+    """Records of the images directly inside ``folder`` (no annotations); unreadable files are skipped."""
+    from PIL import Image, UnidentifiedImageError
+
+    from hqrs.dataset_builder.records import ImageRecord, file_content_id
+
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.suffix.lower() not in _IMAGE_SUFFIXES:
+            continue
+        try:
+            with Image.open(path) as im:
+                width, height = im.size
+        except (OSError, UnidentifiedImageError) as e:
+            report.skip(path, f"unreadable image: {e}", source="folder")
+            continue
+        report.ok("images")
+        yield ImageRecord(
+            image_id=file_content_id(path),
+            image=str(path.resolve()),
+            source="images",
+            width=width,
+            height=height,
+            meta={"file": path.name},
+        )
+
+
+def iter_source_records(specs: list[str], report=None):
+    """Records of ``specs``: source-adapter specs (``KIND:PATH?...``), a folder of class sub-folders
+    (→ ``folder:PATH``), or a plain folder of images."""
+    from hqrs.dataset_builder.sources import SkipReport, load_source
+
+    report = report if report is not None else SkipReport()
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir():
+            if any(p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES for p in path.iterdir()):
+                yield from flat_folder_records(path, report)
+                continue
+            spec = f"folder:{spec}"
+        yield from load_source(spec).records(report)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from hqrs.dataset_builder.mpgi import load_recipe, run_mpgi
+    from hqrs.dataset_builder.mpgi.engine import MpGIRunError
+    from hqrs.dataset_builder.sources import SkipReport
+
+    recipe = load_recipe(args.recipe, overrides=args.overrides)
+    report = SkipReport()
+    try:
+        result = run_mpgi(
+            iter_source_records(args.source, report),
+            recipe,
+            args.out,
+            executor=args.executor,
+            tasks=args.tasks,
+            workers=args.workers,
+            limit=args.limit,
+            progress=args.progress,
+        )
+    except MpGIRunError as e:
+        raise OSError(str(e)) from e
+    skipped = len(report)
+    print(
+        f"{result.ok} ok, {result.failed} failed, {result.pending} pending, {result.skipped} already done "
+        f"({result.records} records, {skipped} source items skipped) in {result.seconds:.1f} s; "
+        f"tokens {result.prompt_tokens} in / {result.completion_tokens} out; "
+        f"fact filter rejected {result.fact_rejected}, dropped {result.fact_dropped}; "
+        f"{result.repairs} JSON repairs → {args.out}"
+    )
+    for message, count in sorted(result.errors.items(), key=lambda kv: -kv[1])[:5]:
+        print(f"  failed ×{count}: {message}")
+    if result.failed:
+        print("  rerun the same command to retry the failed records")
+    return 0 if result.failed == 0 else 2
+
+
+def status_command(args: argparse.Namespace) -> int:
+    from hqrs.dataset_builder.mpgi import run_status
+
+    status = run_status(args.run_dir)
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(
+        f"{status['run_dir']}: recipe {status['recipe']} ({(status['recipe_hash'] or '?')[:12]}), "
+        f"{status['records']} records: {status['ok']} ok, {status['failed']} failed, {status['pending']} pending"
+    )
+    for p in status["passes"]:
+        state = "complete" if p["complete"] else "unfinished"
+        print(f"  pass {p['pass']} ({p['records']} records, {state})")
+        for stage, c in p["stages"].items():
+            print(f"    {stage:<24} done {c['done']:>7}  failed {c['failed']:>7}  pending {c['pending']:>7}")
+    return 0
