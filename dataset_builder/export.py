@@ -1,0 +1,435 @@
+"""Write HQRS-IT as a hub-ready folder (parquet + card), an open_clip CSV, or webdataset shards.
+
+Parquet layout (``load_dataset(OUT)`` / ``load_dataset(OUT, "pairs")`` read it locally or from the Hub)::
+
+    OUT/README.md                                      card with YAML ``configs`` and ``dataset_info``
+    OUT/build_report.json                              counts, skipped items with file and reason, splits
+    OUT/data/<config>/<split>-XXXXX-of-YYYYY.parquet   image bytes embedded, row groups of 100 rows
+
+Every shard is written to a temporary file and renamed when complete; a rerun with the same input
+and settings reuses the staged plan and skips the shards that exist. Memory does not grow with the
+number of records: results are streamed into staged shard lists, and every output shard is written
+row group by row group from its staged list.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import tarfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .builder import CONFIG_NAMES, FEATURES, HQRSIT, encode_rows, iter_staged, rows_for
+from .parallel import bounded_map, make_pool
+from .planning import SPLITS
+from .sources.base import SkipReport
+from .sources.images import WEB_EXTENSIONS, image_cell_job
+
+logger = logging.getLogger("hqrs.export")
+
+FORMATS = ("parquet", "open_clip-csv", "webdataset")
+ROW_GROUP_ROWS = 100  # datasets' row group size for image datasets
+EXIT_SKIPPED = 3  # `hqrs build --strict` exit status when anything was skipped
+
+
+@dataclass
+class _Task:
+    kind: str  # parquet | wds | csv
+    config: str
+    split: str
+    index: int
+    total: int
+    files: list[str]
+    out: str
+    keep_original: bool = False
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _cell_args(doc: dict[str, Any], keep_original: bool) -> tuple[str, str, bool]:
+    return doc["record"]["image"], doc["record"]["image_id"], keep_original
+
+
+def _needs_encoding(doc: dict[str, Any], keep_original: bool) -> bool:
+    return not keep_original and Path(doc["record"]["image"]).suffix.lower() not in WEB_EXTENSIONS
+
+
+def _with_cells(task: _Task, pool) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """Staged docs with their image cells; re-encoding (TIFF → PNG) runs in ``pool`` if given."""
+    keep = task.keep_original
+    return bounded_map(
+        image_cell_job,
+        iter_staged(task.files),
+        pool,
+        remote=lambda doc: _needs_encoding(doc, keep),
+        arg=lambda doc: _cell_args(doc, keep),
+    )
+
+
+def _run_task(task: _Task, pool=None) -> dict[str, Any]:
+    out = Path(task.out)
+    if out.exists():
+        return {"out": task.out, "reused": True, **_shard_stats(task, out)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(out)
+    try:
+        if task.kind == "parquet":
+            rows = _write_parquet(task, tmp, pool)
+        elif task.kind == "wds":
+            rows = _write_wds(task, tmp, pool)
+        else:
+            rows = _write_csv_part(task, tmp, pool)
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return {"out": task.out, "reused": False, "rows": rows, "bytes": out.stat().st_size}
+
+
+def _shard_stats(task: _Task, out: Path) -> dict[str, Any]:
+    if task.kind == "parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.ParquetFile(out).metadata.num_rows
+    elif task.kind == "wds":
+        with tarfile.open(out) as tar:
+            rows = sum(1 for m in tar.getmembers() if m.name.endswith(".json"))
+    else:
+        with open(out, encoding="utf-8") as f:
+            rows = sum(1 for _ in f)
+    return {"rows": rows, "bytes": out.stat().st_size}
+
+
+def _write_parquet(task: _Task, tmp: Path, pool=None) -> int:
+    import pyarrow.parquet as pq
+
+    features = FEATURES[task.config]
+    n = 0
+    with pq.ParquetWriter(tmp, features.arrow_schema) as writer:
+        batch: list[dict[str, Any]] = []
+        for doc, cell in _with_cells(task, pool):
+            for _, row in rows_for(task.config, doc, task.keep_original, cell):
+                batch.append(row)
+                if len(batch) >= ROW_GROUP_ROWS:
+                    writer.write_table(encode_rows(features, batch))
+                    n += len(batch)
+                    batch = []
+        if batch or n == 0:
+            writer.write_table(encode_rows(features, batch))
+            n += len(batch)
+    return n
+
+
+def _sample_json(doc: dict[str, Any]) -> dict[str, Any]:
+    r = doc["record"]
+    return {
+        "image_id": r["image_id"],
+        "source": r["source"],
+        "captions": [c["text"] for c in doc["captions"]],
+        "lengths": [c["length"] for c in doc["captions"]],
+        "label": "; ".join(r.get("labels") or []),
+        "width": r["width"],
+        "height": r["height"],
+        "gsd": r.get("gsd"),
+    }
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _write_wds(task: _Task, tmp: Path, pool=None) -> int:
+    n = 0
+    with tarfile.open(tmp, "w") as tar:
+        for doc, cell in _with_cells(task, pool):
+            image_id = doc["record"]["image_id"]
+            ext = Path(cell["path"]).suffix.lstrip(".")
+            _add_bytes(tar, f"{image_id}.{ext}", cell["bytes"])
+            _add_bytes(tar, f"{image_id}.txt", "\n".join(c["text"] for c in doc["captions"]).encode())
+            _add_bytes(tar, f"{image_id}.json", json.dumps(_sample_json(doc), ensure_ascii=False).encode())
+            n += 1
+    return n
+
+
+def _write_csv_part(task: _Task, tmp: Path, pool=None) -> int:
+    import csv
+
+    images_dir = Path(task.out).parent.parent / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        for doc, cell in _with_cells(task, pool):
+            target = images_dir / cell["path"]
+            if not target.exists():
+                part = _tmp_path(target)
+                part.write_bytes(cell["bytes"])
+                os.replace(part, target)
+            for cap in doc["captions"]:
+                writer.writerow([f"images/{cell['path']}", " ".join(cap["text"].split())])
+                n += 1
+    return n
+
+
+def _tasks(
+    fmt: str, configs: Iterable[str], plan, staging: Path, out: Path, keep_original: bool = False
+) -> list[_Task]:
+    tasks = []
+    for split in SPLITS:
+        if split not in plan.splits:
+            continue
+        files = plan.shard_files(staging, split)
+        total = len(files)
+        for k, file in enumerate(files):
+            if fmt == "parquet":
+                for config in configs:
+                    target = out / "data" / config / f"{split}-{k:05d}-of-{total:05d}.parquet"
+                    tasks.append(
+                        _Task("parquet", config, split, k, total, [file], str(target), keep_original)
+                    )
+            elif fmt == "webdataset":
+                target = out / f"{split}-{k:05d}-of-{total:05d}.tar"
+                tasks.append(_Task("wds", "default", split, k, total, [file], str(target), keep_original))
+            else:
+                target = out / ".parts" / f"{split}-{k:05d}-of-{total:05d}.tsv"
+                tasks.append(_Task("csv", "pairs", split, k, total, [file], str(target), keep_original))
+    return tasks
+
+
+def _run_tasks(tasks: list[_Task], pool, progress: bool) -> list[dict[str, Any]]:
+    """Write the shards one after the other; with ``pool`` the image re-encoding of each runs in it."""
+    from tqdm.auto import tqdm
+
+    results = []
+    with tqdm(total=len(tasks), desc="writing shards", unit=" shards", disable=not progress) as bar:
+        for task in tasks:
+            results.append(_run_task(task, pool))
+            bar.update()
+    return results
+
+
+CARD_BODY = """
+# HQRS-IT
+
+Remote-sensing images with captions generated by **MpGI** (Multi-Perspective Generation and
+Integration, [arXiv 2507.16716](https://arxiv.org/abs/2507.16716)), built with
+[hqrs](https://github.com/) `hqrs build`.
+
+```python
+from datasets import load_dataset
+
+ds = load_dataset("{repo}")            # config "default": image, captions, label, ...
+pairs = load_dataset("{repo}", "pairs")  # one (image, caption) row per caption, CLIP-ready
+```
+
+Configs: `default` (one row per image), `full` (plus the rule text, every perspective with its
+provenance, the human reference captions and the objects), `pairs` (one row per image-caption pair).
+
+Splits are assigned by a deterministic hash of the image id; perceptual near-duplicates share a split,
+and images matching the evaluation test sets listed in `build_report.json` are removed from `train`.
+Sources and licences of the images are those of the source datasets listed in `build_report.json`.
+"""
+
+
+def write_card(
+    out: Path,
+    configs: Iterable[str],
+    split_rows: dict[str, dict[str, int]],
+    split_bytes: dict[str, dict[str, int]],
+    pretty_name: str = "HQRS-IT",
+) -> None:
+    """README.md with YAML ``configs`` (data files per split) and ``dataset_info`` (features, splits)."""
+    from datasets import DatasetInfo, SplitDict, SplitInfo
+    from datasets.info import DatasetInfosDict
+    from datasets.utils.metadata import MetadataConfigs
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    card_data = DatasetCardData(
+        pretty_name=pretty_name,
+        language=["en"],
+        task_categories=["image-to-text", "zero-shot-image-classification"],
+        tags=["remote-sensing", "image-captioning", "mpgi", "hqrs"],
+        size_categories=None,
+    )
+    metadata_configs = MetadataConfigs()
+    infos = DatasetInfosDict()
+    for config in configs:
+        splits = [s for s in SPLITS if split_rows.get(config, {}).get(s)]
+        metadata_configs[config] = {
+            "data_files": [{"split": s, "path": f"data/{config}/{s}-*"} for s in splits],
+            **({"default": True} if config == "default" else {}),
+        }
+        split_dict = SplitDict(dataset_name="hqrs-it")
+        for s in splits:
+            split_dict.add(
+                SplitInfo(name=s, num_examples=split_rows[config][s], num_bytes=split_bytes[config][s])
+            )
+        infos[config] = DatasetInfo(
+            features=FEATURES[config],
+            splits=split_dict,
+            config_name=config,
+            dataset_name="hqrs-it",
+            download_size=sum(split_bytes[config].values()),
+            dataset_size=sum(split_bytes[config].values()),
+        )
+    metadata_configs.to_dataset_card_data(card_data)
+    infos.to_dataset_card_data(card_data)
+    card = DatasetCard(f"---\n{card_data.to_yaml()}\n---\n{CARD_BODY.replace('{repo}', 'PATH_OR_REPO_ID')}")
+    tmp = _tmp_path(out / "README.md")
+    tmp.write_text(str(card), encoding="utf-8")
+    os.replace(tmp, out / "README.md")
+
+
+def export_dataset(
+    out_dir: str | os.PathLike,
+    *,
+    run_dir: str | None = None,
+    captions_csv: str | None = None,
+    sources: Iterable[str] = (),
+    recipe: str = "offline",
+    mpgi_dir: str | None = None,
+    configs: Iterable[str] = CONFIG_NAMES,
+    fmt: str = "parquet",
+    num_proc: int = 1,
+    shard_size: int | str = 2000,
+    split_ratios: tuple[float, float, float] | str = (0.9, 0.05, 0.05),
+    seed: str = "hqrs-it",
+    near_dup_distance: int = 4,
+    contamination: Iterable[str] = (),
+    contamination_distance: int = 4,
+    keep_original: bool = False,
+    progress: bool = True,
+    extra_report: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build HQRS-IT from one input and write it to ``out_dir``; returns the build report.
+
+    See :class:`~hqrs.dataset_builder.builder.HQRSIT` for the inputs and configs and the module docstring
+    for the layout. ``fmt``: ``parquet`` (hub-ready, all ``configs``), ``open_clip-csv`` (``images/`` +
+    ``<split>.csv``, tab-separated ``filepath`` / ``caption``, one row per caption) or ``webdataset``
+    (``<split>-XXXXX-of-YYYYY.tar`` with ``<id>.jpg|png``, ``<id>.txt`` captions, ``<id>.json`` metadata).
+    """
+    started = time.perf_counter()
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    configs = tuple(configs)
+    unknown = [c for c in configs if c not in CONFIG_NAMES]
+    if unknown or not configs:
+        raise ValueError(f"configs must be a non-empty subset of {CONFIG_NAMES}, got {configs!r}")
+    if int(num_proc) < 1:
+        raise ValueError(f"num_proc must be >= 1, got {num_proc!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(split_ratios, str):
+        split_ratios = tuple(float(v) for v in split_ratios.split(","))
+    report = SkipReport()
+    builder = HQRSIT(
+        config_name="default",
+        cache_dir=str(out / ".cache"),
+        run_dir=run_dir,
+        captions_csv=captions_csv,
+        sources=tuple(sources),
+        recipe=recipe,
+        mpgi_dir=mpgi_dir,
+        staging_dir=str(out / ".staging"),
+        split_ratios=tuple(split_ratios),
+        seed=seed,
+        near_dup_distance=near_dup_distance,
+        contamination=tuple(contamination),
+        contamination_distance=contamination_distance,
+        shard_size=shard_size,
+        keep_original=bool(keep_original),
+        num_proc=int(num_proc),
+        progress=progress,
+    )
+    with contextlib.ExitStack() as stack:
+        pool = make_pool(int(num_proc))
+        if pool is not None:
+            stack.enter_context(pool)
+        plan, staging = builder.plan(report, pool)
+        tasks = _tasks(fmt, configs, plan, staging, out, bool(keep_original))
+        results = _run_tasks(tasks, pool, progress)
+
+    split_rows: dict[str, dict[str, int]] = {c: {} for c in (configs if fmt == "parquet" else ())}
+    split_bytes: dict[str, dict[str, int]] = {c: {} for c in (configs if fmt == "parquet" else ())}
+    for task, res in zip(tasks, results):
+        split_rows.setdefault(task.config, {}).setdefault(task.split, 0)
+        split_bytes.setdefault(task.config, {}).setdefault(task.split, 0)
+        split_rows[task.config][task.split] += res["rows"]
+        split_bytes[task.config][task.split] += res["bytes"]
+    if fmt == "parquet":
+        write_card(out, configs, split_rows, split_bytes)
+    elif fmt == "open_clip-csv":
+        _join_csv_parts(out, tasks)
+
+    data = report.to_dict()
+    build_report = {
+        "format": fmt,
+        "configs": list(configs) if fmt == "parquet" else [],
+        "input": {
+            "run_dir": run_dir,
+            "captions_csv": captions_csv,
+            "sources": list(sources),
+            "recipe": recipe,
+        },
+        "records": data["records"],
+        "images": plan.stats["images"],
+        "skipped": data["skipped"],
+        "skipped_by_kind": data["skipped_by_kind"],
+        "skipped_items": data["items"],
+        "near_duplicates": plan.stats["near_duplicates"],
+        "contamination": plan.stats["contamination"],
+        "split_ratios": plan.stats["split_ratios"],
+        "seed": plan.stats["seed"],
+        "splits": {
+            s: {
+                "images": plan.splits[s]["num_examples"],
+                "rows": {c: split_rows.get(c, {}).get(s, 0) for c in split_rows},
+            }
+            for s in plan.splits
+        },
+        "shards": {
+            "size": plan.stats["shard_size"],
+            "written": sum(1 for r in results if not r["reused"]),
+            "reused": sum(1 for r in results if r["reused"]),
+            "files": [str(Path(r["out"]).relative_to(out)) for r in results if fmt != "open_clip-csv"],
+        },
+        "seconds": round(time.perf_counter() - started, 3),
+        **(extra_report or {}),
+    }
+    tmp = _tmp_path(out / "build_report.json")
+    tmp.write_text(json.dumps(build_report, indent=1, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, out / "build_report.json")
+    return build_report
+
+
+def _join_csv_parts(out: Path, tasks: list[_Task]) -> None:
+    for split in SPLITS:
+        parts = [Path(t.out) for t in tasks if t.split == split]
+        if not parts:
+            continue
+        target = out / f"{split}.csv"
+        tmp = _tmp_path(target)
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("filepath\tcaption\n")
+            for part in parts:
+                with open(part, encoding="utf-8") as p:
+                    for line in p:
+                        f.write(line)
+        os.replace(tmp, target)
+
+
+__all__ = ["EXIT_SKIPPED", "FORMATS", "export_dataset", "write_card"]

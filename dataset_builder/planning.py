@@ -1,0 +1,464 @@
+"""Split planning for HQRS-IT: deterministic hash splits, near-duplicate groups, contamination guard.
+
+One streaming pass over the MpGI results writes them to a staging file and keeps a small index per
+image (id, perceptual hash, byte size). Then:
+
+* **near-duplicates**: images whose 64-bit perceptual hashes differ in at most ``near_dup_distance``
+  bits are joined into one group (union-find; candidate pairs come from a pigeonhole band index, so
+  this is not quadratic). Exact duplicates (same image id = same bytes) are dropped as skips.
+* **splits**: every group goes to ``train`` / ``validation`` / ``test`` by the SHA-256 of
+  ``seed + smallest image id of the group``, against the cumulative ``ratios``; so a group never
+  straddles splits and an image keeps its split when other images are added.
+* **contamination guard**: images matching an evaluation test set (same content id, or perceptual
+  hash within ``contamination_distance``) are removed from ``train`` and counted.
+* **shards**: every split is cut into shard files of ``shard_size`` rows (or bytes, ``"500MB"``), written
+  by a second streaming pass; these staged files are the builder's ``gen_kwargs`` shard lists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .records import MpGIResult
+from .sources.base import SkipReport
+from .sources.images import SkipItem, file_perceptual_hash, hamming
+
+logger = logging.getLogger("hqrs.planning")
+
+SPLITS = ("train", "validation", "test")
+PLAN_VERSION = 1
+
+
+def parse_size(value: int | str) -> tuple[str, int]:
+    """``2000`` → ``("rows", 2000)``; ``"500MB"`` → ``("bytes", 500_000_000)``."""
+    if isinstance(value, int) or str(value).strip().isdigit():
+        n = int(value)
+        if n <= 0:
+            raise ValueError(f"shard size must be positive, got {value!r}")
+        return "rows", n
+    text = str(value).strip().upper().replace(" ", "")
+    for unit, mult in (
+        ("GIB", 2**30),
+        ("MIB", 2**20),
+        ("KIB", 2**10),
+        ("GB", 10**9),
+        ("MB", 10**6),
+        ("KB", 10**3),
+    ):
+        if text.endswith(unit):
+            try:
+                n = int(float(text[: -len(unit)]) * mult)
+            except ValueError:
+                break
+            if n > 0:
+                return "bytes", n
+    raise ValueError(f"shard size must be a row count (2000) or a size like '500MB', got {value!r}")
+
+
+def parse_ratios(value: str | Iterable[float]) -> tuple[float, float, float]:
+    parts = [float(v) for v in (value.split(",") if isinstance(value, str) else value)]
+    if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) <= 0:
+        raise ValueError(
+            f"split ratios must be three non-negative numbers train,validation,test, got {value!r}"
+        )
+    total = sum(parts)
+    return tuple(p / total for p in parts)  # type: ignore[return-value]
+
+
+@dataclass
+class SplitSettings:
+    """How images are split. See the module docstring."""
+
+    ratios: tuple[float, float, float] = (0.9, 0.05, 0.05)
+    seed: str = "hqrs-it"
+    near_dup_distance: int = 4
+    contamination: tuple[str, ...] = ()
+    contamination_distance: int = 4
+    shard_size: int | str = 2000
+
+    def __post_init__(self) -> None:
+        self.ratios = parse_ratios(self.ratios)
+        if not -1 <= int(self.near_dup_distance) <= 16:
+            raise ValueError(
+                f"near_dup_distance must be in [-1, 16] (-1 disables), got {self.near_dup_distance!r}"
+            )
+        if not -1 <= int(self.contamination_distance) <= 16:
+            raise ValueError(
+                f"contamination_distance must be in [-1, 16] (-1: exact content only), got {self.contamination_distance!r}"
+            )
+        self.contamination = tuple(str(c) for c in self.contamination)
+        parse_size(self.shard_size)
+
+
+def split_of(key: str, ratios: tuple[float, float, float], seed: str) -> str:
+    u = int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big") / 2**64
+    acc = 0.0
+    for name, ratio in zip(SPLITS, ratios):
+        acc += ratio
+        if u < acc:
+            return name
+    return next(name for name, r in reversed(list(zip(SPLITS, ratios))) if r > 0)
+
+
+class _UnionFind:
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def _bands(value: int, distance: int) -> list[tuple[int, int]]:
+    """Pigeonhole: with ``distance + 1`` disjoint bands, two hashes within ``distance`` share a band."""
+    n = distance + 1
+    width = 64 // n
+    out = []
+    for b in range(n):
+        lo = b * width
+        hi = 64 if b == n - 1 else lo + width
+        out.append((b, (value >> lo) & ((1 << (hi - lo)) - 1)))
+    return out
+
+
+class PhashIndex:
+    """Find stored 64-bit hashes within a Hamming distance of a query, without comparing all pairs."""
+
+    def __init__(self, distance: int):
+        self.distance = distance
+        self.values: list[int] = []
+        self.buckets: dict[tuple[int, int], list[int]] = {}
+
+    def add(self, value: int) -> int:
+        idx = len(self.values)
+        self.values.append(value)
+        for band in _bands(value, self.distance):
+            self.buckets.setdefault(band, []).append(idx)
+        return idx
+
+    def near(self, value: int) -> set[int]:
+        found = set()
+        for band in _bands(value, self.distance):
+            for idx in self.buckets.get(band, ()):
+                if (self.values[idx] ^ value).bit_count() <= self.distance:
+                    found.add(idx)
+        return found
+
+
+def near_duplicate_groups(phashes: list[int | None], distance: int) -> list[int]:
+    """Group index (the smallest member position) of every item; ``None`` hashes stay alone."""
+    uf = _UnionFind(len(phashes))
+    if distance >= 0:
+        index = PhashIndex(distance)
+        positions: list[int] = []
+        for pos, value in enumerate(phashes):
+            if value is None:
+                continue
+            for other in index.near(value):
+                uf.union(positions[other], pos)
+            index.add(value)
+            positions.append(pos)
+    return [uf.find(i) for i in range(len(phashes))]
+
+
+@dataclass
+class EvalSet:
+    """Content ids and perceptual hashes of evaluation images (the contamination guard's reference)."""
+
+    content_ids: set[str] = field(default_factory=set)
+    phashes: list[int] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+
+
+def load_eval_sets(specs: Iterable[str], report: SkipReport | None = None) -> EvalSet:
+    """Evaluation images from source specs (``karpathy:rsicd.json?splits=test``), folders of images,
+    or a JSON file ``{"content_ids": [...], "phashes": [...]}``."""
+    from .records import file_content_id
+    from .sources import IMAGE_EXTENSIONS, load_sources
+
+    out = EvalSet()
+    report = report if report is not None else SkipReport()
+    for spec in specs:
+        out.names.append(spec)
+        path = Path(spec)
+        if path.is_dir():
+            for file in sorted(path.rglob("*")):
+                if file.is_file() and file.suffix.lower() in IMAGE_EXTENSIONS:
+                    out.content_ids.add(file_content_id(file))
+                    try:
+                        out.phashes.append(int(file_perceptual_hash(file), 16))
+                    except (OSError, SkipItem) as exc:
+                        report.skip(file, f"contamination reference unreadable ({exc})", kind="file")
+        elif path.is_file() and path.suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or not ({"content_ids", "phashes"} & set(data)):
+                raise ValueError(
+                    f"contamination file {spec!r} must hold {{'content_ids': [...], 'phashes': [...]}}"
+                )
+            out.content_ids.update(data.get("content_ids", []))
+            out.phashes.extend(int(h, 16) for h in data.get("phashes", []))
+        elif ":" in spec:
+            for source in load_sources([spec]):
+                for record in source.records(report):
+                    out.content_ids.add(record.image_id)
+                    original = record.meta.get("original")
+                    if original:
+                        out.content_ids.add(file_content_id(original))
+                    if record.meta.get("phash"):
+                        out.phashes.append(int(record.meta["phash"], 16))
+        else:
+            raise ValueError(
+                f"contamination set {spec!r} is not a folder, a hash JSON or a source spec KIND:PATH[?splits=test]"
+            )
+    return out
+
+
+@dataclass
+class Plan:
+    """The staged, split and sharded build input (``plan.json`` in the staging folder)."""
+
+    fingerprint: str
+    splits: dict[str, dict[str, Any]]  # name → {"num_examples", "num_bytes", "shards": [file names]}
+    stats: dict[str, Any]
+    skips: list[dict[str, str]]
+    version: int = PLAN_VERSION
+
+    def shard_files(self, staging: Path, split: str) -> list[str]:
+        return [str(staging / split / name) for name in self.splits[split]["shards"]]
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def load_plan(staging: Path, fingerprint: str) -> Plan | None:
+    path = staging / "plan.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        plan = Plan(**data)
+    except (json.JSONDecodeError, TypeError):
+        return None
+    if plan.fingerprint != fingerprint or plan.version != PLAN_VERSION:
+        return None
+    for split in plan.splits:
+        if not all(Path(f).is_file() for f in plan.shard_files(staging, split)):
+            return None
+    return plan
+
+
+def make_plan(
+    results: Iterable[MpGIResult],
+    settings: SplitSettings,
+    staging: Path,
+    fingerprint: str,
+    report: SkipReport | None = None,
+    progress: bool = False,
+) -> Plan:
+    """Stage ``results`` (streaming) and plan splits and shards; reuses a finished plan with the same
+    fingerprint. ``report`` receives the skipped results."""
+    existing = load_plan(staging, fingerprint)
+    if existing is not None:
+        logger.info("reusing the staged plan in %s", staging)
+        if report is not None:
+            for item in existing.skips:
+                report.items.append(item)
+        return existing
+    from tqdm.auto import tqdm
+
+    report_local = SkipReport()
+    staging.mkdir(parents=True, exist_ok=True)
+    all_path = staging / "all.jsonl"
+    ids: list[str] = []
+    hashes: list[int | None] = []
+    sizes: list[int] = []
+    seen: dict[str, str] = {}
+    with open(all_path, "w", encoding="utf-8") as out:
+        for result in tqdm(results, desc="staging results", unit=" images", disable=not progress):
+            record = result.record
+            if result.status != "ok":
+                report_local.skip(
+                    record.image,
+                    f"MpGI failed: {result.error or 'no error message'}",
+                    kind="result",
+                    source=record.source,
+                )
+                continue
+            if not [c for c in result.captions if c.text.strip()]:
+                report_local.skip(
+                    record.image, "MpGI result has no caption", kind="result", source=record.source
+                )
+                continue
+            if record.image_id in seen:
+                report_local.skip(
+                    record.image,
+                    f"same image bytes as {seen[record.image_id]} (image_id "
+                    f"{record.image_id}); kept the first",
+                    kind="result",
+                    source=record.source,
+                )
+                continue
+            phash = record.meta.get("phash")
+            try:
+                size = os.path.getsize(record.image)
+                if not phash:
+                    phash = file_perceptual_hash(record.image)
+            except (OSError, SkipItem) as exc:
+                report_local.skip(
+                    record.image,
+                    f"image unreadable at build time ({exc})",
+                    kind="result",
+                    source=record.source,
+                )
+                continue
+            seen[record.image_id] = record.image
+            ids.append(record.image_id)
+            hashes.append(int(phash, 16))
+            sizes.append(size)
+            out.write(json.dumps(result.to_dict(), ensure_ascii=False, default=_json_default))
+            out.write("\n")
+
+    groups = near_duplicate_groups(hashes, settings.near_dup_distance)
+    group_key: dict[int, str] = {}
+    for pos, g in enumerate(groups):
+        if g not in group_key or ids[pos] < group_key[g]:
+            group_key[g] = ids[pos]
+    assignment = [split_of(group_key[g], settings.ratios, settings.seed) for g in groups]
+
+    eval_set = load_eval_sets(settings.contamination, report_local) if settings.contamination else EvalSet()
+    removed: list[dict[str, str]] = []
+    matched_total = 0
+    if settings.contamination:
+        index = PhashIndex(max(settings.contamination_distance, 0))
+        if settings.contamination_distance >= 0:
+            for h in eval_set.phashes:
+                index.add(h)
+        for pos, image_id in enumerate(ids):
+            how = None
+            if image_id in eval_set.content_ids:
+                how = "content"
+            elif settings.contamination_distance >= 0 and hashes[pos] is not None and index.near(hashes[pos]):
+                how = "phash"
+            if how:
+                matched_total += 1
+                if assignment[pos] == "train":
+                    assignment[pos] = None
+                    removed.append({"image_id": image_id, "match": how})
+
+    kind, limit = parse_size(settings.shard_size)
+    counts = {s: 0 for s in SPLITS}
+    nbytes = {s: 0 for s in SPLITS}
+    chunk_of: list[int | None] = []
+    for pos, split in enumerate(assignment):
+        if split is None:
+            chunk_of.append(None)
+            continue
+        if kind == "rows":
+            chunk = counts[split] // limit
+        else:
+            chunk = nbytes[split] // limit
+        chunk_of.append(chunk)
+        counts[split] += 1
+        nbytes[split] += sizes[pos]
+    n_chunks = {
+        s: (max(c for c, a in zip(chunk_of, assignment) if a == s) + 1 if counts[s] else 0) for s in SPLITS
+    }
+
+    handles: dict[str, tuple[int, Any]] = {}
+    for split in SPLITS:
+        (staging / split).mkdir(exist_ok=True)
+        for old in (staging / split).glob("*.jsonl"):
+            old.unlink()
+    with open(all_path, encoding="utf-8") as src:
+        for pos, line in enumerate(src):
+            split = assignment[pos]
+            if split is None:
+                continue
+            current = handles.get(split)
+            if current is None or current[0] != chunk_of[pos]:
+                if current is not None:
+                    current[1].close()
+                handles[split] = (
+                    chunk_of[pos],
+                    open(staging / split / f"{chunk_of[pos]:05d}.jsonl", "w", encoding="utf-8"),
+                )
+            handles[split][1].write(line)
+    for _, f in handles.values():
+        f.close()
+    all_path.unlink()
+
+    multi = {}
+    for g in groups:
+        multi[g] = multi.get(g, 0) + 1
+    stats = {
+        "images": len(ids),
+        "split_ratios": list(settings.ratios),
+        "seed": settings.seed,
+        "near_duplicates": {
+            "distance": settings.near_dup_distance,
+            "groups_with_more_than_one_image": sum(1 for v in multi.values() if v > 1),
+            "images_in_such_groups": sum(v for v in multi.values() if v > 1),
+        },
+        "contamination": {
+            "sets": list(settings.contamination),
+            "reference_images": len(eval_set.content_ids),
+            "distance": settings.contamination_distance,
+            "matched": matched_total,
+            "removed_from_train": len(removed),
+            "removed": removed,
+        },
+        "shard_size": settings.shard_size,
+    }
+    splits = {
+        s: {
+            "num_examples": counts[s],
+            "num_bytes_images": nbytes[s],
+            "shards": [f"{k:05d}.jsonl" for k in range(n_chunks[s])],
+        }
+        for s in SPLITS
+        if counts[s]
+    }
+    plan = Plan(fingerprint=fingerprint, splits=splits, stats=stats, skips=report_local.items)
+    _atomic_write_text(staging / "plan.json", json.dumps(asdict(plan), indent=1, default=_json_default))
+    if report is not None:
+        report.extend(report_local)
+    return plan
+
+
+__all__ = [
+    "SPLITS",
+    "EvalSet",
+    "Plan",
+    "PhashIndex",
+    "SplitSettings",
+    "hamming",
+    "load_eval_sets",
+    "make_plan",
+    "near_duplicate_groups",
+    "parse_ratios",
+    "parse_size",
+    "split_of",
+]

@@ -1,0 +1,115 @@
+"""Source adapters: every supported annotation format becomes :class:`~hqrs.dataset_builder.records.ImageRecord`.
+
+>>> from hqrs.dataset_builder.sources import SkipReport, load_source
+>>> report = SkipReport()
+>>> src = load_source("dota:data/labelTxt?images=data/images&large=tile")  # doctest: +SKIP
+>>> for record in src.records(report): ...  # doctest: +SKIP
+
+A source is written ``KIND:PATH?opt=val&...`` (see :mod:`.base` for the common options and each
+adapter class in :mod:`.adapters` for its own), or given as a mapping ``{kind, path, images, ...}``;
+:func:`load_sources` also reads a YAML list of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ..records import ImageRecord
+from .adapters import KIND_ALIASES, SOURCE_KINDS
+from .base import SkipReport, Source, parse_spec
+from .images import (
+    IMAGE_EXTENSIONS,
+    ImageSettings,
+    SkipItem,
+    file_perceptual_hash,
+    load_image,
+    perceptual_hash,
+)
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "SOURCE_KINDS",
+    "ImageSettings",
+    "SkipItem",
+    "SkipReport",
+    "Source",
+    "file_perceptual_hash",
+    "iter_records",
+    "load_image",
+    "load_source",
+    "load_sources",
+    "parse_spec",
+    "perceptual_hash",
+]
+
+
+def _kind_class(kind: str) -> type[Source]:
+    kind = KIND_ALIASES.get(kind, kind)
+    if kind not in SOURCE_KINDS:
+        raise ValueError(f"unknown source kind {kind!r}; known: {', '.join(SOURCE_KINDS)}")
+    return SOURCE_KINDS[kind]
+
+
+def load_source(spec: str | dict[str, Any] | Source, *, base_dir: str | Path | None = None) -> Source:
+    """A :class:`Source` from ``"KIND:PATH?images=DIR&opt=val"`` or ``{"kind", "path", "images", ...}``.
+
+    Relative paths are taken from ``base_dir`` (a YAML list's folder) or the working directory.
+    """
+    if isinstance(spec, Source):
+        return spec
+    base = Path(base_dir) if base_dir is not None else None
+    if isinstance(spec, str):
+        kind, path, options = parse_spec(spec)
+    elif isinstance(spec, dict):
+        options = {k: v for k, v in spec.items() if k not in ("kind", "path")}
+        if "kind" not in spec or "path" not in spec:
+            raise ValueError(f"source mapping {spec!r} needs 'kind' and 'path' keys")
+        kind, path = str(spec["kind"]).lower(), spec["path"]
+    else:
+        raise ValueError(
+            f"a source is a 'KIND:PATH?...' string or a mapping, got {type(spec).__name__}: {spec!r}"
+        )
+    return _kind_class(kind)(path, options, base_dir=base)
+
+
+def load_sources(specs: str | Path | Iterable[str | dict[str, Any]]) -> list[Source]:
+    """Sources from spec strings / mappings, or from a YAML file holding a list of them
+    (top-level list, or ``{"sources": [...]}``); YAML-relative paths are taken from the YAML's folder."""
+    if isinstance(specs, (str, Path)):
+        text = str(specs)
+        if text.endswith((".yaml", ".yml")) and ":" not in text.split("?", 1)[0].replace(":\\", ""):
+            return _from_yaml(Path(text))
+        specs = [text]
+    out: list[Source] = []
+    for spec in specs:
+        if isinstance(spec, (str, Path)) and str(spec).endswith((".yaml", ".yml")) and Path(spec).is_file():
+            out.extend(_from_yaml(Path(spec)))
+        else:
+            out.append(load_source(spec))
+    return out
+
+
+def _from_yaml(path: Path) -> list[Source]:
+    import yaml
+
+    if not path.is_file():
+        raise ValueError(f"sources file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"sources file {str(path)!r} is not valid YAML: {exc}") from None
+    if isinstance(data, dict) and "sources" in data:
+        data = data["sources"]
+    if not isinstance(data, list) or not data:
+        raise ValueError(
+            f"sources file {str(path)!r} must hold a non-empty list of sources (or a 'sources:' key with one)"
+        )
+    return [load_source(item, base_dir=path.parent) for item in data]
+
+
+def iter_records(sources: Iterable[Source], report: SkipReport, pool=None) -> Iterator[ImageRecord]:
+    """All records of several sources, in order (image analysis in ``pool``'s workers if given)."""
+    for source in sources:
+        yield from source.records(report, pool)

@@ -1,0 +1,862 @@
+"""The source adapters, one class per ``KIND`` (see :data:`SOURCE_KINDS`)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from PIL import Image
+
+from ..records import ImageRecord, MaskSummary, ObjectAnnotation
+from .base import SkipReport, Source, parse_bool, parse_list
+from .images import IMAGE_EXTENSIONS, SkipItem, _pixel_limit
+
+# Class lists of the detection datasets (their annotations are exhaustive for these classes).
+DOTA_CLASSES = (
+    "plane",
+    "ship",
+    "storage-tank",
+    "baseball-diamond",
+    "tennis-court",
+    "basketball-court",
+    "ground-track-field",
+    "harbor",
+    "bridge",
+    "large-vehicle",
+    "small-vehicle",
+    "helicopter",
+    "roundabout",
+    "soccer-ball-field",
+    "swimming-pool",
+    "container-crane",
+    "airport",
+    "helipad",
+)  # DOTA v2.0 (a superset of v1.0 and v1.5)
+DIOR_CLASSES = (
+    "airplane",
+    "airport",
+    "baseballfield",
+    "basketballcourt",
+    "bridge",
+    "chimney",
+    "dam",
+    "Expressway-Service-area",
+    "Expressway-toll-station",
+    "golffield",
+    "groundtrackfield",
+    "harbor",
+    "overpass",
+    "ship",
+    "stadium",
+    "storagetank",
+    "tenniscourt",
+    "trainstation",
+    "vehicle",
+    "windmill",
+)
+CLASS_PRESETS = {"dota": DOTA_CLASSES, "dior": DIOR_CLASSES}
+
+# Mask palettes: class → RGB colour (mode "color") or class → index (mode "index").
+ISAID_PALETTE = {
+    "ship": (0, 0, 63),
+    "storage-tank": (0, 63, 63),
+    "baseball-diamond": (0, 63, 0),
+    "tennis-court": (0, 63, 127),
+    "basketball-court": (0, 63, 191),
+    "ground-track-field": (0, 63, 255),
+    "bridge": (0, 127, 63),
+    "large-vehicle": (0, 127, 127),
+    "small-vehicle": (0, 0, 127),
+    "helicopter": (0, 0, 191),
+    "swimming-pool": (0, 0, 255),
+    "roundabout": (0, 191, 127),
+    "soccer-ball-field": (0, 127, 191),
+    "plane": (0, 127, 255),
+    "harbor": (0, 100, 155),
+    "background": (0, 0, 0),
+}
+LOVEDA_CLASSES = {
+    "no-data": 0,
+    "background": 1,
+    "building": 2,
+    "road": 3,
+    "water": 4,
+    "barren": 5,
+    "forest": 6,
+    "agriculture": 7,
+}
+MASK_PRESETS: dict[str, dict[str, Any]] = {
+    "isaid": {
+        "mode": "color",
+        "palette": ISAID_PALETTE,
+        "suffix": "_instance_color_RGB.png",
+        "instances_suffix": "_instance_id_RGB.png",
+        "ignore": ("background",),
+    },
+    "loveda": {
+        "mode": "index",
+        "palette": LOVEDA_CLASSES,
+        "suffix": ".png",
+        "instances_suffix": "",
+        "ignore": ("no-data",),
+    },
+}
+
+
+def _classes(value: Any) -> tuple[str, ...] | None:
+    """``any`` → no class check; a preset name; or a comma-separated list."""
+    if value in (None, "", "any"):
+        return None
+    if isinstance(value, str) and value.lower() in CLASS_PRESETS:
+        return CLASS_PRESETS[value.lower()]
+    return tuple(parse_list(value))
+
+
+def _read_text(report: SkipReport, source: Source, path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        report.skip(path, f"cannot read annotation file ({exc})", kind="file", source=source.source_name)
+        return None
+
+
+def _files(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.iterdir() if p.is_file() and p.name.lower().endswith(suffixes))
+
+
+# ------------------------------------------------------------------------------------------ folder
+
+
+class FolderSource(Source):
+    """Scene classification layout ``PATH/<label>/**/<image>``: the label is the top sub-folder.
+
+    Files directly in ``PATH`` (``labels.csv``, a readme) and dot-files are not images of any class and
+    are ignored; every other file under a class folder is either a record or a skip with a reason.
+    """
+
+    kind = "folder"
+
+    def _records(self, report: SkipReport) -> Iterator[ImageRecord]:
+        if not self.path.is_dir():
+            raise ValueError(f"folder source: PATH {str(self.path)!r} must be a directory of class folders")
+        for class_dir in sorted(p for p in self.path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for file in sorted(class_dir.rglob("*")):
+                if not file.is_file() or file.name.startswith("."):
+                    continue
+                if file.suffix.lower() not in IMAGE_EXTENSIONS:
+                    report.skip(
+                        file,
+                        f"not an image file extension ({file.suffix or 'none'})",
+                        source=self.source_name,
+                    )
+                    continue
+                yield from self.emit(
+                    report,
+                    file,
+                    labels=[class_dir.name],
+                    meta={"file": str(file.relative_to(self.path))},
+                )
+
+
+# ---------------------------------------------------------------------------------------- karpathy
+
+
+class KarpathySource(Source):
+    """Karpathy caption JSON ``{"images": [{"filename", "split", "sentences": [{"raw"}]}]}``.
+
+    Human sentences become ``references``; the source split is kept. Options: ``labels=CSV`` with a
+    ``filename`` column and ``label_column`` (default ``label``) for datasets whose JSON has no labels
+    (UCM-Captions); ``label_from_filename=true`` takes the label from ``<label>_<n>.<ext>`` (RSICD).
+    """
+
+    kind = "karpathy"
+    default_images = "images"
+    OPTIONS: ClassVar = {
+        "labels": (str, None),
+        "label_column": (str, "label"),
+        "label_from_filename": (parse_bool, False),
+    }
+
+    def _records(self, report: SkipReport) -> Iterator[ImageRecord]:
+        text = _read_text(report, self, self.path)
+        if text is None:
+            return
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            report.skip(self.path, f"malformed JSON ({exc})", kind="file", source=self.source_name)
+            return
+        entries = data.get("images") if isinstance(data, dict) else None
+        if not isinstance(entries, list):
+            report.skip(
+                self.path,
+                "no 'images' list at the top level (not a Karpathy caption file)",
+                kind="file",
+                source=self.source_name,
+            )
+            return
+        if not self.name and isinstance(data.get("dataset"), str):
+            self.name = data["dataset"].lower()
+        labels = self._label_table(report)
+        root = self.images_root()
+        for index, entry in enumerate(entries):
+            where = f"{self.path}#images[{index}]"
+            if not isinstance(entry, dict) or not isinstance(entry.get("filename"), str):
+                report.skip(where, "entry has no 'filename' string", kind="row", source=self.source_name)
+                continue
+            sentences = entry.get("sentences", [])
+            if not isinstance(sentences, list):
+                report.skip(where, "'sentences' is not a list", kind="row", source=self.source_name)
+                continue
+            refs = []
+            for s in sentences:
+                raw = s.get("raw") if isinstance(s, dict) else None
+                if isinstance(raw, str) and raw.strip():
+                    refs.append(raw.strip())
+                else:
+                    report.skip(
+                        where,
+                        f"sentence without a 'raw' string: {s!r}"[:200],
+                        kind="row",
+                        source=self.source_name,
+                    )
+            filename = entry["filename"]
+            label = entry.get("label") if isinstance(entry.get("label"), str) else labels.get(filename)
+            if label is None and self.options["label_from_filename"]:
+                stem = Path(filename).stem
+                label = stem.rsplit("_", 1)[0] if "_" in stem else None
+            sub = entry.get("filepath") if isinstance(entry.get("filepath"), str) else ""
+            image = root / sub / filename
+            yield from self.emit(
+                report,
+                image,
+                annotation_file=where,
+                references=refs,
+                labels=[label] if label else [],
+                split=entry.get("split") if isinstance(entry.get("split"), str) else None,
+                meta={"file": filename, **({"imgid": entry["imgid"]} if "imgid" in entry else {})},
+            )
+
+    def _label_table(self, report: SkipReport) -> dict[str, str]:
+        path = self.options["labels"]
+        if not path:
+            return {}
+        path = self._resolve(path, self.path.parent)
+        column = self.options["label_column"]
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            if "filename" not in (reader.fieldnames or []) or column not in (reader.fieldnames or []):
+                raise ValueError(
+                    f"karpathy labels={str(path)!r} needs columns 'filename' and {column!r} "
+                    f"(label_column), has {reader.fieldnames}"
+                )
+            return {row["filename"]: row[column] for row in reader if row.get("filename") and row.get(column)}
+
+
+# -------------------------------------------------------------------------------------------- dota
+
+
+def _detection_fields(classes: tuple[str, ...] | None) -> dict[str, Any]:
+    return {"exhaustive_classes": list(classes) if classes else []}
+
+
+class DotaSource(Source):
+    """DOTA ``labelTxt``: ``imagesource:`` / ``gsd:`` header, then ``x1 y1 … x4 y4 class difficult``.
+
+    PATH is the ``labelTxt`` folder (or one file); images default to the sibling ``images`` folder.
+    ``classes`` (default ``dota``: the DOTA v2.0 list; ``any`` accepts every class) decides which
+    classes are known; objects of other classes are skipped with a reason.
+    """
+
+    kind = "dota"
+    default_images = "images"
+    OPTIONS: ClassVar = {"classes": (_classes, CLASS_PRESETS["dota"])}
+
+    def _records(self, report: SkipReport) -> Iterator[ImageRecord]:
+        classes = self.options["classes"]
+        label_files = _files(self.path, (".txt",))
+        annotated = set()
+        for file in label_files:
+            annotated.add(file.stem)
+            text = _read_text(report, self, file)
+            if text is None:
+                continue
+            header: dict[str, str] = {}
+            objects: list[ObjectAnnotation] = []
+            for lineno, line in enumerate(text.splitlines(), 1):
+                line = line.strip()
+                if not line:
+                    continue
+                key, sep, value = line.partition(":")
+                if sep and " " not in key:
+                    header[key.strip().lower()] = value.strip()
+                    continue
+                parts = line.split()
+                where = f"{file}:{lineno}"
+                try:
+                    if len(parts) not in (9, 10):
+                        raise ValueError
+                    coords = [float(v) for v in parts[:8]]
+                    difficult = parts[9] == "1" if len(parts) == 10 else False
+                except ValueError:
+                    report.skip(
+                        where,
+                        f"expected 'x1 y1 x2 y2 x3 y3 x4 y4 class [difficult]', got {line!r}"[:300],
+                        kind="row",
+                        source=self.source_name,
+                    )
+                    continue
+                obj = self.make_object(
+                    report, where, parts[8], obox=coords, difficult=difficult, known=classes
+                )
+                if obj is not None:
+                    objects.append(obj)
+            gsd = _positive_float(header.get("gsd"))
+            if header.get("gsd") not in (None, "", "None", "null") and gsd is None:
+                report.skip(
+                    file,
+                    f"gsd header {header['gsd']!r} is not a positive number; gsd left unknown",
+                    kind="row",
+                    source=self.source_name,
+                )
+            meta = {"file": file.name}
+            if header.get("imagesource"):
+                meta["imagesource"] = header["imagesource"]
+            yield from self.emit(
+                report,
+                self.find_image(file.stem),
+                annotation_file=file,
+                objects=objects,
+                gsd=gsd,
+                meta=meta,
+                **_detection_fields(classes),
+            )
+        self._unannotated(report, annotated)
+
+    def _unannotated(self, report: SkipReport, annotated: set[str]) -> None:
+        root = self.images_root()
+        if self.path.is_file() or not root.is_dir() or root == self.path:
+            return
+        for image in sorted(root.iterdir()):
+            if image.suffix.lower() in IMAGE_EXTENSIONS and image.stem not in annotated:
+                report.skip(image, "image has no annotation file", source=self.source_name)
+
+
+def _positive_float(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) and v > 0 else None
+
+
+# --------------------------------------------------------------------------------------------- voc
+
+
+_ROBNDBOX_CORNERS = ("left_top", "right_top", "right_bottom", "left_bottom")
+
+
+class VocSource(Source):
+    """Pascal-VOC XML: ``<object><name>`` with ``<bndbox>`` (horizontal) and/or an oriented box.
+
+    Oriented boxes: DIOR-R's ``<robndbox>`` with ``x_left_top`` … ``y_left_bottom`` corners, or
+    roLabelImg's ``<robndbox>`` with ``cx cy w h angle`` (radians). PATH is the annotation folder (or
+    one XML file); images default to a ``JPEGImages`` folder next to it. ``classes`` as for ``dota``
+    (``dior`` preset; default ``any``).
+    """
+
+    kind = "voc"
+    default_images = "JPEGImages"
+    OPTIONS: ClassVar = {"classes": (_classes, None)}
+
+    def _records(self, report: SkipReport) -> Iterator[ImageRecord]:
+        classes = self.options["classes"]
+        for file in _files(self.path, (".xml",)):
+            try:
+                root = ET.parse(file).getroot()
+            except (ET.ParseError, OSError) as exc:
+                report.skip(file, f"malformed XML ({exc})", kind="file", source=self.source_name)
+                continue
+            objects = []
+            for index, node in enumerate(root.iter("object")):
+                where = f"{file}#object[{index}]"
+                name = (node.findtext("name") or "").strip()
+                if not name:
+                    report.skip(where, "object without <name>", kind="object", source=self.source_name)
+                    continue
+                try:
+                    bbox, obox = self._boxes(node)
+                except ValueError as exc:
+                    report.skip(where, f"bad box: {exc}", kind="object", source=self.source_name)
+                    continue
+                difficult = (node.findtext("difficult") or "0").strip() == "1"
+                obj = self.make_object(
+                    report, where, name, bbox=bbox, obox=obox, difficult=difficult, known=classes
+                )
+                if obj is not None:
+                    objects.append(obj)
+            filename = (root.findtext("filename") or "").strip()
+            image = None
+            if filename:
+                candidate = self.images_root() / filename
+                image = candidate if candidate.is_file() else self.find_image(Path(filename).stem)
+            image = image or self.find_image(file.stem)
+            size = None
+            try:
+                w, h = (
+                    int(float(root.findtext("size/width") or 0)),
+                    int(float(root.findtext("size/height") or 0)),
+                )
+                size = (w, h) if w > 0 and h > 0 else None
+            except ValueError:
+                size = None
+            yield from self.emit(
+                report,
+                image,
+                annotation_file=file,
+                objects=objects,
+                expected_size=size,
+                meta={"file": file.name},
+                **_detection_fields(classes),
+            )
+
+    @staticmethod
+    def _boxes(node) -> tuple[tuple | None, tuple | None]:
+        bbox = obox = None
+        b = node.find("bndbox")
+        if b is not None:
+            bbox = tuple(float(b.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        r = node.find("robndbox")
+        if r is not None:
+            if r.find("x_left_top") is not None:
+                obox = tuple(
+                    float(r.findtext(f"{axis}_{c}")) for c in _ROBNDBOX_CORNERS for axis in ("x", "y")
+                )
+            else:
+                cx, cy, w, h, a = (float(r.findtext(k)) for k in ("cx", "cy", "w", "h", "angle"))
+                ca, sa = math.cos(a), math.sin(a)
+                pts = [(-w / 2, -h / 2), (w / 2, -h / 2), (w / 2, h / 2), (-w / 2, h / 2)]
+                obox = tuple(v for x, y in pts for v in (cx + x * ca - y * sa, cy + x * sa + y * ca))
+        if bbox is None and obox is None:
+            raise ValueError("neither <bndbox> nor <robndbox>")
+        return bbox, obox
+
+
+# -------------------------------------------------------------------------------------------- coco
+
+
+class CocoSource(Source):
+    """COCO detection / instance JSON (``images``, ``annotations`` with ``bbox=[x, y, w, h]``,
+    ``categories``); ``images=DIR`` holds the ``file_name`` files. The category list is exhaustive."""
+
+    kind = "coco"
+    OPTIONS: ClassVar = {"include_crowd": (parse_bool, True)}
+
+    def _records(self, report: SkipReport) -> Iterator[ImageRecord]:
+        text = _read_text(report, self, self.path)
+        if text is None:
+            return
+        try:
+            data = json.loads(text)
+            images, annotations = data["images"], data.get("annotations", [])
+            categories = {int(c["id"]): str(c["name"]) for c in data["categories"]}
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            report.skip(
+                self.path,
+                f"malformed COCO JSON ({type(exc).__name__}: {exc})",
+                kind="file",
+                source=self.source_name,
+            )
+            return
+        by_image: dict[Any, list[ObjectAnnotation]] = {}
+        image_ids = {img.get("id") for img in images if isinstance(img, dict)}
+        for index, ann in enumerate(annotations):
+            where = f"{self.path}#annotations[{index}]"
+            try:
+                x, y, w, h = (float(v) for v in ann["bbox"])
+                cat = int(ann["category_id"])
+                img_id = ann["image_id"]
+            except (KeyError, TypeError, ValueError) as exc:
+                report.skip(
+                    where,
+                    f"malformed annotation ({type(exc).__name__}: {exc})",
+                    kind="object",
+                    source=self.source_name,
+                )
+                continue
+            if img_id not in image_ids:
+                report.skip(
+                    where,
+                    f"annotation for image_id {img_id!r} that is not in 'images'",
+                    kind="object",
+                    source=self.source_name,
+                )
+                continue
+            if cat not in categories:
+                report.skip(
+                    where,
+                    f"unknown class: category_id {cat} is not in 'categories'",
+                    kind="object",
+                    source=self.source_name,
+                )
+                continue
+            if ann.get("iscrowd") and not self.options["include_crowd"]:
+                continue
+            obj = self.make_object(report, where, categories[cat], bbox=(x, y, x + w, y + h))
+            if obj is not None:
+                by_image.setdefault(img_id, []).append(obj)
+        root = self.images_root()
+        for index, img in enumerate(images):
+            where = f"{self.path}#images[{index}]"
+            if not isinstance(img, dict) or not isinstance(img.get("file_name"), str):
+                report.skip(where, "image entry without 'file_name'", kind="row", source=self.source_name)
+                continue
+            size = (img.get("width"), img.get("height"))
+            yield from self.emit(
+                report,
+                root / img["file_name"],
+                annotation_file=where,
+                objects=by_image.get(img.get("id"), []),
+                expected_size=size if all(isinstance(v, int) for v in size) else None,
+                exhaustive_classes=sorted(categories.values()),
+                meta={"file": img["file_name"], "coco_id": img.get("id")},
+            )
+
+
+# -------------------------------------------------------------------------------------------- mask
+
+
+def _palette(value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    text = str(value)
+    if text.lower() in MASK_PRESETS:
+        return {"preset": text.lower()}
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise ValueError(
+            f"palette {text!r} is neither a preset ({', '.join(MASK_PRESETS)}) nor a YAML/JSON file "
+            "mapping class name → [r, g, b] (color masks) or → index (index masks)"
+        )
+    import yaml
+
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"palette file {text!r} must hold a mapping class name → colour or index")
+    return {"classes": data}
+
+
+class MaskSource(Source):
+    """Segmentation masks: class-colour (iSAID) or class-index (LoveDA) images, one per image.
+
+    Options: ``palette`` (``isaid`` | ``loveda`` | a YAML/JSON file mapping class → ``[r, g, b]`` or →
+    index), ``mode`` (``color`` | ``index``, default from the preset / palette), ``suffix`` (mask file
+    = image stem + suffix), ``instances_suffix`` (iSAID's instance-id masks: gives instance counts and
+    one box per instance), ``ignore`` (classes left out of the summary). A mask colour or index not in
+    the palette is reported (``pixels``) and left out. The palette classes are exhaustive.
+    """
+
+    # each pending image would hold its decoded mask while queued for a worker: analyse here instead
+    pooled: ClassVar[bool] = False
+    kind = "mask"
+    OPTIONS: ClassVar = {
+        "palette": (_palette, {"preset": "isaid"}),
+        "mode": (str, None),
+        "suffix": (str, None),
+        "instances_suffix": (str, None),
+        "ignore": (parse_list, None),
+    }
+
+    def _setup(self) -> None:
+        pal = self.options["palette"]
+        preset = MASK_PRESETS.get(pal.get("preset", ""), {})
+        classes = pal.get("classes") or preset.get("palette")
+        mode = (
+            self.options["mode"]
+            or preset.get("mode")
+            or ("index" if all(isinstance(v, int) for v in classes.values()) else "color")
+        )
+        if mode not in ("color", "index"):
+            raise ValueError(f"mask source: mode must be 'color' or 'index', got {mode!r}")
+        self.mode = mode
+        self.classes = list(classes)
+        if mode == "color":
+            try:
+                keys = [int(r) << 16 | int(g) << 8 | int(b) for r, g, b in classes.values()]
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"mask source: color palette values must be [r, g, b], got {classes!r}"
+                ) from None
+        else:
+            keys = [int(v) for v in classes.values()]
+        self.lookup = dict(zip(keys, range(len(self.classes))))
+        self.suffix = self.options["suffix"] or preset.get("suffix") or ".png"
+        inst = self.options["instances_suffix"]
+        self.instances_suffix = preset.get("instances_suffix", "") if inst is None else inst
+        ignore = self.options["ignore"]
+        self.ignore = set(preset.get("ignore", ()) if ignore is None else ignore)
+
+    def _records(self, report: SkipReport) -> Iterator[ImageRecord]:
+        self._setup()
+        masks = (
+            [self.path]
+            if self.path.is_file()
+            else sorted(
+                p
+                for p in self.path.iterdir()
+                if p.is_file()
+                and p.name.endswith(self.suffix)
+                and not (self.instances_suffix and p.name.endswith(self.instances_suffix))
+            )
+        )
+        images_root = self.images_dir or (self.path.parent if self.path.is_file() else self.path)
+        for mask_file in masks:
+            stem = (
+                mask_file.name[: -len(self.suffix)]
+                if mask_file.name.endswith(self.suffix)
+                else mask_file.stem
+            )
+            image = self.find_image(stem, images_root)
+            if image is not None and image.resolve() == mask_file.resolve():
+                image = None
+            try:
+                class_map, unknown = self._class_map(mask_file)
+                instances = self._instances(mask_file, stem)
+            except SkipItem as exc:
+                report.skip(mask_file, exc.reason, kind="file", source=self.source_name)
+                continue
+            if unknown:
+                report.skip(
+                    mask_file,
+                    f"mask values not in the palette, left out: {unknown}"[:400],
+                    kind="pixels",
+                    source=self.source_name,
+                )
+            if instances is not None and instances.shape != class_map.shape:
+                report.skip(
+                    mask_file,
+                    "instance mask size differs from the class mask; instances ignored",
+                    kind="file",
+                    source=self.source_name,
+                )
+                instances = None
+
+            def mask_fn(rect, scale, class_map=class_map, instances=instances, where=mask_file):
+                return self._summary(class_map, instances, rect, scale)
+
+            yield from self.emit(
+                report,
+                image,
+                annotation_file=mask_file,
+                mask_fn=mask_fn,
+                expected_size=class_map.shape[::-1],
+                exhaustive_classes=[c for c in self.classes if c not in self.ignore],
+                meta={"file": image.name if image else stem, "mask": mask_file.name},
+            )
+
+    def _open(self, path: Path) -> np.ndarray:
+        try:
+            with _pixel_limit(self.image_settings.max_pixels), Image.open(path) as im:
+                # index masks: the stored values (palette images: their indices) are the class indices
+                return np.asarray(im.convert("RGB")) if self.mode == "color" else np.asarray(im)
+        except (OSError, Image.DecompressionBombError) as exc:
+            raise SkipItem(f"unreadable mask ({exc})") from None
+
+    def _class_map(self, path: Path) -> tuple[np.ndarray, dict[str, int]]:
+        array = self._open(path)
+        if self.mode == "color":
+            if array.ndim != 3:
+                raise SkipItem("colour mask is not an RGB image")
+            keys = (
+                (array[..., 0].astype(np.int32) << 16) | (array[..., 1].astype(np.int32) << 8) | array[..., 2]
+            )
+        else:
+            if array.ndim != 2:
+                raise SkipItem(f"index mask must have one band, has shape {array.shape}")
+            keys = array.astype(np.int64)
+        values, inverse = np.unique(keys, return_inverse=True)
+        index = np.array([self.lookup.get(int(v), -1) for v in values], dtype=np.int16)
+        class_map = index[inverse.reshape(keys.shape)]
+        unknown = {}
+        for v in values:
+            if int(v) not in self.lookup:
+                label = (
+                    f"rgb({int(v) >> 16},{int(v) >> 8 & 255},{int(v) & 255})"
+                    if self.mode == "color"
+                    else str(int(v))
+                )
+                unknown[label] = int((keys == v).sum())
+        return class_map, unknown
+
+    def _instances(self, mask_file: Path, stem: str) -> np.ndarray | None:
+        if not self.instances_suffix:
+            return None
+        path = mask_file.parent / f"{stem}{self.instances_suffix}"
+        if not path.is_file():
+            return None
+        array = self._open(path)
+        if array.ndim == 3:
+            return (
+                (array[..., 0].astype(np.int32) << 16) | (array[..., 1].astype(np.int32) << 8) | array[..., 2]
+            )
+        return array.astype(np.int32)
+
+    def _summary(self, class_map, instances, rect, scale) -> tuple[MaskSummary, list[ObjectAnnotation]]:
+        x0, y0, x1, y1 = rect
+        region = class_map[y0:y1, x0:x1]
+        counts = np.bincount(region.ravel() + 1, minlength=len(self.classes) + 1)[1:]
+        total = region.size
+        fractions = {
+            c: round(float(counts[i]) / total, 6)
+            for i, c in enumerate(self.classes)
+            if counts[i] and c not in self.ignore
+        }
+        inst_counts: dict[str, int] = {}
+        objects: list[ObjectAnnotation] = []
+        if instances is not None:
+            ids = instances[y0:y1, x0:x1]
+            ys, xs = np.nonzero(ids)
+            if ys.size:
+                uniq, first, inverse = np.unique(ids[ys, xs], return_index=True, return_inverse=True)
+                n = uniq.size
+                mins_x = np.full(n, np.iinfo(np.int64).max)
+                mins_y = mins_x.copy()
+                maxs_x = np.full(n, -1)
+                maxs_y = maxs_x.copy()
+                np.minimum.at(mins_x, inverse, xs)
+                np.minimum.at(mins_y, inverse, ys)
+                np.maximum.at(maxs_x, inverse, xs)
+                np.maximum.at(maxs_y, inverse, ys)
+                cls = region[ys[first], xs[first]]
+                for k in range(n):
+                    if cls[k] < 0 or self.classes[cls[k]] in self.ignore:
+                        continue
+                    name = self.classes[cls[k]]
+                    inst_counts[name] = inst_counts.get(name, 0) + 1
+                    box = (
+                        mins_x[k] * scale,
+                        mins_y[k] * scale,
+                        (maxs_x[k] + 1) * scale,
+                        (maxs_y[k] + 1) * scale,
+                    )
+                    objects.append(ObjectAnnotation(name, bbox=tuple(float(v) for v in box)))
+        return MaskSummary(class_fractions=fractions, instance_counts=inst_counts), objects
+
+
+# ------------------------------------------------------------------------------------ openclip-csv
+
+
+def _separator(value: Any) -> str:
+    text = str(value)
+    text = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}.get(text, text)
+    if len(text) != 1:
+        raise ValueError(f"sep must be one character (or tab/comma/semicolon/pipe), got {value!r}")
+    return text
+
+
+class OpenClipCsvSource(Source):
+    """open_clip CSV: one row per (image, caption), rows of one image grouped into one record.
+
+    Options: ``sep`` (default ``,``; ``tab`` for open_clip's own default), ``img_key`` (default
+    ``filepath``), ``caption_key`` (default ``caption``; open_clip's default is ``title``),
+    ``label_key`` (optional). Relative file paths are resolved against ``images=DIR``, else the CSV's
+    folder. The captions become the record's ``references``.
+    """
+
+    kind = "openclip-csv"
+    OPTIONS: ClassVar = {
+        "sep": (_separator, ","),
+        "img_key": (str, "filepath"),
+        "caption_key": (str, "caption"),
+        "label_key": (str, ""),
+    }
+
+    def _records(self, report: SkipReport) -> Iterator[ImageRecord]:
+        img_key, cap_key, label_key = (self.options[k] for k in ("img_key", "caption_key", "label_key"))
+        groups: dict[str, tuple[list[str], str, int]] = {}
+        try:
+            f = open(self.path, newline="", encoding="utf-8-sig")
+        except OSError as exc:
+            report.skip(self.path, f"cannot read CSV ({exc})", kind="file", source=self.source_name)
+            return
+        with f:
+            reader = csv.DictReader(f, delimiter=self.options["sep"], restkey="__extra__")
+            header = reader.fieldnames or []
+            missing = [k for k in (img_key, cap_key) if k not in header]
+            if missing:
+                report.skip(
+                    self.path,
+                    f"CSV header {header} lacks column(s) {missing} (set img_key / caption_key / sep)",
+                    kind="file",
+                    source=self.source_name,
+                )
+                return
+            while True:
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as exc:
+                    report.skip(
+                        f"{self.path}:{reader.line_num}",
+                        f"malformed CSV row ({exc})",
+                        kind="row",
+                        source=self.source_name,
+                    )
+                    continue
+                where = f"{self.path}:{reader.line_num}"
+                if "__extra__" in row or any(v is None for v in row.values()):
+                    report.skip(
+                        where,
+                        f"row has {len(header) + len(row.get('__extra__', []))} fields where the "
+                        f"header has {len(header)}"
+                        if "__extra__" in row
+                        else "row has too few fields",
+                        kind="row",
+                        source=self.source_name,
+                    )
+                    continue
+                path, caption = (row[img_key] or "").strip(), (row[cap_key] or "").strip()
+                if not path or not caption:
+                    report.skip(
+                        where,
+                        f"empty {img_key if not path else cap_key!r}",
+                        kind="row",
+                        source=self.source_name,
+                    )
+                    continue
+                captions, label, line = groups.setdefault(
+                    path, ([], (row.get(label_key) or "").strip() if label_key else "", reader.line_num)
+                )
+                captions.append(caption)
+        root = self.images_dir or self.path.parent
+        for path, (captions, label, line) in groups.items():
+            image = Path(path) if Path(path).is_absolute() else root / path
+            yield from self.emit(
+                report,
+                image,
+                annotation_file=f"{self.path}:{line}",
+                references=captions,
+                labels=[label] if label else [],
+                meta={"file": path},
+            )
+
+
+SOURCE_KINDS: dict[str, type[Source]] = {
+    "folder": FolderSource,
+    "karpathy": KarpathySource,
+    "dota": DotaSource,
+    "voc": VocSource,
+    "coco": CocoSource,
+    "mask": MaskSource,
+    "openclip-csv": OpenClipCsvSource,
+}
+KIND_ALIASES = {"open_clip-csv": "openclip-csv", "csv": "openclip-csv"}

@@ -1,0 +1,153 @@
+"""``hqrs build``: run MpGI on sources (or read a finished run / a released caption CSV) and write HQRS-IT."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from .cli import leaf_parser
+
+logger = logging.getLogger("hqrs.build")
+
+
+def register(subparsers, parents) -> None:
+    p = leaf_parser(
+        subparsers,
+        "build",
+        parents,
+        help="build HQRS-IT (parquet + card, open_clip CSV or webdataset) from sources, a run or a CSV",
+        description=(
+            "Build HQRS-IT. Input: --source (MpGI runs with --recipe, default the offline recipe), "
+            "--from-run (a finished MpGI run directory), --captions-csv (a released caption CSV) or --demo "
+            "(a generated demo scene set). Writes OUT/data/<config>/<split>-XXXXX-of-YYYYY.parquet, "
+            "OUT/README.md and OUT/build_report.json."
+        ),
+    )
+    src = p.add_argument_group("input (exactly one)")
+    src.add_argument(
+        "--source",
+        action="append",
+        default=None,
+        metavar="SPEC",
+        help="KIND:PATH[?images=DIR&opt=val] (kinds: folder karpathy dota voc coco mask openclip-csv) or a "
+        "YAML list of sources; repeatable",
+    )
+    src.add_argument(
+        "--from-run", dest="from_run", default=None, metavar="DIR", help="a finished MpGI run directory"
+    )
+    src.add_argument(
+        "--captions-csv",
+        default=None,
+        metavar="SPEC",
+        help="released caption CSV (path or openclip-csv:PATH?sep=...)",
+    )
+    src.add_argument(
+        "--demo", action="store_true", help="generate the demo scene set into OUT/demo_scenes and build it"
+    )
+    p.add_argument("--recipe", default="offline", help="MpGI recipe name or YAML path (default: offline)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument(
+        "--run-dir",
+        default=None,
+        metavar="DIR",
+        help="MpGI run directory for --source (default OUT/mpgi_run)",
+    )
+    p.add_argument(
+        "--config",
+        action="append",
+        choices=("default", "full", "pairs"),
+        default=None,
+        help="configs to write (parquet only; repeatable; default: all three)",
+    )
+    p.add_argument(
+        "--format", dest="fmt", choices=("parquet", "open_clip-csv", "webdataset"), default="parquet"
+    )
+    p.add_argument("--strict", action="store_true", help="exit with status 3 when anything was skipped")
+    p.add_argument(
+        "--num-proc",
+        type=int,
+        default=1,
+        help="worker processes for image analysis (decode-check, perceptual hash) and PNG encoding (default 1)",
+    )
+    p.add_argument(
+        "--keep-original",
+        action="store_true",
+        help="embed TIFF / BMP files as they are instead of re-encoding them to PNG (faster; browsers "
+        "do not show TIFF)",
+    )
+    p.add_argument(
+        "--shard-size", default="2000", help="images per shard (2000) or bytes of images ('500MB')"
+    )
+    p.add_argument(
+        "--split-ratios",
+        default=None,
+        help="train,validation,test ratios (default 0.9,0.05,0.05; demo 0.6,0.2,0.2)",
+    )
+    p.add_argument("--seed", default="hqrs-it", help="salt of the split hash")
+    p.add_argument(
+        "--near-dup-distance", type=int, default=4, help="perceptual-hash bits for near-duplicates (-1: off)"
+    )
+    p.add_argument(
+        "--contamination",
+        action="append",
+        default=None,
+        metavar="SPEC",
+        help="evaluation test set whose images are removed from train: a source spec "
+        "(karpathy:dataset_rsicd.json?splits=test), an image folder or a hash JSON; repeatable",
+    )
+    p.add_argument(
+        "--contamination-distance", type=int, default=4, help="perceptual-hash bits (-1: exact bytes only)"
+    )
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..dataset_builder.export import EXIT_SKIPPED, export_dataset
+
+    out = Path(args.out)
+    inputs = [bool(args.source), bool(args.from_run), bool(args.captions_csv), bool(args.demo)]
+    if sum(inputs) != 1:
+        raise ValueError("give exactly one input: --source, --from-run, --captions-csv or --demo")
+    sources = list(args.source or [])
+    ratios = args.split_ratios or "0.9,0.05,0.05"
+    if args.demo:
+        from ..dataset_builder.demo import demo_source_spec, make_demo_scenes
+
+        sources = [demo_source_spec(make_demo_scenes(out / "demo_scenes"))]
+        ratios = args.split_ratios or "0.6,0.2,0.2"
+    report = export_dataset(
+        out,
+        run_dir=args.from_run,
+        captions_csv=args.captions_csv,
+        sources=sources,
+        recipe=args.recipe,
+        mpgi_dir=args.run_dir or (str(out / "mpgi_run") if sources else None),
+        configs=tuple(args.config or ("default", "full", "pairs")),
+        fmt=args.fmt,
+        num_proc=args.num_proc,
+        shard_size=args.shard_size,
+        split_ratios=ratios,
+        seed=args.seed,
+        near_dup_distance=args.near_dup_distance,
+        contamination=tuple(args.contamination or ()),
+        contamination_distance=args.contamination_distance,
+        keep_original=args.keep_original,
+        progress=args.progress,
+    )
+    splits = ", ".join(f"{s} {v['images']}" for s, v in report["splits"].items())
+    print(
+        f"HQRS-IT written to {out}: {report['images']} images ({splits}); "
+        f"shards written {report['shards']['written']}, reused {report['shards']['reused']}; "
+        f"skipped {report['skipped']}; removed from train by the contamination guard "
+        f"{report['contamination']['removed_from_train']} (details: {out / 'build_report.json'})"
+    )
+    if args.strict and report["skipped"]:
+        kinds = ", ".join(f"{k} {n}" for k, n in report["skipped_by_kind"].items())
+        print(
+            f"hqrs: error: --strict and {report['skipped']} item(s) were skipped ({kinds}); see build_report.json"
+        )
+        return EXIT_SKIPPED
+    return 0

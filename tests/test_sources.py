@@ -1,0 +1,349 @@
+"""Source adapters on the real RS samples and on generated edge cases (bad input → skip with reason)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hqrs.dataset_builder.records import file_content_id
+from hqrs.dataset_builder.sources import SkipReport, load_source, load_sources
+
+
+def _records(spec, **kw):
+    report = SkipReport()
+    return list(load_source(spec, **kw).records(report)), report
+
+
+# ------------------------------------------------------------------------------------------ real data
+
+
+def test_dota_real(rs_real):
+    recs, report = _records(f"dota:{rs_real}/detection_dota/labelTxt")
+    assert len(report) == 0
+    by_file = {r.meta["file"]: r for r in recs}
+    assert set(by_file) == {"P0075.txt", "P0706.txt", "P1888.txt"}
+    p0706 = by_file["P0706.txt"]
+    assert (p0706.width, p0706.height) == (1111, 1182)
+    cats = [o.category for o in p0706.objects]
+    assert cats.count("ship") == 531 and cats.count("harbor") == 5
+    assert p0706.gsd == pytest.approx(0.255589285596)
+    assert p0706.objects[0].obox is not None and p0706.meta["imagesource"] == "GoogleEarth"
+    assert "small-vehicle" in p0706.exhaustive_classes
+    assert p0706.image_id == file_content_id(rs_real / "detection_dota/images/P0706.png")
+    assert len(p0706.meta["phash"]) == 16
+
+
+def test_dota_tiling_real(rs_real, tmp_path):
+    spec = f"dota:{rs_real}/detection_dota/labelTxt/P0706.txt?images={rs_real}/detection_dota/images"
+    recs, report = _records(
+        spec + f"&large=tile&max_side=800&tile_size=600&tile_overlap=100&cache_dir={tmp_path}"
+    )
+    assert len(recs) == 9  # 1111×1182, tiles of 600 stepping 500: origins 0, 500, last flush (511 / 582)
+    for r in recs:
+        assert r.width <= 600 and r.height <= 600 and Path(r.image).parent == tmp_path
+        for o in r.objects:
+            x0, y0, x1, y1 = o.bbox
+            assert 0 <= x0 < x1 <= r.width and 0 <= y0 < y1 <= r.height
+        assert r.meta["scene"].endswith("P0706.png") and len(r.meta["tile"]) == 4
+    # overlapping tiles: every ship is in at least one tile
+    assert sum(o.category == "ship" for r in recs for o in r.objects) >= 531 * 0.95
+
+
+def test_dior_voc_real(rs_real):
+    recs, report = _records(f"voc:{rs_real}/detection_dior/Annotations/Oriented Bounding Boxes?classes=dior")
+    assert len(report) == 0 and len(recs) == 1
+    (obj,) = recs[0].objects
+    assert obj.category == "golffield"
+    assert obj.obox == (133, 237, 684, 237, 684, 672, 133, 672)
+    assert obj.bbox == (133, 237, 684, 672)
+    assert "windmill" in recs[0].exhaustive_classes
+
+
+def test_isaid_mask_real(rs_real):
+    recs, report = _records(f"mask:{rs_real}/segmentation_isaid/train/images?palette=isaid")
+    assert len(report) == 0 and len(recs) == 1
+    r = recs[0]
+    assert r.image.endswith("P0005.png") and (r.width, r.height) == (884, 977)
+    assert set(r.mask.class_fractions) == {"large-vehicle", "small-vehicle"}
+    assert r.mask.class_fractions["large-vehicle"] == pytest.approx(135058 / (884 * 977), abs=1e-5)
+    assert r.mask.instance_counts == {"large-vehicle": 99, "small-vehicle": 32}
+    assert len(r.objects) == 131
+
+
+def test_karpathy_real(rs_real):
+    ucm, report = _records(
+        f"karpathy:{rs_real}/ucm_captions/dataset_ucm_subset.json?labels=labels.csv&label_column=ucmerced_class"
+    )
+    assert len(report) == 0 and len(ucm) == 63
+    assert ucm[0].source == "ucm" and ucm[0].split == "test" and ucm[0].labels == ["agricultural"]
+    assert len(ucm[0].references) == 5
+    rsicd, report = _records(f"karpathy:{rs_real}/rsicd/dataset_rsicd_subset.json")
+    assert len(report) == 0 and len(rsicd) == 95 and rsicd[0].labels == ["Airport"]
+    test_only, _ = _records(f"karpathy:{rs_real}/sydney_captions/dataset_sydney_subset.json?splits=test")
+    assert all(r.split == "test" for r in test_only)
+
+
+def test_folder_real(rs_real):
+    recs, report = _records(f"folder:{rs_real}/aid_classification")
+    assert len(report) == 0 and len(recs) == 150
+    assert len({r.labels[0] for r in recs}) == 30
+
+
+# ------------------------------------------------------------------------------------ generated cases
+
+
+def _png(path: Path, size=(64, 48), colour=(10, 120, 200)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+def test_tiff_16bit_and_multiband(tmp_path):
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "scenes" / "cls"
+    root.mkdir(parents=True)
+    tifffile.imwrite(root / "one16.tif", (rng.random((40, 50)) * 4000).astype("uint16"))
+    tifffile.imwrite(root / "four16.tif", (rng.random((40, 50, 4)) * 4000).astype("uint16"))
+    Image.new("L", (30, 30), 90).save(root / "gray.png")
+    recs, report = _records(f"folder:{tmp_path}/scenes?bands=4,3,2&cache_dir={tmp_path}/cache")
+    assert len(report) == 0
+    by = {Path(r.meta.get("original", r.image)).name: r for r in recs}
+    four = Image.open(by["four16.tif"].image)
+    assert four.mode == "RGB" and four.size == (50, 40) and "4-band" in by["four16.tif"].meta["converted"]
+    one = Image.open(by["one16.tif"].image)
+    assert one.mode == "L" and np.asarray(one).max() == 255 and np.asarray(one).min() == 0
+    assert by["gray.png"].image.endswith("gray.png") and "converted" not in by["gray.png"].meta
+    assert by["four16.tif"].image_id == file_content_id(by["four16.tif"].image)
+
+
+def test_resize_large_scene_scales_boxes_and_gsd(tmp_path):
+    _png(tmp_path / "images/a.png", size=(400, 200))
+    (tmp_path / "labelTxt").mkdir()
+    (tmp_path / "labelTxt/a.txt").write_text("gsd:0.5\n10 10 50 10 50 30 10 30 plane 0\n")
+    recs, _ = _records(f"dota:{tmp_path}/labelTxt?large=resize&max_side=100&cache_dir={tmp_path}/c")
+    (r,) = recs
+    assert (r.width, r.height) == (100, 50) and r.gsd == pytest.approx(2.0)
+    assert r.objects[0].bbox == pytest.approx((2.5, 2.5, 12.5, 7.5))
+
+
+def test_bad_inputs_are_skipped_with_reasons(tmp_path):
+    images, labels = tmp_path / "images", tmp_path / "labelTxt"
+    _png(images / "good.png", size=(100, 100))
+    _png(images / "big.png", size=(300, 300))
+    (images / "empty.png").write_bytes(b"")
+    (images / "text.png").write_text("not an image")
+    data = (images / "good.png").read_bytes()
+    Image.new("RGB", (200, 200), (5, 5, 5)).save(images / "trunc.jpg", quality=95)
+    (images / "trunc.jpg").write_bytes((images / "trunc.jpg").read_bytes()[:300])
+    assert data
+    labels.mkdir()
+    box = "10 10 40 10 40 30 10 30"
+    (labels / "good.txt").write_text(
+        "imagesource:x\ngsd:0.3\n"
+        f"{box} plane 0\n"
+        "500 500 600 500 600 600 500 600 ship 0\n"  # outside the image
+        "10 10 10 10 10 10 10 10 ship 0\n"  # degenerate
+        f"{box} spaceship 0\n"  # unknown class
+        "1 2 3 plane\n"  # malformed line
+        "-20 10 30 10 30 30 -20 30 ship 1\n"  # partly outside: clipped
+    )
+    for name in ("big", "empty", "text", "trunc", "missing"):
+        (labels / f"{name}.txt").write_text(f"{box} plane 0\n")
+    recs, report = _records(f"dota:{labels}?max_pixels=50000")
+    assert [r.meta["file"] for r in recs] == ["good.txt"]
+    (good,) = recs
+    assert [o.category for o in good.objects] == ["plane", "ship"]
+    assert good.objects[1].bbox == (0.0, 10.0, 30.0, 30.0)
+    reasons = {
+        Path(i["file"].split(":")[0].split("#")[0]).name + ":" + i["kind"]: i["reason"] for i in report.items
+    }
+    assert "decompression-bomb" in reasons["big.png:image"]
+    assert "0 bytes" in reasons["empty.png:image"]
+    assert "not an image" in reasons["text.png:image"]
+    assert "truncated" in reasons["trunc.jpg:image"]
+    assert "image not found" in reasons["missing.txt:image"]
+    assert sum(i["kind"] == "object" for i in report.items) == 3
+    assert any("unknown class 'spaceship'" in i["reason"] for i in report.items)
+    assert any("outside" in i["reason"] for i in report.items)
+    assert any(i["kind"] == "row" and i["file"].endswith(":7") for i in report.items)
+
+
+def test_voc_malformed_and_coco(tmp_path):
+    _png(tmp_path / "JPEGImages/a.png", size=(80, 80))
+    ann = tmp_path / "Annotations"
+    ann.mkdir()
+    (ann / "a.xml").write_text(
+        "<annotation><filename>a.png</filename><object><name>car</name><bndbox><xmin>1</xmin><ymin>2</ymin>"
+        "<xmax>30</xmax><ymax>40</ymax></bndbox></object><object><name>car</name></object></annotation>"
+    )
+    (ann / "b.xml").write_text("<annotation><object>")
+    recs, report = _records(f"voc:{ann}")
+    assert len(recs) == 1 and recs[0].objects[0].bbox == (1, 2, 30, 40)
+    assert {i["kind"] for i in report.items} == {"object", "file"}
+    assert any("malformed XML" in i["reason"] and i["file"].endswith("b.xml") for i in report.items)
+
+    coco = {
+        "images": [
+            {"id": 1, "file_name": "a.png", "width": 80, "height": 80},
+            {"id": 2, "file_name": "gone.png"},
+        ],
+        "annotations": [
+            {"image_id": 1, "category_id": 1, "bbox": [5, 5, 10, 10]},
+            {"image_id": 1, "category_id": 9, "bbox": [5, 5, 10, 10]},
+            {"image_id": 7, "category_id": 1, "bbox": [5, 5, 10, 10]},
+            {"image_id": 1, "category_id": 1},
+        ],
+        "categories": [{"id": 1, "name": "car"}],
+    }
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    recs, report = _records(f"coco:{tmp_path}/coco.json?images={tmp_path}/JPEGImages")
+    assert len(recs) == 1 and [o.category for o in recs[0].objects] == ["car"]
+    assert recs[0].exhaustive_classes == ["car"]
+    assert len(report) == 4  # unknown category, unknown image id, malformed annotation, missing image
+    (tmp_path / "bad.json").write_text("{not json")
+    recs, report = _records(f"coco:{tmp_path}/bad.json")
+    assert recs == [] and "malformed COCO JSON" in report.items[0]["reason"]
+
+
+def test_karpathy_malformed(tmp_path):
+    _png(tmp_path / "images/1.png")
+    data = {
+        "images": [
+            {"filename": "1.png", "split": "train", "sentences": [{"raw": "a field ."}, {"tokens": []}]},
+            {"split": "test"},
+            {"filename": "2.png", "sentences": []},
+        ]
+    }
+    (tmp_path / "d.json").write_text(json.dumps(data))
+    recs, report = _records(f"karpathy:{tmp_path}/d.json")
+    assert len(recs) == 1 and recs[0].references == ["a field ."]
+    assert sorted(i["kind"] for i in report.items) == ["image", "row", "row"]
+
+
+def test_openclip_csv_grouping_and_bad_rows(tmp_path):
+    _png(tmp_path / "img/a.png", colour=(1, 2, 3))
+    _png(tmp_path / "img/b.png", colour=(200, 2, 3))
+    rows = [
+        "path|text|cls",
+        "a.png|first caption|farm",
+        "b.png|other|city",
+        "a.png|second caption|farm",
+        "a.png|extra|farm|oops",
+        "b.png||city",
+        "c.png|no image|x",
+        "b.png|short",
+    ]
+    (tmp_path / "caps.csv").write_text("\n".join(rows) + "\n")
+    recs, report = _records(
+        f"openclip-csv:{tmp_path}/caps.csv?images={tmp_path}/img&sep=|&img_key=path&caption_key=text&label_key=cls"
+    )
+    by = {Path(r.image).name: r for r in recs}
+    assert by["a.png"].references == ["first caption", "second caption"] and by["a.png"].labels == ["farm"]
+    assert by["b.png"].references == ["other"]
+    assert sorted(i["kind"] for i in report.items) == ["image", "row", "row", "row"]
+    with pytest.raises(ValueError, match="unknown option 'colour'"):
+        load_source(f"openclip-csv:{tmp_path}/caps.csv?colour=1")
+
+
+def test_yaml_source_list(tmp_path, rs_real):
+    (tmp_path / "sources.yaml").write_text(
+        f"sources:\n  - dota:{rs_real}/detection_dota/labelTxt\n"
+        f"  - {{kind: folder, path: {rs_real}/aid_classification, name: aid}}\n"
+    )
+    sources = load_sources(str(tmp_path / "sources.yaml"))
+    assert [s.kind for s in sources] == ["dota", "folder"] and sources[1].source_name == "aid"
+    with pytest.raises(ValueError, match="unknown source kind"):
+        load_source("tiles:/x")
+
+
+# ------------------------------------------------------------------------- one decode, fast paths
+
+
+def test_phash_is_imagehash_phash_and_reduced_decode_is_near_full(rs_real):
+    """Our numpy DCT hash equals ``imagehash.phash`` bit for bit; the JPEG reduced (DCT-scaled) decode
+    used by load_image / file_perceptual_hash lands within a few bits of the full decode's hash."""
+    import imagehash
+
+    from hqrs.dataset_builder.sources import ImageSettings, file_perceptual_hash, load_image, perceptual_hash
+    from hqrs.dataset_builder.sources.images import hamming
+
+    files = (
+        sorted((rs_real / "rsicd").rglob("*.jpg"))[:10]
+        + sorted((rs_real / "ucm_captions").rglob("*.tif"))[:5]
+    )
+    for f in files:
+        with Image.open(f) as im:
+            im.load()
+            factor = max(1, min(im.size) // 128)  # our box reduction, then exactly imagehash's phash
+            assert perceptual_hash(im) == str(imagehash.phash(im.reduce(factor) if factor > 1 else im))
+    large = [
+        *sorted((rs_real / "detection_dior").rglob("*.jpg")),
+        *sorted((rs_real / "detection_dota").rglob("*.png")),
+    ]
+    assert large
+    settings = ImageSettings(cache_dir=str(rs_real / "never-written"))
+    for f in large:
+        with Image.open(f) as im:
+            im.load()
+            full = perceptual_hash(im.convert("RGB"))
+        loaded = load_image(f, settings)
+        assert loaded.phash == file_perceptual_hash(f)  # one hash function everywhere
+        assert hamming(loaded.phash, full) <= 4, f  # = the default near-duplicate distance
+        assert loaded.image_id == file_content_id(f)
+
+
+def test_truncated_jpeg_detected_by_the_reduced_decode(rs_real, tmp_path):
+    from hqrs.dataset_builder.sources import ImageSettings, load_image
+
+    (src,) = sorted((rs_real / "detection_dior").rglob("*.jpg"))[:1]  # 800 px: decoded at 1/4 size
+    data = src.read_bytes()
+    bad = tmp_path / "cut.jpg"
+    bad.write_bytes(data[: len(data) - 400])
+    from hqrs.dataset_builder.sources.images import SkipItem
+
+    with pytest.raises(SkipItem, match="truncated or corrupt image data"):
+        load_image(bad, ImageSettings())
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA"])
+def test_fast_png_is_lossless(mode):
+    from hqrs.dataset_builder.sources.images import fast_png_bytes
+
+    rng = np.random.default_rng(1)
+    bands = len(mode)
+    array = rng.integers(0, 256, (37, 53, bands), dtype=np.uint8)
+    image = Image.fromarray(array[..., 0] if bands == 1 else array, mode=mode)
+    import io
+
+    decoded = Image.open(io.BytesIO(fast_png_bytes(image)))
+    assert decoded.format == "PNG" and decoded.mode == mode and decoded.size == (53, 37)
+    assert np.array_equal(np.asarray(decoded), np.asarray(image))
+
+
+def test_records_with_a_pool_equal_sequential(rs_real, tmp_path):
+    """Analysis in worker processes gives the same records, in the same order, and the same skips."""
+    from hqrs.dataset_builder.parallel import make_pool
+
+    folder = tmp_path / "scenes"
+    for cls in ("Airport", "Beach"):
+        (folder / cls).mkdir(parents=True)
+        for f in sorted((rs_real / "aid_classification" / cls).glob("*.jpg"))[:6]:
+            (folder / cls / f.name).write_bytes(f.read_bytes())
+    (folder / "Beach" / "empty.jpg").write_bytes(b"")
+    (folder / "Beach" / "cut.jpg").write_bytes(
+        (folder / "Airport").glob("*.jpg").__next__().read_bytes()[:900]
+    )
+    spec = f"folder:{folder}"
+    seq_report, par_report = SkipReport(), SkipReport()
+    seq = list(load_source(spec).records(seq_report))
+    with make_pool(2) as pool:
+        par = list(load_source(spec).records(par_report, pool))
+    n_good = sum(1 for f in folder.rglob("*.jpg") if f.name not in ("empty.jpg", "cut.jpg"))
+    assert [r.to_dict() for r in par] == [r.to_dict() for r in seq] and len(seq) == n_good >= 8
+    assert sorted(map(str, par_report.items)) == sorted(map(str, seq_report.items)) and len(seq_report) == 2
