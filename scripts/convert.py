@@ -1,0 +1,203 @@
+"""``hqrs convert``: open_clip checkpoints ↔ transformers folders (HQRS-CLIP and RS-CoCa).
+
+``hqrs convert open-clip --model-name NAME --checkpoint PATH --out DIR``
+    open_clip state dict (``.pt``/``.pth``/``.bin``/``.safetensors``, also open_clip_train's
+    ``{"state_dict": ...}`` with ``module.`` prefixes; read with ``weights_only=True``) → a folder
+    that ``from_pretrained`` loads. CLIP ViT names give a transformers ``CLIPModel`` folder;
+    ``coca_*`` names give an RS-CoCa folder (``hqrs.modeling.convert_rs_coca``).
+
+``hqrs convert to-open-clip DIR --out PATH [--format safetensors|pt]``
+    a converted folder → an open_clip state dict that
+    ``open_clip.create_model(NAME).load_state_dict(sd, strict=True)`` accepts; NAME is read from the
+    folder's ``config.json`` (``open_clip_model_name``, written by the forward conversion).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from .cli import leaf_parser
+
+logger = logging.getLogger("hqrs.convert")
+
+RS_COCA_MODULE = "hqrs.modeling.convert_rs_coca"
+RS_COCA_MODEL_TYPE = "rs_coca"
+
+
+def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "convert",
+        help="convert open_clip checkpoints to transformers folders and back",
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="convert_command", metavar="SUBCOMMAND", required=True)
+
+    fwd = leaf_parser(
+        sub,
+        "open-clip",
+        parents,
+        help="open_clip checkpoint → transformers folder (CLIPModel or RS-CoCa)",
+        description="Convert an open_clip state dict into a folder that from_pretrained loads offline.",
+    )
+    fwd.add_argument(
+        "--model-name",
+        required=True,
+        help="open_clip architecture of the checkpoint: ViT-B-32, ViT-B-16, ViT-L-14, ViT-L-14-336 "
+        "(add -quickgelu for OpenAI-initialised weights such as HQRS-CLIP), coca_ViT-B-32, coca_ViT-L-14",
+    )
+    fwd.add_argument("--checkpoint", required=True, type=Path, help=".pt/.pth/.bin/.safetensors state dict")
+    fwd.add_argument(
+        "--out", required=True, type=Path, help="output folder (created; must be empty if it exists)"
+    )
+    fwd.add_argument(
+        "--force-quick-gelu",
+        action="store_true",
+        help="QuickGELU activation with a plain name (open_clip's force_quick_gelu; CLIP only)",
+    )
+    fwd.add_argument("--overwrite", action="store_true", help="allow a non-empty --out folder")
+    fwd.set_defaults(func=run_open_clip)
+
+    back = leaf_parser(
+        sub,
+        "to-open-clip",
+        parents,
+        help="transformers folder written by `hqrs convert open-clip` → open_clip state dict",
+        description="Write the open_clip state dict of a converted folder.",
+    )
+    back.add_argument("folder", type=Path, help="folder written by `hqrs convert open-clip`")
+    back.add_argument("--out", required=True, type=Path, help="output file (.safetensors or .pt)")
+    back.add_argument(
+        "--format",
+        choices=("safetensors", "pt"),
+        default=None,
+        help="file format (default: from the --out suffix, safetensors unless it ends in .pt/.pth/.bin)",
+    )
+    back.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    back.set_defaults(func=run_to_open_clip)
+
+
+def _rs_coca_module():
+    import importlib
+
+    try:
+        return importlib.import_module(RS_COCA_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name != RS_COCA_MODULE:
+            raise
+        raise ValueError(
+            f"RS-CoCa conversion needs {RS_COCA_MODULE}, which this hqrs install lacks"
+        ) from None
+
+
+def _check_out_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"--out {str(out)!r} is not empty; choose a new folder or pass --overwrite")
+
+
+def run_open_clip(args: argparse.Namespace) -> int:
+    from ..modeling.key_mapping import load_checkpoint
+
+    _check_out_dir(args.out, args.overwrite)
+    name = args.model_name
+    if not name.startswith("coca_"):
+        from ..modeling.convert_clip import clip_config_from_open_clip
+
+        clip_config_from_open_clip(name)  # unknown / RN50 / unsupported names fail before the file is read
+    logger.info("reading %s", args.checkpoint)
+    state_dict = load_checkpoint(args.checkpoint)
+    if name.startswith("coca_"):
+        if args.force_quick_gelu:
+            raise ValueError("--force-quick-gelu applies to CLIP architectures only, not to coca_* names")
+        coca = _rs_coca_module()
+        model = coca.convert_open_clip_coca(name, state_dict)
+        del state_dict
+        coca.save_hf_coca(model, None, args.out)
+    else:
+        from ..modeling.convert_clip import convert_open_clip_clip, save_hf_clip
+
+        model = convert_open_clip_clip(name, state_dict, force_quick_gelu=args.force_quick_gelu)
+        del state_dict
+        save_hf_clip(model, None, args.out)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(
+        f"wrote {args.out} ({type(model).__name__}, {n_params / 1e6:.1f}M parameters, from open_clip {name})"
+    )
+    return 0
+
+
+def _folder_config(folder: Path) -> dict:
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(
+            f"{str(folder)!r} has no config.json; give a folder written by `hqrs convert open-clip`"
+        )
+    try:
+        return json.loads(config_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{str(config_file)!r} is not valid JSON: {exc}") from None
+
+
+def _save_state_dict(state_dict: dict, out: Path, fmt: str) -> None:
+    import torch
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    # safetensors refuses tensors that share storage: give each its own contiguous memory.
+    plain, seen = {}, set()
+    for key, value in state_dict.items():
+        value = value.detach().contiguous()
+        storage = value.untyped_storage().data_ptr()
+        plain[key] = value.clone() if storage in seen else value
+        seen.add(storage)
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file(plain, str(tmp))
+    else:
+        torch.save(plain, tmp)
+    tmp.replace(out)
+
+
+def run_to_open_clip(args: argparse.Namespace) -> int:
+    folder: Path = args.folder
+    if not folder.is_dir():
+        raise FileNotFoundError(f"folder {str(folder)!r} does not exist")
+    fmt = args.format or ("pt" if args.out.suffix.lower() in (".pt", ".pth", ".bin") else "safetensors")
+    if args.out.exists() and not args.overwrite:
+        raise ValueError(f"--out {str(args.out)!r} exists; pass --overwrite to replace it")
+    config = _folder_config(folder)
+    model_type = config.get("model_type")
+    name = config.get("open_clip_model_name")
+    if model_type == RS_COCA_MODEL_TYPE:
+        coca = _rs_coca_module()
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained(folder, trust_remote_code=True)
+        state_dict = coca.coca_to_open_clip_state_dict(model)
+    elif model_type == "clip":
+        from transformers import CLIPModel
+
+        from ..modeling.convert_clip import clip_to_open_clip_state_dict
+
+        model = CLIPModel.from_pretrained(folder)
+        state_dict = clip_to_open_clip_state_dict(model)
+    else:
+        raise ValueError(
+            f"{str(folder)!r} holds model_type {model_type!r}; to-open-clip converts 'clip' (HQRS-CLIP) and "
+            f"{RS_COCA_MODEL_TYPE!r} (RS-CoCa) folders"
+        )
+    _save_state_dict(state_dict, args.out, fmt)
+    how = f"open_clip.create_model({name!r}" if name else "open_clip.create_model(NAME"
+    if config.get("open_clip_force_quick_gelu"):
+        how += ", force_quick_gelu=True"
+    print(
+        f"wrote {args.out} ({fmt}, {len(state_dict)} tensors); load with {how}).load_state_dict(sd, strict=True)"
+    )
+    return 0
