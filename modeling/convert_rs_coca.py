@@ -1,0 +1,432 @@
+"""open_clip CoCa ⇄ RS-CoCa (transformers) conversion, as a declarative key table.
+
+* :func:`coca_config_from_open_clip` — ``RSCoCaConfig`` from ``open_clip.get_model_config(name)``.
+* :func:`coca_key_table` — the :class:`~hqrs.modeling.key_mapping.KeyTable` open_clip → HF for a config.
+* :func:`convert_open_clip_coca` — open_clip state dict → :class:`RSCoCaModel` (strict: every key mapped).
+* :func:`coca_to_open_clip_state_dict` — the inverse; ``open_clip.create_model(name).load_state_dict(sd,
+  strict=True)`` accepts it and it equals the source state dict exactly.
+* :func:`save_hf_coca` — write a folder that ``AutoModel`` / ``AutoModelForImageTextToText`` /
+  ``AutoProcessor.from_pretrained(DIR, trust_remote_code=True)`` load without ``hqrs`` installed.
+
+Example:
+    >>> import open_clip
+    >>> from hqrs.modeling.convert_rs_coca import convert_open_clip_coca, coca_to_open_clip_state_dict
+    >>> oc = open_clip.create_model("coca_ViT-B-32", pretrained=None)  # doctest: +SKIP
+    >>> model = convert_open_clip_coca("coca_ViT-B-32", oc.state_dict())  # doctest: +SKIP
+    >>> oc.load_state_dict(coca_to_open_clip_state_dict(model), strict=True)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .configuration_rs_coca import RSCoCaConfig
+from .key_mapping import KeyTable, Rule, check_complete
+from .modeling_rs_coca import RSCoCaModel
+from .processing_rs_coca import RSCoCaProcessor
+
+__all__ = [
+    "CAPTION_AUTO_CLASS",
+    "GENERATION_DEFAULTS",
+    "coca_config_from_open_clip",
+    "coca_key_table",
+    "coca_to_open_clip_state_dict",
+    "convert_open_clip_coca",
+    "default_generation_config",
+    "save_hf_coca",
+]
+
+# The captioning auto-class transformers 5 offers (AutoModelForVision2Seq was removed in v5).
+CAPTION_AUTO_CLASS = "AutoModelForImageTextToText"
+
+# generation_config.json defaults, chosen to match open_clip's CoCa.generate: max_length=30 is open_clip's
+# seq_len=30 (total tokens with <start_of_text>), min_length=5 its min_seq_len=5, repetition_penalty=1.0;
+# beam search with 3 beams (open_clip uses 6 beams in 3 diverse groups, which transformers 5 no longer ships).
+# A max_length in generation_config.json also keeps the image-text-to-text pipeline from imposing its own
+# 256-token default; a max_new_tokens passed to generate takes precedence over it (transformers warns).
+GENERATION_DEFAULTS: dict[str, Any] = {
+    "max_length": 30,
+    "min_length": 5,
+    "num_beams": 3,
+    "do_sample": False,
+    "early_stopping": True,
+}
+
+# open_clip options whose non-default values RS-CoCa does not implement.
+_UNSUPPORTED = {
+    "vision_cfg": {
+        "ls_init_value": None,
+        "patch_dropout": 0.0,
+        "no_ln_pre": False,
+        "pos_embed_type": "learnable",
+        "final_ln_after_pool": False,
+        "pool_type": "tok",
+        "act_kwargs": None,
+        "norm_kwargs": None,
+        "block_type": None,
+        "qk_norm": False,
+        "scaled_cosine_attn": False,
+        "scale_heads": False,
+        "scale_attn_inner": False,
+        "scale_attn": False,
+        "scale_fc": False,
+        "timm_model_name": None,
+    },
+    "text_cfg": {
+        "ls_init_value": None,
+        "no_causal_mask": False,
+        "proj_bias": False,
+        "proj_type": "linear",
+        "act_kwargs": None,
+        "norm_kwargs": None,
+        "block_type": None,
+        "qk_norm": False,
+        "scaled_cosine_attn": False,
+        "scale_heads": False,
+        "scale_attn_inner": False,
+        "scale_attn": False,
+        "scale_fc": False,
+        "hf_model_name": None,
+    },
+    "multimodal_cfg": {"ls_init_value": None},
+}
+
+
+def _open_clip_cfg(model_name: str) -> dict:
+    import open_clip
+
+    cfg = open_clip.get_model_config(model_name)
+    if cfg is None:
+        raise ValueError(
+            f"unknown open_clip architecture {model_name!r}; RS-CoCa converts open_clip CoCa models such as "
+            "'coca_ViT-B-32' and 'coca_ViT-L-14' (see open_clip.list_models())"
+        )
+    if "multimodal_cfg" not in cfg:
+        raise ValueError(
+            f"open_clip architecture {model_name!r} is not a CoCa model (its config has no multimodal_cfg); "
+            "convert CLIP architectures with the HQRS-CLIP converter instead"
+        )
+    return cfg
+
+
+def coca_config_from_open_clip(model_name: str, model_cfg: Mapping[str, Any] | None = None) -> RSCoCaConfig:
+    """The :class:`RSCoCaConfig` equal to open_clip's architecture ``model_name`` (e.g. ``coca_ViT-B-32``).
+
+    ``model_cfg`` (optional) is an open_clip model config dict (``embed_dim``, ``vision_cfg``, ``text_cfg``,
+    ``multimodal_cfg``) to use instead of ``open_clip.get_model_config(model_name)``, e.g. for a custom size.
+
+    Raises:
+        ValueError: unknown name, not a CoCa model, or an open_clip option RS-CoCa does not implement
+            (layer scale, timm / Hugging Face towers, custom attention blocks, ...).
+    """
+    from open_clip.coca_model import MultimodalCfg
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+    cfg = _open_clip_cfg(model_name) if model_cfg is None else dict(model_cfg)
+    return _config_from_cfgs(
+        model_name,
+        cfg["embed_dim"],
+        CLIPVisionCfg(**cfg["vision_cfg"]),
+        CLIPTextCfg(**cfg["text_cfg"]),
+        MultimodalCfg(**cfg["multimodal_cfg"]),
+        quick_gelu=bool(cfg.get("quick_gelu", False)),
+    )
+
+
+def _config_from_cfgs(model_name, embed_dim, vision, text, multimodal, quick_gelu=False) -> RSCoCaConfig:
+    bad = []
+    for section, obj in (("vision_cfg", vision), ("text_cfg", text), ("multimodal_cfg", multimodal)):
+        for name, default in _UNSUPPORTED[section].items():
+            if getattr(obj, name, default) != default:
+                bad.append(f"{section}.{name}={getattr(obj, name)!r}")
+    if isinstance(vision.layers, (list, tuple)):
+        bad.append(f"vision_cfg.layers={vision.layers!r} (ModifiedResNet)")
+    if vision.attentional_pool is not True:
+        bad.append(f"vision_cfg.attentional_pool={vision.attentional_pool!r} (RS-CoCa needs True)")
+    if not text.embed_cls:
+        bad.append("text_cfg.embed_cls=False (RS-CoCa needs the CoCa CLS token)")
+    if bad:
+        raise ValueError(
+            f"open_clip architecture {model_name!r} uses options RS-CoCa does not implement: {', '.join(bad)}"
+        )
+    act = "quick_gelu" if quick_gelu else "gelu"
+    return RSCoCaConfig(
+        vision_config={
+            "hidden_size": vision.width,
+            "intermediate_size": int(vision.width * vision.mlp_ratio),
+            "num_hidden_layers": vision.layers,
+            "num_attention_heads": vision.width // vision.head_width,
+            "image_size": vision.image_size,
+            "patch_size": vision.patch_size,
+            "pooler_hidden_size": embed_dim,
+            "attn_pooler_queries": vision.attn_pooler_queries,
+            "attn_pooler_heads": vision.attn_pooler_heads,
+            "hidden_act": act,
+        },
+        text_config={
+            "vocab_size": text.vocab_size,
+            "hidden_size": text.width,
+            "intermediate_size": int(text.width * text.mlp_ratio),
+            "num_hidden_layers": text.layers,
+            "num_attention_heads": text.heads,
+            "max_position_embeddings": text.context_length,
+            "hidden_act": act,
+        },
+        multimodal_config={
+            "vocab_size": multimodal.vocab_size,
+            "hidden_size": multimodal.width,
+            # open_clip's _build_text_decoder_tower does not pass mlp_ratio on: the decoder MLP is always 4x.
+            "intermediate_size": multimodal.width * 4,
+            "num_hidden_layers": multimodal.layers,
+            "num_attention_heads": multimodal.heads,
+            "max_position_embeddings": multimodal.context_length,
+            "hidden_act": act,
+        },
+        projection_dim=embed_dim,
+        pad_token_id=text.pad_id,
+        open_clip_model_name=model_name,
+    )
+
+
+def _block_rules(src: str, dst: str) -> list[Rule]:
+    """A pre-LN residual attention block: ``src`` = open_clip prefix with ``{layer}``, ``dst`` = HF prefix."""
+    return [
+        Rule(f"{src}.ln_1.weight", f"{dst}.layer_norm1.weight"),
+        Rule(f"{src}.ln_1.bias", f"{dst}.layer_norm1.bias"),
+        Rule(
+            f"{src}.attn.in_proj_weight",
+            tuple(f"{dst}.self_attn.{p}_proj.weight" for p in "qkv"),
+            "split_qkv",
+        ),
+        Rule(f"{src}.attn.in_proj_bias", tuple(f"{dst}.self_attn.{p}_proj.bias" for p in "qkv"), "split_qkv"),
+        Rule(f"{src}.attn.out_proj.weight", f"{dst}.self_attn.out_proj.weight"),
+        Rule(f"{src}.attn.out_proj.bias", f"{dst}.self_attn.out_proj.bias"),
+        Rule(f"{src}.ln_2.weight", f"{dst}.layer_norm2.weight"),
+        Rule(f"{src}.ln_2.bias", f"{dst}.layer_norm2.bias"),
+        Rule(f"{src}.mlp.c_fc.weight", f"{dst}.mlp.fc1.weight"),
+        Rule(f"{src}.mlp.c_fc.bias", f"{dst}.mlp.fc1.bias"),
+        Rule(f"{src}.mlp.c_proj.weight", f"{dst}.mlp.fc2.weight"),
+        Rule(f"{src}.mlp.c_proj.bias", f"{dst}.mlp.fc2.bias"),
+    ]
+
+
+def coca_key_table(config: RSCoCaConfig) -> KeyTable:
+    """open_clip CoCa → RS-CoCa key table for ``config``.
+
+    The attentional pooler's ``nn.MultiheadAttention`` stores separate ``q/k/v_proj_weight`` when the ViT width
+    differs from the pooler width (all released CoCa models) and a fused ``in_proj_weight`` otherwise; the table
+    follows the config so that its inverse is unambiguous.
+    """
+    dec_cross = "text_decoder.cross_attn.{layer}"
+    hf_dec = "multimodal_decoder.layers.{layer}"
+    pool = "visual.attn_pool.attn"
+    hf_pool = "vision_model.attn_pool.attn"
+    if config.vision_config.hidden_size == config.vision_config.pooler_hidden_size:
+        pool_weights = [
+            Rule(f"{pool}.in_proj_weight", tuple(f"{hf_pool}.{p}_proj.weight" for p in "qkv"), "split_qkv")
+        ]
+    else:
+        pool_weights = [Rule(f"{pool}.{p}_proj_weight", f"{hf_pool}.{p}_proj.weight") for p in "qkv"]
+    rules = [
+        Rule("logit_scale", "logit_scale"),
+        # vision tower
+        Rule("visual.conv1.weight", "vision_model.embeddings.patch_embedding.weight"),
+        Rule("visual.class_embedding", "vision_model.embeddings.class_embedding"),
+        Rule("visual.positional_embedding", "vision_model.embeddings.position_embedding.weight"),
+        Rule("visual.ln_pre.weight", "vision_model.pre_layernorm.weight"),
+        Rule("visual.ln_pre.bias", "vision_model.pre_layernorm.bias"),
+        *_block_rules("visual.transformer.resblocks.{layer}", "vision_model.layers.{layer}"),
+        Rule("visual.attn_pool.query", "vision_model.attn_pool.query"),
+        Rule("visual.attn_pool.ln_q.weight", "vision_model.attn_pool.query_layernorm.weight"),
+        Rule("visual.attn_pool.ln_q.bias", "vision_model.attn_pool.query_layernorm.bias"),
+        Rule("visual.attn_pool.ln_k.weight", "vision_model.attn_pool.context_layernorm.weight"),
+        Rule("visual.attn_pool.ln_k.bias", "vision_model.attn_pool.context_layernorm.bias"),
+        *pool_weights,
+        Rule(f"{pool}.in_proj_bias", tuple(f"{hf_pool}.{p}_proj.bias" for p in "qkv"), "split_qkv"),
+        Rule(f"{pool}.out_proj.weight", f"{hf_pool}.out_proj.weight"),
+        Rule(f"{pool}.out_proj.bias", f"{hf_pool}.out_proj.bias"),
+        Rule("visual.ln_post.weight", "vision_model.post_layernorm.weight"),
+        Rule("visual.ln_post.bias", "vision_model.post_layernorm.bias"),
+        Rule("visual.proj", "visual_projection.weight", "transpose"),
+        # text tower
+        Rule("text.token_embedding.weight", "text_model.token_embedding.weight"),
+        Rule("text.positional_embedding", "text_model.position_embedding.weight"),
+        Rule("text.cls_emb", "text_model.cls_embedding"),
+        *_block_rules("text.transformer.resblocks.{layer}", "text_model.layers.{layer}"),
+        Rule("text.ln_final.weight", "text_model.final_layer_norm.weight"),
+        Rule("text.ln_final.bias", "text_model.final_layer_norm.bias"),
+        Rule("text.text_projection", "text_projection.weight", "transpose"),
+        # multimodal decoder: resblocks[i] is the self-attention block, cross_attn[i] the cross-attention block
+        *_block_rules("text_decoder.resblocks.{layer}", hf_dec),
+        Rule(f"{dec_cross}.ln_1.weight", f"{hf_dec}.encoder_attn_layer_norm.weight"),
+        Rule(f"{dec_cross}.ln_1.bias", f"{hf_dec}.encoder_attn_layer_norm.bias"),
+        Rule(f"{dec_cross}.ln_1_kv.weight", f"{hf_dec}.encoder_attn_kv_layer_norm.weight"),
+        Rule(f"{dec_cross}.ln_1_kv.bias", f"{hf_dec}.encoder_attn_kv_layer_norm.bias"),
+        Rule(
+            f"{dec_cross}.attn.in_proj_weight",
+            tuple(f"{hf_dec}.encoder_attn.{p}_proj.weight" for p in "qkv"),
+            "split_qkv",
+        ),
+        Rule(
+            f"{dec_cross}.attn.in_proj_bias",
+            tuple(f"{hf_dec}.encoder_attn.{p}_proj.bias" for p in "qkv"),
+            "split_qkv",
+        ),
+        Rule(f"{dec_cross}.attn.out_proj.weight", f"{hf_dec}.encoder_attn.out_proj.weight"),
+        Rule(f"{dec_cross}.attn.out_proj.bias", f"{hf_dec}.encoder_attn.out_proj.bias"),
+        Rule(f"{dec_cross}.ln_2.weight", f"{hf_dec}.encoder_mlp_layer_norm.weight"),
+        Rule(f"{dec_cross}.ln_2.bias", f"{hf_dec}.encoder_mlp_layer_norm.bias"),
+        Rule(f"{dec_cross}.mlp.c_fc.weight", f"{hf_dec}.encoder_mlp.fc1.weight"),
+        Rule(f"{dec_cross}.mlp.c_fc.bias", f"{hf_dec}.encoder_mlp.fc1.bias"),
+        Rule(f"{dec_cross}.mlp.c_proj.weight", f"{hf_dec}.encoder_mlp.fc2.weight"),
+        Rule(f"{dec_cross}.mlp.c_proj.bias", f"{hf_dec}.encoder_mlp.fc2.bias"),
+        Rule("text_decoder.ln_final.weight", "multimodal_decoder.final_layer_norm.weight"),
+        Rule("text_decoder.ln_final.bias", "multimodal_decoder.final_layer_norm.bias"),
+        Rule("text_decoder.text_projection", "lm_head.weight", "transpose"),
+    ]
+    return KeyTable("open_clip CoCa -> RS-CoCa", rules)
+
+
+def _model_from_config_and_state_dict(
+    config: RSCoCaConfig, state_dict: Mapping[str, torch.Tensor], context: str
+) -> RSCoCaModel:
+    converted = coca_key_table(config).convert(state_dict)
+    with torch.device("meta"):
+        model = RSCoCaModel(config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    check_complete(converted, expected, context=context)
+    dtypes = {v.dtype for v in converted.values()}
+    if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
+        raise ValueError(
+            f"{context}: expected one floating-point dtype for all weights, got {sorted(map(str, dtypes))}"
+        )
+    # Weights are assigned, not copied (peak memory ~ one checkpoint): the model takes over the source tensors.
+    # Only tensors that share storage with another one (q/k/v split from a fused in_proj) get their own copy,
+    # as safetensors cannot save shared storage.
+    storages: dict[int, int] = {}
+    for value in converted.values():
+        ptr = value.untyped_storage().data_ptr()
+        storages[ptr] = storages.get(ptr, 0) + 1
+    owned = {
+        key: value.clone() if storages[value.untyped_storage().data_ptr()] > 1 else value.contiguous()
+        for key, value in converted.items()
+    }
+    model.load_state_dict(owned, strict=True, assign=True)
+    model.config.dtype = next(iter(dtypes))
+    model.generation_config = default_generation_config(config)
+    return model.eval()
+
+
+def convert_open_clip_coca(
+    model_name: str, state_dict: Mapping[str, torch.Tensor], model_cfg: Mapping[str, Any] | None = None
+) -> RSCoCaModel:
+    """Convert an open_clip CoCa state dict of architecture ``model_name`` into an :class:`RSCoCaModel`.
+
+    ``state_dict`` is e.g. ``hqrs.modeling.key_mapping.load_checkpoint(path)`` (prefixes already stripped).
+    Every key must be mapped and every model weight present with the right shape; otherwise a
+    ``ValueError`` lists the offending keys (wrong architecture for the checkpoint shows up here).
+    ``model_cfg`` as in :func:`coca_config_from_open_clip`. The returned model takes over the tensors of
+    ``state_dict`` where it can (no copy; a memory-mapped checkpoint stays file-backed): pass a copy if you keep
+    using the source model.
+    """
+    config = coca_config_from_open_clip(model_name, model_cfg)
+    return _model_from_config_and_state_dict(
+        config, state_dict, context=f"open_clip {model_name!r} checkpoint -> RS-CoCa"
+    )
+
+
+def coca_to_open_clip_state_dict(model: RSCoCaModel) -> dict[str, torch.Tensor]:
+    """The open_clip CoCa state dict of ``model`` (exact inverse of :func:`convert_open_clip_coca`)."""
+    table = coca_key_table(model.config).inverted()
+    state = table.convert(model.state_dict())
+    name = model.config.open_clip_model_name
+    if name is not None and _is_registered(name):
+        expected = _open_clip_expected_shapes(name)
+        check_complete(state, expected, context=f"RS-CoCa -> open_clip {name!r}")
+    return state
+
+
+def _is_registered(model_name: str) -> bool:
+    import open_clip
+
+    return open_clip.get_model_config(model_name) is not None
+
+
+def _open_clip_expected_shapes(model_name: str) -> dict[str, tuple[int, ...]]:
+    import logging
+
+    import open_clip
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # open_clip warns "No pretrained weights loaded" on the root logger
+    try:
+        with torch.device("meta"):
+            ref = open_clip.create_model(model_name, pretrained=None, device="meta")
+    finally:
+        root.setLevel(level)
+    return {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+
+
+def default_generation_config(config: RSCoCaConfig):
+    """``GenerationConfig`` with :data:`GENERATION_DEFAULTS` and the tokenizer's special ids from ``config``."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        **GENERATION_DEFAULTS,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+        decoder_start_token_id=config.decoder_start_token_id,
+    )
+
+
+def build_rs_coca_processor(model_name: str, config: RSCoCaConfig) -> RSCoCaProcessor:
+    """Processor for an open_clip CoCa architecture: open_clip's eval transform + CLIP BPE tokenizer."""
+    from .open_clip_processing import build_image_processor, build_tokenizer
+
+    tokenizer = build_tokenizer(model_max_length=config.text_config.max_position_embeddings)
+    if tokenizer.pad_token_id != config.pad_token_id or tokenizer.eos_token_id != config.eos_token_id:
+        raise ValueError(
+            f"tokenizer ids (pad={tokenizer.pad_token_id}, eos={tokenizer.eos_token_id}) differ from the model "
+            f"config (pad={config.pad_token_id}, eos={config.eos_token_id})"
+        )
+    return RSCoCaProcessor(build_image_processor(model_name), tokenizer)
+
+
+def save_hf_coca(model: RSCoCaModel, processor: RSCoCaProcessor | None, out_dir: str | os.PathLike) -> Path:
+    """Write ``model`` (safetensors + config + ``generation_config.json`` + remote code) and ``processor``.
+
+    The folder loads with ``AutoModel``, ``AutoModelForImageTextToText`` and ``AutoProcessor``
+    ``.from_pretrained(out_dir, trust_remote_code=True)``; the model code is copied into it, so ``hqrs`` is
+    not needed to load it. Without ``processor``, one is built from ``config.open_clip_model_name``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if processor is None:
+        name = model.config.open_clip_model_name
+        if name is None:
+            raise ValueError(
+                "save_hf_coca needs a processor when config.open_clip_model_name is not set "
+                "(it tells which image preprocessing to use)"
+            )
+        processor = build_rs_coca_processor(name, model.config)
+    type(model.config).register_for_auto_class("AutoConfig")
+    type(model).register_for_auto_class("AutoModel")
+    model.save_pretrained(out)
+    # The same class also serves the captioning auto-class (and so the image-text-to-text pipeline).
+    import json
+
+    config_path = out / "config.json"
+    data = json.loads(config_path.read_text())
+    data.setdefault("auto_map", {})[CAPTION_AUTO_CLASS] = "modeling_rs_coca.RSCoCaModel"
+    config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    model.config.auto_map = data["auto_map"]
+    type(processor).register_for_auto_class("AutoProcessor")
+    processor.save_pretrained(out)
+    return out
