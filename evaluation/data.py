@@ -1,0 +1,318 @@
+"""Evaluation inputs: Karpathy caption files, class-folder and ``datasets`` classification sets.
+
+Example:
+    >>> import json, tempfile, pathlib
+    >>> tmp = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (tmp / "k.json").write_text(json.dumps({"images": [
+    ...     {"filename": "1.tif", "split": "test", "sentences": [{"raw": "a farm ."}]}]}))
+    >>> [e.filename for e in load_karpathy(tmp / "k.json", split="test")]
+    ['1.tif']
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class KarpathyEntry:
+    """One image of a Karpathy-style caption file and its raw captions."""
+
+    filename: str
+    captions: list[str]
+    split: str | None
+
+
+def karpathy_entries(
+    data: Mapping[str, Any], split: str | None = "test", where: str = "Karpathy file"
+) -> list[KarpathyEntry]:
+    """Entries of a parsed ``{"images": [{"filename", "split", "sentences": [{"raw"}]}]}`` file.
+
+    ``split=None`` keeps every image. ``filepath`` (COCO Karpathy) is joined in front of ``filename``.
+    """
+    images = data.get("images") if isinstance(data, Mapping) else None
+    if not isinstance(images, list):
+        raise ValueError(f"{where}: expected a JSON object with an 'images' list (Karpathy format)")
+    out: list[KarpathyEntry] = []
+    splits: set[str] = set()
+    for i, img in enumerate(images):
+        if not isinstance(img, Mapping) or "filename" not in img or "sentences" not in img:
+            raise ValueError(f"{where}: images[{i}] needs 'filename' and 'sentences'")
+        splits.add(str(img.get("split")))
+        if split is not None and img.get("split") != split:
+            continue
+        name = str(img["filename"])
+        if img.get("filepath"):
+            name = f"{img['filepath']}/{name}"
+        caps = []
+        for j, s in enumerate(img["sentences"]):
+            raw = s.get("raw") if isinstance(s, Mapping) else None
+            if not isinstance(raw, str) or not raw.strip():
+                raise ValueError(f"{where}: images[{i}] ({name}) sentences[{j}] has no 'raw' caption text")
+            caps.append(raw)
+        if not caps:
+            raise ValueError(f"{where}: images[{i}] ({name}) has no sentences")
+        out.append(KarpathyEntry(name, caps, img.get("split")))
+    if not out:
+        raise ValueError(f"{where}: no image in split {split!r}; splits present: {sorted(splits)}")
+    return out
+
+
+def load_karpathy(path: str | Path, split: str | None = "test") -> list[KarpathyEntry]:
+    from .coco_caption import load_json_utf8
+
+    return karpathy_entries(load_json_utf8(path, "Karpathy"), split, where=f"Karpathy file {str(path)!r}")
+
+
+def resolve_images(entries: Sequence[KarpathyEntry], images_dir: str | Path) -> list[Path]:
+    """Paths of the entries' images under ``images_dir``; error lists the missing ones."""
+    root = Path(images_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"images folder {str(root)!r} does not exist")
+    paths = [root / e.filename for e in entries]
+    missing = [str(p.relative_to(root)) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(paths)} images are missing under {str(root)!r}, e.g. {missing[:5]}; "
+            "check --images points at the folder the Karpathy 'filename's are relative to"
+        )
+    return paths
+
+
+# ------------------------------------------------------------------------------- classification
+
+
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+# Concatenated lower-case class names of common RS scene datasets (UC Merced, NWPU-RESISC45, ...).
+_COMPOUNDS = {
+    "baseballdiamond": "baseball diamond",
+    "baseballfield": "baseball field",
+    "basketballcourt": "basketball court",
+    "denseresidential": "dense residential",
+    "mediumresidential": "medium residential",
+    "sparseresidential": "sparse residential",
+    "mobilehomepark": "mobile home park",
+    "storagetanks": "storage tanks",
+    "tenniscourt": "tennis court",
+    "golfcourse": "golf course",
+    "parkinglot": "parking lot",
+    "groundtrackfield": "ground track field",
+    "railwaystation": "railway station",
+    "trainstation": "train station",
+    "bareland": "bare land",
+    "chaparral": "chaparral",
+    "overpass": "overpass",
+    "freeway": "freeway",
+    "harbor": "harbor",
+    "intersection": "intersection",
+    "runway": "runway",
+    "agricultural": "agricultural",
+    "beach": "beach",
+    "buildings": "buildings",
+    "forest": "forest",
+    "river": "river",
+    "airplane": "airplane",
+    "seaice": "sea ice",
+    "snowberg": "snowberg",
+    "cloud": "cloud",
+    "circularfarmland": "circular farmland",
+    "rectangularfarmland": "rectangular farmland",
+    "thermalpowerstation": "thermal power station",
+    "industrialarea": "industrial area",
+    "commercialarea": "commercial area",
+    "terrace": "terrace",
+    "wetland": "wetland",
+    "palace": "palace",
+    "roundabout": "roundabout",
+    "ship": "ship",
+    "stadium": "stadium",
+    "storagetank": "storage tank",
+    "swimmingpool": "swimming pool",
+    "oiltank": "oil tank",
+    "oilgasfield": "oil gas field",
+    "closedroad": "closed road",
+    "ferryterminal": "ferry terminal",
+    "footbridge": "footbridge",
+    "nursinghome": "nursing home",
+    "solarpanel": "solar panel",
+    "wastewaterplant": "wastewater plant",
+    "windturbine": "wind turbine",
+    "coastalmansion": "coastal mansion",
+    "christmastreefarm": "christmas tree farm",
+    "transformerstation": "transformer station",
+    "crosswalk": "crosswalk",
+    "annualcrop": "annual crop",
+    "herbaceousvegetation": "herbaceous vegetation",
+    "permanentcrop": "permanent crop",
+    "sealake": "sea or lake",
+    "highway": "highway",
+    "pasture": "pasture",
+    "residential": "residential",
+}
+
+
+def normalize_classname(name: str) -> str:
+    """Readable class name for prompts: ``baseballdiamond`` / ``BaseballField`` / ``storage_tanks`` →
+    ``baseball diamond`` / ``baseball field`` / ``storage tanks``.
+
+    >>> [normalize_classname(n) for n in ["baseballdiamond", "DenseResidential", "storage_tanks", "SeaLake"]]
+    ['baseball diamond', 'dense residential', 'storage tanks', 'sea or lake']
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"class name must be a non-empty string, got {name!r}")
+    text = re.sub(r"^\d+[_\-. ]+", "", name.strip())  # "01_airport" → "airport"
+    text = _CAMEL.sub(" ", text)
+    text = re.sub(r"[_\-.]+", " ", text)
+    words = text.lower().split()
+    key = "".join(words)
+    if key in _COMPOUNDS:
+        return _COMPOUNDS[key]
+    return " ".join(words)
+
+
+@dataclass
+class ClassificationData:
+    """A labelled image set: ``images[i]`` is a path or a PIL image, ``labels[i]`` an index into
+    ``classnames`` (as stored; :func:`normalize_classname` gives prompt text); ``skipped`` lists the
+    files that were left out, each with its reason."""
+
+    name: str
+    images: Sequence[Any]
+    labels: list[int]
+    classnames: list[str]
+    skipped: list[dict[str, str]] = field(default_factory=list)  # files the reader could not use, with why
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def load_image(item: Any):
+    """RGB PIL image from a path or a PIL image."""
+    from PIL import Image
+
+    if isinstance(item, Image.Image):
+        return item.convert("RGB")
+    try:
+        with Image.open(item) as im:
+            return im.convert("RGB")
+    except (OSError, Image.DecompressionBombError) as exc:
+        raise OSError(f"cannot read image {str(item)!r}: {exc}") from None
+
+
+def load_class_folder(spec: str | Path) -> ClassificationData:
+    """``DIR`` or ``folder:DIR[?opt=val&...]`` → labelled image paths (classes sorted by folder name).
+
+    Read by the dataset builder's ``folder`` source (:class:`hqrs.dataset_builder.sources.adapters.FolderSource`):
+    ``DIR/<class>/**/<image>``, with the same image guards and conversions (multi-band / 16-bit TIFFs
+    become 8-bit PNGs in the image cache). Files it cannot use are skipped and listed in ``skipped``.
+    Evaluation does not need the builder's decode-verify and perceptual hash, so they are off unless the
+    spec asks for them (``folder:DIR?verify=true``); any other source option works as in ``hqrs build``.
+    """
+    from hqrs.dataset_builder.sources import SkipReport, load_source, parse_spec
+
+    text = str(spec)
+    kind, path, options = parse_spec(text if text.startswith("folder:") else f"folder:{text}")
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"class folder {path!r} does not exist")
+    source = load_source({"kind": "folder", "path": path, "verify": False, "phash": False, **options})
+    report = SkipReport()
+    records = list(source.records(report))
+    classes = sorted({r.labels[0] for r in records})
+    if len(classes) < 2:
+        raise ValueError(
+            f"{path!r} is not a class-folder dataset: expected at least two sub-folders of images "
+            f"(found {len(classes)} class(es) with images, {len(records)} image(s), "
+            f"{len(report)} file(s) skipped)"
+        )
+    index = {c: i for i, c in enumerate(classes)}
+    return ClassificationData(
+        Path(path).name,
+        [Path(r.image) for r in records],
+        [index[r.labels[0]] for r in records],
+        classes,
+        skipped=report.items,
+    )
+
+
+def load_hf_classification(
+    spec: str | Path, image_column: str = "image", label_column: str | None = None, split: str | None = None
+) -> ClassificationData:
+    """A ``datasets`` folder (``save_to_disk``), a parquet file or a folder of parquet files."""
+    import datasets
+
+    path = Path(spec)
+    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+        ds = datasets.load_from_disk(str(path))
+    elif path.suffix == ".parquet" or (path.is_dir() and any(path.rglob("*.parquet"))):
+        files = [str(path)] if path.is_file() else sorted(str(p) for p in path.rglob("*.parquet"))
+        ds = datasets.load_dataset("parquet", data_files=files, split="train")
+    else:
+        raise ValueError(
+            f"--dataset {str(spec)!r} is neither a class folder, a datasets folder (save_to_disk) nor parquet"
+        )
+    if isinstance(ds, datasets.DatasetDict):
+        names = list(ds)
+        pick = split or ("test" if "test" in ds else names[0] if len(names) == 1 else None)
+        if pick not in ds:
+            raise ValueError(f"{str(spec)!r} has splits {names}; choose one with --split")
+        ds = ds[pick]
+    cols = ds.column_names
+    if image_column not in cols:
+        raise ValueError(
+            f"{str(spec)!r} has no image column {image_column!r} (columns: {cols}); use --image-column"
+        )
+    if label_column is None:
+        label_column = next((c for c in ("label", "labels", "class", "category") if c in cols), None)
+        if label_column is None:
+            raise ValueError(f"{str(spec)!r}: no label column found among {cols}; use --label-column")
+    elif label_column not in cols:
+        raise ValueError(f"{str(spec)!r} has no label column {label_column!r} (columns: {cols})")
+    feature = ds.features[label_column]
+    raw = ds[label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        classnames, labels = list(feature.names), [int(x) for x in raw]
+    else:
+        classnames = sorted({str(x) for x in raw})
+        index = {c: i for i, c in enumerate(classnames)}
+        labels = [index[str(x)] for x in raw]
+    ds = (
+        ds.cast_column(image_column, datasets.Image())
+        if not isinstance(ds.features[image_column], datasets.Image)
+        else ds
+    )
+    return ClassificationData(
+        path.stem if path.is_file() else path.name, _Column(ds, image_column), labels, classnames
+    )
+
+
+class _Column(Sequence):
+    """Lazy view of one (decoded image) column of a ``datasets.Dataset``."""
+
+    def __init__(self, ds, column: str) -> None:
+        self.ds, self.column = ds, column
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self.ds[int(i)][self.column]
+
+
+def load_classification(
+    spec: str | Path, image_column: str = "image", label_column: str | None = None, split: str | None = None
+) -> ClassificationData:
+    """``--dataset SPEC``: ``folder:DIR`` or a class-folder DIR, a ``datasets`` folder, or parquet."""
+    text = str(spec)
+    if text.startswith("folder:"):
+        return load_class_folder(text)
+    path = Path(text)
+    if not path.exists():
+        raise FileNotFoundError(f"--dataset {text!r} does not exist")
+    if path.is_dir() and not (path / "state.json").is_file() and not (path / "dataset_dict.json").is_file():
+        if not any(path.rglob("*.parquet")):
+            return load_class_folder(path)
+    return load_hf_classification(path, image_column, label_column, split)
