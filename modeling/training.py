@@ -1,0 +1,587 @@
+"""Fine-tune HQRS-CLIP (transformers ``CLIPModel``) and RS-CoCa with the transformers ``Trainer``.
+
+:func:`build_trainer` returns a configured :class:`ImageTextTrainer`; ``trainer.train()`` runs it,
+``trainer.save_model()`` writes a folder that ``CLIPModel.from_pretrained`` / ``RSCoCaModel.from_pretrained``
+loads (or a peft adapter with LoRA). accelerate, torchrun, DeepSpeed and FSDP come with the Trainer.
+
+Design: where the loss comes from
+---------------------------------
+The loss is the model's own ``forward(return_loss=True)`` loss: CLIP's symmetric InfoNCE, or RS-CoCa's
+``contrastive + caption`` loss. On one process that is used as is. On several processes a per-rank
+contrastive loss would only contrast each sample with the ``per_device_train_batch_size`` samples of
+its own rank; open_clip instead gathers the features of all ranks *with gradient*
+(``gather_with_grad`` + ``local_loss``), so the loss and its gradient equal one process on the whole
+global batch. The Trainer only sees ``model(**batch).loss``, so that gathering has to happen inside a
+forward. We do not subclass ``CLIPModel`` or hook it (that would change what ``from_pretrained`` users
+get); instead :class:`ImageTextTrainingModel` is a small ``nn.Module`` used only during training:
+
+* its ``forward`` calls the wrapped transformers model (``return_loss=True`` on one process; on several,
+  ``return_loss=False`` for CLIP, and it keeps RS-CoCa's per-rank caption loss) and, when
+  ``torch.distributed`` runs with more than one rank, replaces the contrastive term with
+  :func:`gathered_contrastive_loss` on features all-gathered with ``torch.distributed.nn.functional``
+  (autograd-aware all_gather). Each rank's loss is the mean over its own rows against all columns,
+  and DDP's gradient averaging turns the sum of per-rank gradients into exactly the gradient of the
+  global-batch loss (checked to 1e-5 against a single process in ``tests/test_train_distributed.py``);
+* :class:`ImageTextTrainer` saves the *wrapped* model with ``save_pretrained`` (HF weight names,
+  ``config.json``, the processor) and resumes/loads-best into it, so checkpoints and the final folder
+  are ordinary ``CLIPModel`` / ``RSCoCaModel`` / peft adapter folders.
+
+Data are processed on the fly (see :mod:`hqrs.modeling.training_data`): a random caption per image
+and epoch, optional remote-sensing augmentations, the model's processor in the collator. The epoch is
+pushed to the dataset by a callback, and every random draw is seeded by ``(seed, epoch, row)``, so a
+run resumed from a checkpoint ends with the same weights as an uninterrupted one.
+
+Evaluation on a held-out split reports retrieval recall (image→text and text→image R@1/5/10 and their
+mean, in percent, by :mod:`hqrs.evaluation.retrieval`) on every caption of every held-out image, via
+``compute_metrics``.
+
+Example:
+    >>> from hqrs.modeling.training import build_trainer  # doctest: +SKIP
+    >>> trainer = build_trainer("clip", "hqrs-clip-b32", "hqrs-it-210k", config="pairs",
+    ...                         output_dir="out", eval_split=0.02,
+    ...                         training_args={"per_device_train_batch_size": 256, "learning_rate": 1e-5,
+    ...                                        "num_train_epochs": 10, "bf16": True,
+    ...                                        "eval_strategy": "epoch", "save_strategy": "epoch"})  # doctest: +SKIP
+    >>> trainer.train()  # doctest: +SKIP
+    >>> trainer.save_model()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.utils import ModelOutput
+
+from .training_data import (
+    DataOptions,
+    ImageCaptionDataset,
+    ImageTextCollator,
+    RSAugment,
+    StreamingImageCaptionDataset,
+    load_training_dataset,
+    split_by_image,
+)
+from .training_lora import LoraOptions, apply_lora
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import EvalPrediction, PreTrainedModel
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "KINDS",
+    "ImageTextTrainer",
+    "ImageTextTrainingModel",
+    "ImageTextTrainingOutput",
+    "build_trainer",
+    "gathered_contrastive_loss",
+    "load_model_and_processor",
+    "model_kind",
+    "retrieval_metrics",
+]
+
+#: ``hqrs train`` kinds and the ``model_type`` of ``config.json`` each accepts.
+KINDS = {"clip": ("clip",), "coca": ("rs_coca",)}
+#: Image-id key of the batches: the evaluation metrics' ground truth, ignored by the loss.
+IMAGE_IDS = "image_ids"
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+
+
+def _read_model_type(model: str | os.PathLike) -> str | None:
+    path = Path(model).expanduser()
+    if path.is_dir():
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise ValueError(
+                f"model folder {str(model)!r} has no config.json; give a folder written by save_pretrained "
+                "(e.g. by `hqrs convert`)"
+            )
+        try:
+            return json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{str(config_file)!r} is not valid JSON: {exc}") from None
+    if path.exists():
+        raise ValueError(f"model {str(model)!r} is a file; give the model folder")
+    from transformers import PretrainedConfig
+
+    config_dict, _ = PretrainedConfig.get_config_dict(str(model))
+    return config_dict.get("model_type")
+
+
+def model_kind(model: str | os.PathLike | PreTrainedModel) -> str:
+    """``"clip"`` or ``"coca"`` for a model folder / Hub id / model object; ``ValueError`` otherwise."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type is None and isinstance(model, (str, os.PathLike)):
+        model_type = _read_model_type(model)
+    for kind, types in KINDS.items():
+        if model_type in types:
+            return kind
+    accepted = ", ".join(f"{t!r} ({k})" for k, ts in KINDS.items() for t in ts)
+    name = str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
+    raise ValueError(
+        f"{name!r} is not a CLIP or RS-CoCa model: model_type is {model_type!r}, expected {accepted}"
+    )
+
+
+def _model_classes(kind: str) -> tuple[type, Any]:
+    if kind == "clip":
+        from transformers import CLIPModel, CLIPProcessor
+
+        return CLIPModel, CLIPProcessor
+    if kind == "coca":
+        from .modeling_rs_coca import RSCoCaModel
+        from .processing_rs_coca import RSCoCaProcessor
+
+        return RSCoCaModel, RSCoCaProcessor
+    raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
+
+
+def load_model_and_processor(
+    kind: str,
+    model: str | os.PathLike | PreTrainedModel,
+    *,
+    processor: Any = None,
+    require_processor: bool = True,
+) -> tuple[PreTrainedModel, Any]:
+    """Load (or check) the model of ``kind`` and its processor.
+
+    Args:
+        kind: ``"clip"`` or ``"coca"``.
+        model: a model folder, a Hub id or a model object.
+        processor: a processor object, or a folder to load it from; default: the model folder.
+        require_processor: raise when no processor can be found (else return ``None`` for it).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
+    found = model_kind(model)
+    if found != kind:
+        raise ValueError(
+            f"model {_name(model)!r} is a {found!r} model, not {kind!r}; use `hqrs train {found}`"
+        )
+    model_cls, processor_cls = _model_classes(kind)
+    if isinstance(model, (str, os.PathLike)):
+        loaded = model_cls.from_pretrained(os.fspath(model))
+    elif isinstance(model, nn.Module):
+        loaded = model
+    else:
+        raise ValueError(f"model must be a folder, a Hub id or a model object, got {type(model).__name__}")
+    source = processor if processor is not None else model if isinstance(model, (str, os.PathLike)) else None
+    if source is None or not isinstance(source, (str, os.PathLike)):
+        if source is None and require_processor:
+            raise ValueError("a model object was given without its processor; pass processor=")
+        return loaded, source
+    try:
+        return loaded, processor_cls.from_pretrained(os.fspath(source))
+    except (OSError, ValueError, TypeError) as exc:
+        if not require_processor:
+            return loaded, None
+        raise ValueError(
+            f"no usable processor in {os.fspath(source)!r} ({type(exc).__name__}: {exc}); save one next to the "
+            "model with processor.save_pretrained(folder) or pass --processor"
+        ) from exc
+
+
+def _name(model: Any) -> str:
+    return os.fspath(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
+
+
+@dataclass
+class ImageTextTrainingOutput(ModelOutput):
+    """Output of :class:`ImageTextTrainingModel`.
+
+    Args:
+        loss: the training loss (see the module docstring).
+        image_embeds / text_embeds: L2-normalised embeddings of this rank's batch (for the metrics).
+    """
+
+    loss: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+
+
+def _world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def gathered_contrastive_loss(
+    image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor
+) -> torch.Tensor:
+    """Symmetric InfoNCE of this rank's rows against the features of all ranks (open_clip ``local_loss``).
+
+    ``image_embeds``/``text_embeds`` are this rank's L2-normalised features (same batch size on every
+    rank, which accelerate's ``even_batches`` guarantees). Features are gathered with
+    ``torch.distributed.nn.functional.all_gather``, whose backward sends each rank the gradient of
+    its slice, so after DDP averages gradients the update equals one process on the whole batch.
+    Without an initialised process group (or with one rank) it is CLIP's single-process loss.
+    """
+    rank, world = _world()
+    if world > 1:
+        from torch.distributed.nn.functional import all_gather
+
+        all_images = torch.cat(all_gather(image_embeds.contiguous()), dim=0)
+        all_texts = torch.cat(all_gather(text_embeds.contiguous()), dim=0)
+    else:
+        all_images, all_texts = image_embeds, text_embeds
+    scale = logit_scale.exp()
+    logits_per_image = scale * image_embeds @ all_texts.t()
+    logits_per_text = scale * text_embeds @ all_images.t()
+    targets = torch.arange(image_embeds.shape[0], device=image_embeds.device) + rank * image_embeds.shape[0]
+    return (
+        nn.functional.cross_entropy(logits_per_image.float(), targets)
+        + nn.functional.cross_entropy(logits_per_text.float(), targets)
+    ) / 2
+
+
+class ImageTextTrainingModel(nn.Module):
+    """Training-time wrapper of a ``CLIPModel``/``RSCoCaModel`` (or a peft model of one); see the module doc.
+
+    Args:
+        model: the transformers model (possibly wrapped by peft). It is what gets saved.
+        gather_with_grad: on several processes, contrast against the features of all ranks (default).
+            ``False`` keeps the model's per-rank loss.
+
+    Example:
+        >>> import torch
+        >>> from transformers import CLIPConfig, CLIPModel
+        >>> tiny = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+        >>> clip = CLIPModel(CLIPConfig(text_config=dict(tiny, vocab_size=99),
+        ...                             vision_config=dict(tiny, image_size=32, patch_size=16)))
+        >>> batch = dict(pixel_values=torch.randn(2, 3, 32, 32), input_ids=torch.tensor([[1, 5, 2], [1, 7, 2]]))
+        >>> out = ImageTextTrainingModel(clip)(**batch)
+        >>> bool(torch.allclose(out.loss, clip(**batch, return_loss=True).loss))
+        True
+    """
+
+    supports_gradient_checkpointing = True
+
+    def __init__(self, model: nn.Module, *, gather_with_grad: bool = True) -> None:
+        super().__init__()
+        self.model = model
+        self.gather_with_grad = gather_with_grad
+        config = self.base_model.config
+        self.has_caption_loss = hasattr(config, "caption_loss_weight")
+        self.contrastive_loss_weight = float(getattr(config, "contrastive_loss_weight", 1.0))
+
+    @property
+    def base_model(self) -> PreTrainedModel:
+        """The transformers model, under peft's wrappers if any."""
+        get_base = getattr(self.model, "get_base_model", None)
+        return get_base() if callable(get_base) else self.model
+
+    @property
+    def config(self) -> Any:
+        return self.base_model.config
+
+    @property
+    def main_input_name(self) -> str:
+        return "pixel_values"
+
+    def activation_checkpointing_enable(self, **kwargs: Any) -> None:
+        """``TrainingArguments(gradient_checkpointing=True)`` lands here: enabled on the transformers model."""
+        self.base_model.activation_checkpointing_enable(**kwargs)
+
+    def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
+        self.base_model.gradient_checkpointing_enable(**kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.base_model.gradient_checkpointing_disable()
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_ids: torch.LongTensor | None = None,
+        return_loss: bool = True,
+    ) -> ImageTextTrainingOutput:
+        """``image_ids`` is accepted for the evaluation metrics and not used here."""
+        _, world = _world()
+        gather = return_loss and self.gather_with_grad and world > 1
+        outputs = self.model(
+            pixel_values=pixel_values,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            return_loss=return_loss and (not gather or self.has_caption_loss),
+        )
+        loss = outputs.loss if return_loss else None
+        if gather:
+            loss = self.contrastive_loss_weight * gathered_contrastive_loss(
+                outputs.image_embeds, outputs.text_embeds, self.base_model.logit_scale
+            )
+            if self.has_caption_loss:
+                loss = loss + outputs.caption_loss
+        return ImageTextTrainingOutput(
+            loss=loss, image_embeds=outputs.image_embeds, text_embeds=outputs.text_embeds
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Trainer
+
+
+class ImageTextTrainer(Trainer):
+    """``Trainer`` whose saving and loading see through :class:`ImageTextTrainingModel`.
+
+    ``save_model``/checkpoints write the wrapped model with ``save_pretrained`` (a full transformers
+    folder, or the peft adapter), the processor, and ``training_args.json``; resuming and
+    ``load_best_model_at_end`` load into the wrapped model. Everything else is the stock ``Trainer``.
+    """
+
+    def _inner(self, model: nn.Module | None = None) -> nn.Module | None:
+        model = self.model if model is None else model
+        unwrapped = self.accelerator.unwrap_model(model, keep_torch_compile=False)
+        return unwrapped.model if isinstance(unwrapped, ImageTextTrainingModel) else None
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        inner = self._inner()
+        if inner is None:
+            return super()._save(output_dir, state_dict=state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        logger.info("saving %s to %s", type(inner).__name__, output_dir)
+        if state_dict is not None:  # from FSDP/DeepSpeed: keys of the wrapper
+            state_dict = {
+                k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")
+            }
+        inner.save_pretrained(output_dir, state_dict=state_dict)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        Path(output_dir, "training_args.json").write_text(self.args.to_json_string(), encoding="utf-8")
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        inner = self._inner(model)
+        super()._load_from_checkpoint(resume_from_checkpoint, model=inner if inner is not None else model)
+
+    def _load_best_model(self) -> None:
+        if self._inner() is None or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_best_model()
+        logger.info(
+            "loading best model from %s (score %s)", self.state.best_model_checkpoint, self.state.best_metric
+        )
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+
+class _ImageTextCallback(TrainerCallback):
+    """Pushes the epoch into the training dataset, clamps ``logit_scale`` (open_clip: at most ln 100)
+    after each optimizer step, and reports skipped images at the end."""
+
+    def __init__(self, train_dataset: Any, max_logit_scale: float | None) -> None:
+        self.train_dataset = train_dataset
+        self.max_logit_scale = max_logit_scale
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if hasattr(self.train_dataset, "set_epoch"):
+            self.train_dataset.set_epoch(math.floor((state.epoch or 0.0) + 1e-6))
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.max_logit_scale is None or model is None:
+            return
+        wrapper = model.module if hasattr(model, "module") else model
+        scale = getattr(getattr(wrapper, "base_model", None), "logit_scale", None)
+        if isinstance(scale, torch.Tensor) and scale.requires_grad:
+            with torch.no_grad():
+                scale.clamp_(0, self.max_logit_scale)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        skipped = getattr(self.train_dataset, "skipped", 0)
+        if skipped:
+            logger.warning(
+                "%d training image(s) failed to load and were skipped (this process; see the warnings above)",
+                skipped,
+            )
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def retrieval_metrics(eval_pred: EvalPrediction, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+    """Image↔text retrieval recall over the evaluation set (``compute_metrics`` of the trainer).
+
+    ``predictions`` are ``(image_embeds, text_embeds)`` (one row per evaluated caption), ``label_ids``
+    the image id of each row. Images are de-duplicated by id and scored with
+    :func:`hqrs.evaluation.retrieval.retrieval_metrics` (clip_benchmark protocol: every caption of an
+    image is a positive): ``image_to_text_R@k``, ``text_to_image_R@k`` in percent and ``mean_recall``.
+    """
+    from hqrs.evaluation.retrieval import retrieval_metrics as recall_at_k
+
+    image_embeds, text_embeds = (
+        torch.as_tensor(np.asarray(p), dtype=torch.float32) for p in eval_pred.predictions[:2]
+    )
+    image_ids = np.asarray(eval_pred.label_ids).reshape(-1)
+    _, first, text_to_image = np.unique(image_ids, return_index=True, return_inverse=True)
+    return recall_at_k(
+        image_embeds[torch.as_tensor(first)], text_embeds, text_to_image.reshape(-1).tolist(), ks=ks
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Builder
+
+
+def _training_arguments(
+    training_args: TrainingArguments | dict | None, output_dir: str | os.PathLike | None
+) -> TrainingArguments:
+    if training_args is None or isinstance(training_args, dict):
+        kwargs = dict(training_args or {})
+        if output_dir is not None:
+            kwargs["output_dir"] = os.fspath(output_dir)
+        kwargs.setdefault("remove_unused_columns", False)
+        kwargs.setdefault("label_names", [IMAGE_IDS])
+        args = TrainingArguments(**kwargs)
+    elif isinstance(training_args, TrainingArguments):
+        args = training_args
+        if output_dir is not None:
+            args.output_dir = os.fspath(output_dir)
+    else:
+        raise ValueError(
+            f"training_args must be TrainingArguments, a dict or None, got {type(training_args).__name__}"
+        )
+    if args.remove_unused_columns:
+        # Samples are PIL images + strings until the collator runs; the column filter would drop them.
+        logger.info("setting remove_unused_columns=False (samples are processed by the collator)")
+        args.remove_unused_columns = False
+    if args.label_names != [IMAGE_IDS]:
+        args.label_names = [IMAGE_IDS]
+    if args.ddp_find_unused_parameters is None:
+        # The Trainer turns this on for models that are not a PreTrainedModel (our wrapper); every
+        # trainable weight is used by the image-text forward, so spare DDP the extra graph traversal.
+        args.ddp_find_unused_parameters = False
+    return args
+
+
+def _data_options(data: DataOptions | dict | None, augment: Any, seed: int) -> DataOptions:
+    if data is None:
+        options = DataOptions(seed=seed)
+    elif isinstance(data, dict):
+        options = DataOptions(**{"seed": seed, **data})
+    elif isinstance(data, DataOptions):
+        options = data
+    else:
+        raise ValueError(f"data must be DataOptions, a dict or None, got {type(data).__name__}")
+    if augment is True:
+        options.augment = RSAugment()
+    elif isinstance(augment, dict):
+        options.augment = RSAugment(**augment)
+    elif isinstance(augment, RSAugment):
+        options.augment = augment
+    elif augment not in (None, False):
+        raise ValueError(f"augment must be a bool, a dict, RSAugment or None, got {augment!r}")
+    return options
+
+
+def build_trainer(
+    kind: str,
+    model: str | os.PathLike | PreTrainedModel,
+    dataset: Any,
+    *,
+    config: str | None = "pairs",
+    split: str = "train",
+    eval_split: str | float | Any | None = None,
+    output_dir: str | os.PathLike | None = None,
+    training_args: TrainingArguments | dict | None = None,
+    processor: Any = None,
+    lora: LoraOptions | dict | bool | None = None,
+    augment: RSAugment | dict | bool | None = None,
+    data: DataOptions | dict | None = None,
+    streaming: bool = False,
+    gather_with_grad: bool = True,
+    padding: bool | str = "max_length",
+    max_logit_scale: float | None = math.log(100),
+    callbacks: list[TrainerCallback] | None = None,
+) -> ImageTextTrainer:
+    """A ``Trainer`` ready to fine-tune ``model`` on ``dataset`` (call ``.train()``).
+
+    Args:
+        kind: ``"clip"`` (HQRS-CLIP, transformers ``CLIPModel``) or ``"coca"`` (``RSCoCaModel``).
+        model: model folder, Hub id or model object (then pass ``processor``).
+        dataset: see :func:`~hqrs.modeling.training_data.load_training_dataset` (folder, Hub id or
+            ``datasets`` object).
+        config: dataset configuration: ``"pairs"`` (one caption per row) or ``"default"`` (a
+            ``captions`` list per image; one is drawn per epoch).
+        split: training split.
+        eval_split: held-out data for evaluation: a split name, a fraction of the training images
+            (held out by image), or a ``datasets`` object. Set ``eval_strategy`` in the training
+            arguments to evaluate during training.
+        output_dir: where checkpoints and the final model go (overrides ``training_args``).
+        training_args: ``TrainingArguments`` or a dict of its fields (``remove_unused_columns`` is
+            forced off and ``label_names`` to ``["image_ids"]``).
+        processor: processor object or folder (default: the model folder's).
+        lora: ``True``/``LoraOptions``/dict to train LoRA adapters instead of all weights.
+        augment: ``True``/``RSAugment``/dict for the remote-sensing augmentations (training only).
+        data: column names, seed (default: ``data_seed`` or ``seed`` of the arguments), image-error policy.
+        streaming: read the dataset as an ``IterableDataset`` (``max_steps`` is then required).
+        gather_with_grad: contrast against the whole multi-process batch (see the module doc).
+        padding: tokenizer padding (open_clip pads to 77 tokens: ``"max_length"``).
+        max_logit_scale: clamp of ``logit_scale`` after each step (open_clip's ln 100); ``None`` disables.
+        callbacks: extra ``TrainerCallback``s.
+    """
+    args = _training_arguments(training_args, output_dir)
+    if streaming and args.max_steps <= 0:
+        raise ValueError(
+            "streaming datasets have no length: set max_steps (--max-steps) to the number of optimizer steps"
+        )
+    seed = args.data_seed if args.data_seed is not None else args.seed
+    options = _data_options(data, augment, seed)
+    loaded, processor = load_model_and_processor(kind, model, processor=processor)
+
+    train_rows = load_training_dataset(dataset, config=config, split=split, streaming=streaming)
+    eval_rows = None
+    if isinstance(eval_split, float):
+        if streaming:
+            raise ValueError("a fractional eval_split needs a map-style dataset; name an eval split instead")
+        train_rows, eval_rows = split_by_image(
+            train_rows, eval_split, seed=seed, image_id_column=options.image_id_column
+        )
+    elif isinstance(eval_split, str):
+        eval_rows = load_training_dataset(dataset, config=config, split=eval_split, streaming=streaming)
+    elif eval_split is not None:
+        eval_rows = load_training_dataset(eval_split, config=config, split=split)
+
+    from datasets import IterableDataset
+
+    if isinstance(train_rows, IterableDataset):
+        train_set: Any = StreamingImageCaptionDataset(train_rows, options, train=True)
+    else:
+        train_set = ImageCaptionDataset(train_rows, options, train=True)
+    eval_set = None
+    if eval_rows is not None:
+        eval_set = (
+            StreamingImageCaptionDataset(eval_rows, options, train=False)
+            if isinstance(eval_rows, IterableDataset)
+            else ImageCaptionDataset(eval_rows, options, train=False, all_captions=True)
+        )
+
+    if lora:
+        lora_options = (
+            LoraOptions() if lora is True else LoraOptions(**lora) if isinstance(lora, dict) else lora
+        )
+        loaded = apply_lora(loaded, lora_options)
+    wrapper = ImageTextTrainingModel(loaded, gather_with_grad=gather_with_grad)
+    return ImageTextTrainer(
+        model=wrapper,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=ImageTextCollator(processor, padding=padding),
+        processing_class=processor,
+        compute_metrics=retrieval_metrics if eval_set is not None else None,
+        callbacks=[_ImageTextCallback(train_set, max_logit_scale), *(callbacks or [])],
+    )

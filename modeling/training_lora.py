@@ -1,0 +1,164 @@
+"""LoRA for HQRS-CLIP and RS-CoCa with peft: adapters on attention and MLP projections, and merging.
+
+The adapters go on every ``q_proj``/``k_proj``/``v_proj``/``out_proj`` (attention) and ``fc1``/``fc2``
+(MLP) linear layer of the model: both towers of CLIP, and for RS-CoCa also the attentional pooler and
+the multimodal (captioning) decoder, whose layers use the same names. Everything else is frozen.
+
+:func:`merge_lora` folds a saved adapter into its base model and writes a plain transformers folder
+that loads without peft (``CLIPModel.from_pretrained(out)``).
+
+Example:
+    >>> from transformers import CLIPConfig, CLIPModel
+    >>> tiny = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    >>> model = CLIPModel(CLIPConfig(text_config=dict(tiny, vocab_size=99),
+    ...                              vision_config=dict(tiny, image_size=32, patch_size=16)))
+    >>> peft_model = apply_lora(model, LoraOptions(r=4))
+    >>> sorted({n.split(".")[-3] for n, p in peft_model.named_parameters() if p.requires_grad})
+    ['lora_A', 'lora_B']
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_LORA_TARGETS", "LoraOptions", "apply_lora", "merge_lora", "merge_lora_model"]
+
+#: Linear layers that get adapters (transformers' CLIP/RS-CoCa names for attention and MLP projections).
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+
+
+@dataclass
+class LoraOptions:
+    """peft ``LoraConfig`` settings used by ``hqrs train --lora``.
+
+    Args:
+        r: adapter rank.
+        alpha: scaling numerator (the update is scaled by ``alpha / r``).
+        dropout: dropout on the adapter input.
+        target_modules: names of the linear layers to adapt (suffix match, as in peft).
+    """
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = DEFAULT_LORA_TARGETS
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.r, int) or self.r < 1:
+            raise ValueError(f"LoraOptions.r must be a positive int, got {self.r!r}")
+        if not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
+            raise ValueError(f"LoraOptions.alpha must be positive, got {self.alpha!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoraOptions.dropout must be in [0, 1), got {self.dropout!r}")
+        if isinstance(self.target_modules, str):
+            self.target_modules = tuple(t for t in self.target_modules.split(",") if t)
+        self.target_modules = tuple(self.target_modules)
+        if not self.target_modules:
+            raise ValueError("LoraOptions.target_modules must name at least one module")
+
+    def to_peft(self) -> Any:
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=list(self.target_modules),
+        )
+
+
+def apply_lora(model: PreTrainedModel, options: LoraOptions | dict | None = None) -> PeftModel:
+    """Wrap ``model`` in a ``PeftModel`` with LoRA adapters on :attr:`LoraOptions.target_modules`.
+
+    Raises ``ValueError`` naming the model's linear layer names when none of the targets exists.
+    """
+    from peft import get_peft_model
+    from torch import nn
+
+    options = LoraOptions(**options) if isinstance(options, dict) else options or LoraOptions()
+    names = {
+        name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)
+    }
+    missing = [t for t in options.target_modules if t not in names]
+    if len(missing) == len(options.target_modules):
+        raise ValueError(
+            f"none of the LoRA target modules {list(options.target_modules)} exists in "
+            f"{type(model).__name__}; its linear layers are named {sorted(names)}"
+        )
+    if missing:
+        logger.info("LoRA targets not present in %s: %s", type(model).__name__, ", ".join(missing))
+    peft_model = get_peft_model(model, options.to_peft())
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    logger.info(
+        "LoRA: %d trainable parameters of %d (%.2f%%)", trainable, total, 100 * trainable / max(total, 1)
+    )
+    return peft_model
+
+
+def merge_lora_model(peft_model: PeftModel) -> PreTrainedModel:
+    """The base model with the adapters folded into its weights (``merge_and_unload``); no peft left."""
+    from peft import PeftModel
+
+    if not isinstance(peft_model, PeftModel):
+        raise ValueError(f"merge_lora_model needs a peft PeftModel, got {type(peft_model).__name__}")
+    return peft_model.merge_and_unload()
+
+
+def merge_lora(adapter_dir: str | Path, out_dir: str | Path, *, base_model: str | Path | None = None) -> Path:
+    """Fold the adapter saved in ``adapter_dir`` into its base model and save a full model to ``out_dir``.
+
+    Args:
+        adapter_dir: folder with ``adapter_config.json`` and ``adapter_model.safetensors`` (what
+            ``hqrs train --lora`` writes, with the processor next to them).
+        out_dir: where the merged model and its processor are written.
+        base_model: the base model folder or Hub id; default: ``base_model_name_or_path`` recorded in
+            the adapter config.
+
+    The processor is copied from ``adapter_dir`` when it holds one, else from the base model.
+    """
+    from peft import PeftModel
+
+    from .training import load_model_and_processor, model_kind
+
+    adapter_dir = Path(adapter_dir)
+    config_file = adapter_dir / "adapter_config.json"
+    if not config_file.is_file():
+        raise ValueError(
+            f"{str(adapter_dir)!r} is not a LoRA adapter folder (no adapter_config.json); give the output "
+            "folder of `hqrs train --lora` or one of its checkpoint-* folders"
+        )
+    recorded = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    base = base_model if base_model is not None else recorded
+    if not base:
+        raise ValueError(
+            f"{str(config_file)!r} records no base model (base_model_name_or_path); pass the base model folder "
+            "(--base)"
+        )
+    kind = model_kind(base)
+    has_own = any((adapter_dir / n).is_file() for n in ("processor_config.json", "preprocessor_config.json"))
+    model, processor = load_model_and_processor(
+        kind, base, processor=adapter_dir if has_own else None, require_processor=False
+    )
+    merged = merge_lora_model(PeftModel.from_pretrained(model, str(adapter_dir)))
+    out_dir = Path(out_dir)
+    merged.save_pretrained(out_dir)
+    if processor is not None:
+        processor.save_pretrained(out_dir)
+    logger.info("merged %s into %s -> %s", adapter_dir, base, out_dir)
+    return out_dir
+
+
+def lora_options_dict(options: LoraOptions) -> dict[str, Any]:
+    data = asdict(options)
+    data["target_modules"] = list(options.target_modules)
+    return data
