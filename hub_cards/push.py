@@ -1,0 +1,329 @@
+"""Stage a model or dataset folder exactly as it will be uploaded, check it, and push it.
+
+``hqrs push ... --dry-run OUT`` and a real push go through the same :func:`stage_model` /
+:func:`stage_dataset`: the staged folder *is* what :meth:`huggingface_hub.HfApi.upload_folder`
+sends, so a dry run shows the exact files and operations.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .cards import MODEL_KINDS, model_kind, render_dataset_card, render_model_card
+
+# What a model repo may hold: safetensors weights and text metadata; never pickles.
+MODEL_PATTERNS = (
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "config.json",
+    "generation_config.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "image_processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+DATASET_PATTERNS = (
+    "data/**/*.parquet",
+    "data/**/*.tar",
+    "data/**/*.csv",
+    "build_report.json",
+    "*.png",
+    "stats/*.png",
+)
+TEXT_SUFFIXES = {".json", ".md", ".py", ".txt", ".yaml", ".yml", ".jinja", ".csv"}
+TOKEN_RE = re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")
+
+
+@dataclass
+class PlannedFile:
+    path_in_repo: str
+    size: int
+    sha256: str
+
+
+@dataclass
+class PushPlan:
+    """The exact content of one upload: a staged folder and its file list."""
+
+    repo_id: str
+    repo_type: str  # "model" | "dataset"
+    folder: Path
+    files: list[PlannedFile] = field(default_factory=list)
+
+    def operations(self) -> list[str]:
+        return [f"add {f.path_in_repo} ({f.size} bytes, sha256 {f.sha256[:12]})" for f in self.files]
+
+
+def _validate_repo_id(repo_id: str) -> None:
+    from huggingface_hub.utils import validate_repo_id
+
+    if "/" not in repo_id:
+        raise ValueError(f"--repo-id {repo_id!r} must be ORG/NAME (or USER/NAME)")
+    try:
+        validate_repo_id(repo_id)
+    except Exception as exc:  # HFValidationError: message says what is wrong
+        raise ValueError(f"--repo-id {repo_id!r} is not a valid Hub repo id: {exc}") from None
+
+
+def _prepare_out(out_dir: Path) -> None:
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"staging folder {str(out_dir)!r} is not empty; give a new or empty folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _copy_matching(src: Path, dst: Path, patterns: tuple[str, ...]) -> None:
+    for pattern in patterns:
+        for path in sorted(src.glob(pattern)):
+            if path.is_file():
+                target = dst / path.relative_to(src)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+
+
+def _plan(folder: Path, repo_id: str, repo_type: str) -> PushPlan:
+    files = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        files.append(
+            PlannedFile(path.relative_to(folder).as_posix(), path.stat().st_size, digest.hexdigest())
+        )
+    return PushPlan(repo_id=repo_id, repo_type=repo_type, folder=folder, files=files)
+
+
+def stage_model(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    repo_id: str,
+    *,
+    base_model: str | None = None,
+    datasets: list[str] | None = None,
+    results: list | None = None,
+    training: str | None = None,
+    license: str = "apache-2.0",
+) -> PushPlan:
+    """Copy what a model repo holds into ``out_dir``, render its card and run :func:`check_folder`."""
+    _validate_repo_id(repo_id)
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    kind = model_kind(model_dir)
+    pickles = [p.name for p in model_dir.iterdir() if p.suffix in PICKLE_SUFFIXES]
+    if pickles and not list(model_dir.glob("*.safetensors")):
+        raise ValueError(
+            f"{str(model_dir)!r} holds only pickled weights {pickles}; re-save with save_pretrained(safe_serialization=True)"
+        )
+    _prepare_out(out_dir)
+    _copy_matching(model_dir, out_dir, MODEL_PATTERNS)
+    for name in kind.remote_files:  # remote code always comes from this package, never from the folder
+        (out_dir / name).write_bytes(_package_source(name))
+    card = render_model_card(
+        model_dir,
+        repo_id,
+        base_model=base_model,
+        datasets=datasets,
+        results=results,
+        training=training,
+        license=license,
+    )
+    card.save(out_dir / "README.md")
+    check_folder(out_dir, "model")
+    return _plan(out_dir, repo_id, "model")
+
+
+def stage_dataset(
+    dataset_dir: str | Path,
+    out_dir: str | Path,
+    repo_id: str,
+    *,
+    stats: dict | None = None,
+    plots: list[str | Path] | None = None,
+    sources: list[dict[str, str]] | None = None,
+    license: str = "other",
+) -> PushPlan:
+    """Copy a ``hqrs build`` folder's shards, report and plots into ``out_dir`` with a rendered card."""
+    _validate_repo_id(repo_id)
+    dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
+    if not (dataset_dir / "data").is_dir():
+        raise FileNotFoundError(
+            f"{dataset_dir / 'data'} not found: build the dataset with `hqrs build` first"
+        )
+    _prepare_out(out_dir)
+    _copy_matching(dataset_dir, out_dir, DATASET_PATTERNS)
+    report = out_dir / "build_report.json"
+    if report.is_file():
+        report.write_text(
+            json.dumps(_without_local_paths(json.loads(report.read_text()), dataset_dir), indent=2)
+        )
+    plot_names = []
+    for plot in plots or []:
+        plot = Path(plot)
+        if not plot.is_file():
+            raise FileNotFoundError(f"plot {str(plot)!r} not found")
+        (out_dir / "stats").mkdir(exist_ok=True)
+        shutil.copy2(plot, out_dir / "stats" / plot.name)
+        plot_names.append(f"stats/{plot.name}")
+    card = render_dataset_card(
+        dataset_dir, repo_id, stats=stats, plots=plot_names, sources=sources, license=license
+    )
+    card.save(out_dir / "README.md")
+    check_folder(out_dir, "dataset")
+    return _plan(out_dir, repo_id, "dataset")
+
+
+_ABS_PATH = re.compile(r"(?<![\w./])/(?:[^/\s\"'?&=]+/)*[^/\s\"'?&=]+")
+
+
+def _without_local_paths(value, root: Path):
+    """The build report as published: local absolute paths become paths relative to the build folder,
+    or ``<local>/NAME`` for files outside it (the report keeps file names and reasons, not the machine's layout)."""
+    if isinstance(value, dict):
+        return {k: _without_local_paths(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_local_paths(v, root) for v in value]
+    if not isinstance(value, str):
+        return value
+    root = root.resolve()
+
+    def relative(match: re.Match) -> str:
+        path = Path(match.group(0))
+        try:
+            return path.resolve().relative_to(root).as_posix()
+        except ValueError:
+            return f"<local>/{path.name}"
+
+    return _ABS_PATH.sub(relative, value)
+
+
+def _package_source(name: str) -> bytes:
+    from importlib import resources
+
+    return resources.files("hqrs.modeling").joinpath(name).read_bytes()
+
+
+def _private_strings() -> list[str]:
+    """Strings that must not appear in anything we upload: home folder, user name, working folder."""
+    found = {str(Path.home()), os.getcwd(), tempfile.gettempdir()}
+    user = getpass.getuser()
+    if user and user not in {"root"}:
+        found.add(f"/{user}/")
+    return sorted(s for s in found if s and s != "/")
+
+
+def check_folder(folder: str | Path, repo_type: str) -> None:
+    """Refuse to upload a folder that leaks secrets or is not what the Hub expects.
+
+    Checks: the card's metadata parses into huggingface_hub's card-data type; no Hub token, absolute
+    local path or user name in any text file; no pickled weights; remote-code files equal this
+    package's ``hqrs.modeling`` sources.
+    """
+    from huggingface_hub import DatasetCard, ModelCard
+
+    folder = Path(folder)
+    problems: list[str] = []
+    card_path = folder / "README.md"
+    if not card_path.is_file():
+        problems.append("README.md (the card) is missing")
+    else:
+        card_cls = ModelCard if repo_type == "model" else DatasetCard
+        try:
+            card_cls.load(card_path, ignore_metadata_errors=False)
+        except Exception as exc:  # ValueError / yaml errors: report, never upload a broken card
+            problems.append(f"README.md metadata does not parse as {card_cls.__name__}: {exc}")
+    private = _private_strings()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if path.suffix in PICKLE_SUFFIXES:
+            problems.append(f"{rel}: pickled file; only safetensors are uploaded")
+        if path.suffix not in TEXT_SUFFIXES:
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if TOKEN_RE.search(text):
+            problems.append(f"{rel}: contains something that looks like a Hub token")
+        for s in private:
+            if s in text:
+                problems.append(f"{rel}: contains the local path or user name {s!r}")
+    if repo_type == "model":
+        kind = model_kind(folder)
+        for name in kind.remote_files:
+            staged = folder / name
+            if not staged.is_file() or staged.read_bytes() != _package_source(name):
+                problems.append(f"{name}: remote code differs from hqrs.modeling/{name}")
+    if problems:
+        raise ValueError(f"refusing to upload {str(folder)!r}:\n  - " + "\n  - ".join(problems))
+
+
+def push(
+    plan: PushPlan,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    token: str | None = None,
+):
+    """Create the repo (if needed) and upload the staged folder in one commit.
+
+    The token comes from the standard discovery (``HF_TOKEN``, then ``hf auth login``'s file) unless
+    given. Errors name what to do: log in, ask for write access, or check the network.
+    """
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.errors import HfHubHTTPError
+
+    token = token or get_token()
+    if not token:
+        raise PermissionError(
+            "no Hugging Face token found: run `hf auth login` or set HF_TOKEN (use --dry-run to stage only)"
+        )
+    api = HfApi(token=token)
+    message = commit_message or f"Upload {plan.repo_type} with hqrs"
+    try:
+        api.create_repo(plan.repo_id, repo_type=plan.repo_type, private=private, exist_ok=True)
+        if revision:
+            api.create_branch(plan.repo_id, repo_type=plan.repo_type, branch=revision, exist_ok=True)
+        return api.upload_folder(
+            repo_id=plan.repo_id,
+            folder_path=plan.folder,
+            repo_type=plan.repo_type,
+            revision=revision,
+            commit_message=message,
+        )
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if status in (401, 403):
+            raise PermissionError(
+                f"the Hub refused {plan.repo_type} repo {plan.repo_id!r} (HTTP {status}): the token has no write "
+                "access to that namespace; use a write token or a repo id under your own name"
+            ) from None
+        raise OSError(f"the Hub answered HTTP {status} for {plan.repo_id!r}: {exc}") from None
+    except Exception as exc:
+        if not _is_transport_error(exc):
+            raise
+        raise ConnectionError(
+            f"could not reach the Hub at {api.endpoint} ({type(exc).__name__}: {exc}); check the network or HF_ENDPOINT"
+        ) from None
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    """A connection-level failure of the Hub client's HTTP library (httpx or httpx2, by version) or the OS."""
+    if isinstance(exc, OSError):
+        return True
+    return any(
+        cls.__name__ == "TransportError" and cls.__module__.startswith("httpx") for cls in type(exc).__mro__
+    )
+
+
+__all__ = ["MODEL_KINDS", "PushPlan", "check_folder", "push", "stage_dataset", "stage_model"]
