@@ -292,15 +292,20 @@ def run(args: argparse.Namespace) -> int:
         streaming=args.streaming,
         gather_with_grad=not args.no_gather,
     )
-    result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model()
-    if trainer.is_world_process_zero():
-        summary = {"output_dir": str(args.output_dir), "global_step": trainer.state.global_step}
-        summary.update({k: round(v, 6) if isinstance(v, float) else v for k, v in result.metrics.items()})
-        if args.merge:
-            merged = merge_lora(args.output_dir, args.output_dir / "merged", base_model=args.model)
-            summary["merged"] = str(merged)
-        print(json.dumps(summary, indent=2))
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model()
+        if trainer.is_world_process_zero():
+            summary = {"output_dir": str(args.output_dir), "global_step": trainer.state.global_step}
+            summary.update({k: round(v, 6) if isinstance(v, float) else v for k, v in result.metrics.items()})
+            if args.merge:
+                merged = merge_lora(args.output_dir, args.output_dir / "merged", base_model=args.model)
+                summary["merged"] = str(merged)
+            print(json.dumps(summary, indent=2))
+    finally:
+        # Under torchrun, a gloo/NCCL process group left alive at interpreter exit can abort the
+        # process ("terminate called without an active exception") after the work is done.
+        trainer.accelerator.end_training()
     return 0
 
 

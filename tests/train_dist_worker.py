@@ -72,6 +72,7 @@ def trainer(model_dir: str, data_dir: str, out_dir: str, batch: str, steps: str)
     )
     tr.train()
     tr.save_model()
+    tr.accelerator.end_training()  # destroys the process group, as `hqrs train` does
 
 
 if __name__ == "__main__":
