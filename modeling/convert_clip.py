@@ -39,7 +39,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .key_mapping import KeyTable, MissingKeysError, Rule, check_complete
+from .key_mapping import (
+    OPEN_CLIP_PLAIN_TEXT,
+    OPEN_CLIP_PLAIN_VISION,
+    KeyTable,
+    MissingKeysError,
+    Rule,
+    check_complete,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import CLIPConfig, CLIPModel, CLIPProcessor
@@ -111,44 +118,14 @@ OPEN_CLIP_TO_HF_CLIP = KeyTable(
 _DERIVED_KEYS = ("attn_mask", "input_resolution", "context_length", "vocab_size")
 
 # open_clip config fields that transformers' CLIPModel cannot represent unless at these values.
-_VISION_FIXED = {
-    "ls_init_value": None,
-    "attentional_pool": False,
-    "no_ln_pre": False,
-    "pos_embed_type": "learnable",
-    "final_ln_after_pool": False,
-    "pool_type": "tok",
-    "act_kwargs": None,
-    "norm_kwargs": None,
-    "block_type": None,
-    "qk_norm": False,
-    "scaled_cosine_attn": False,
-    "scale_heads": False,
-    "scale_attn_inner": False,
-    "scale_attn": False,
-    "scale_fc": False,
-    "timm_model_name": None,
-}
+_VISION_FIXED = {**OPEN_CLIP_PLAIN_VISION, "attentional_pool": False}
 _TEXT_FIXED = {
+    **OPEN_CLIP_PLAIN_TEXT,
     "hf_tokenizer_name": None,
     "tokenizer_mode": None,
-    "ls_init_value": None,
     "embed_cls": False,
-    "no_causal_mask": False,
     "final_ln_after_pool": False,
     "pool_type": "argmax",
-    "proj_bias": False,
-    "proj_type": "linear",
-    "act_kwargs": None,
-    "norm_kwargs": None,
-    "block_type": None,
-    "qk_norm": False,
-    "scaled_cosine_attn": False,
-    "scale_heads": False,
-    "scale_attn_inner": False,
-    "scale_attn": False,
-    "scale_fc": False,
-    "hf_model_name": None,
 }
 _TOP_LEVEL_OK = {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "init_logit_scale", "custom_text"}
 

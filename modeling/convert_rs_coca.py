@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from .configuration_rs_coca import RSCoCaConfig
-from .key_mapping import KeyTable, Rule, check_complete
+from .key_mapping import OPEN_CLIP_PLAIN_TEXT, OPEN_CLIP_PLAIN_VISION, KeyTable, Rule, check_complete
 from .modeling_rs_coca import RSCoCaModel
 from .processing_rs_coca import RSCoCaProcessor
 
@@ -59,40 +59,8 @@ GENERATION_DEFAULTS: dict[str, Any] = {
 
 # open_clip options whose non-default values RS-CoCa does not implement.
 _UNSUPPORTED = {
-    "vision_cfg": {
-        "ls_init_value": None,
-        "patch_dropout": 0.0,
-        "no_ln_pre": False,
-        "pos_embed_type": "learnable",
-        "final_ln_after_pool": False,
-        "pool_type": "tok",
-        "act_kwargs": None,
-        "norm_kwargs": None,
-        "block_type": None,
-        "qk_norm": False,
-        "scaled_cosine_attn": False,
-        "scale_heads": False,
-        "scale_attn_inner": False,
-        "scale_attn": False,
-        "scale_fc": False,
-        "timm_model_name": None,
-    },
-    "text_cfg": {
-        "ls_init_value": None,
-        "no_causal_mask": False,
-        "proj_bias": False,
-        "proj_type": "linear",
-        "act_kwargs": None,
-        "norm_kwargs": None,
-        "block_type": None,
-        "qk_norm": False,
-        "scaled_cosine_attn": False,
-        "scale_heads": False,
-        "scale_attn_inner": False,
-        "scale_attn": False,
-        "scale_fc": False,
-        "hf_model_name": None,
-    },
+    "vision_cfg": {**OPEN_CLIP_PLAIN_VISION, "patch_dropout": 0.0},
+    "text_cfg": OPEN_CLIP_PLAIN_TEXT,
     "multimodal_cfg": {"ls_init_value": None},
 }
 

@@ -374,6 +374,41 @@ class KeyTable:
 
 
 # --------------------------------------------------------------------------------------------------
+# open_clip tower options a plain pre-norm transformer (CLIP's and RS-CoCa's) cannot represent
+# --------------------------------------------------------------------------------------------------
+
+# Option → the only value the converters accept; a checkpoint config with any other value is refused
+# with the option named. Shared by the CLIP and RS-CoCa converters; each adds its own.
+_TOWER_PLAIN = {
+    "ls_init_value": None,
+    "act_kwargs": None,
+    "norm_kwargs": None,
+    "block_type": None,
+    "qk_norm": False,
+    "scaled_cosine_attn": False,
+    "scale_heads": False,
+    "scale_attn_inner": False,
+    "scale_attn": False,
+    "scale_fc": False,
+}
+OPEN_CLIP_PLAIN_VISION = {
+    **_TOWER_PLAIN,
+    "no_ln_pre": False,
+    "pos_embed_type": "learnable",
+    "final_ln_after_pool": False,
+    "pool_type": "tok",
+    "timm_model_name": None,
+}
+OPEN_CLIP_PLAIN_TEXT = {
+    **_TOWER_PLAIN,
+    "no_causal_mask": False,
+    "proj_bias": False,
+    "proj_type": "linear",
+    "hf_model_name": None,
+}
+
+
+# --------------------------------------------------------------------------------------------------
 # Checkpoint loading
 # --------------------------------------------------------------------------------------------------
 

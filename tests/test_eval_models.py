@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import tiny_models
 import torch
 from PIL import Image
 
@@ -14,85 +15,13 @@ from hqrs.evaluation.data import load_classification, normalize_classname
 from hqrs.evaluation.zeroshot import classification_metrics, load_templates, resolve_templates
 
 
-def _tiny_clip(out, size=32):
-    from transformers import CLIPConfig, CLIPModel
-
-    from hqrs.modeling.open_clip_processing import build_clip_processor
-
-    torch.manual_seed(0)
-    text = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=77,
-        vocab_size=49408,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=0,
-    )
-    vision = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=size,
-        patch_size=8,
-    )
-    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
-    proc = build_clip_processor("ViT-B-32")
-    proc.image_processor.size = {"shortest_edge": size}
-    proc.image_processor.crop_size = {"height": size, "width": size}
-    model.save_pretrained(out)
-    proc.save_pretrained(out)
-    return out
-
-
-def _tiny_coca(out):
-    from hqrs.modeling.configuration_rs_coca import RSCoCaConfig
-    from hqrs.modeling.convert_rs_coca import save_hf_coca
-    from hqrs.modeling.modeling_rs_coca import RSCoCaModel
-    from hqrs.modeling.open_clip_processing import build_image_processor, build_tokenizer
-    from hqrs.modeling.processing_rs_coca import RSCoCaProcessor
-
-    torch.manual_seed(0)
-    config = RSCoCaConfig(
-        vision_config={
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 4,
-            "image_size": 32,
-            "patch_size": 8,
-            "pooler_hidden_size": 32,
-            "attn_pooler_queries": 8,
-            "attn_pooler_heads": 4,
-        },
-        text_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 4,
-        },
-        multimodal_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 4,
-        },
-        projection_dim=32,
-    )
-    ip = build_image_processor("coca_ViT-B-32")
-    ip.size = {"shortest_edge": 32}
-    ip.crop_size = {"height": 32, "width": 32}
-    save_hf_coca(RSCoCaModel(config).eval(), RSCoCaProcessor(ip, build_tokenizer(model_max_length=76)), out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    return {"clip": _tiny_clip(root / "clip"), "coca": _tiny_coca(root / "coca")}
+    return {
+        "clip": tiny_models.tiny_clip_dir(root / "clip"),
+        "coca": tiny_models.tiny_coca_dir(root / "coca"),
+    }
 
 
 @pytest.fixture(scope="module")

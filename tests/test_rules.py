@@ -20,6 +20,7 @@ from hqrs.dataset_builder.rules import (
     rule_facts,
     rule_text,
 )
+from hqrs.dataset_builder.sources.adapters import DIOR_CLASSES
 
 DOTA = [
     "plane",
@@ -39,28 +40,7 @@ DOTA = [
     "swimming-pool",
     "container-crane",
 ]
-DIOR = [
-    "airplane",
-    "airport",
-    "baseballfield",
-    "basketballcourt",
-    "bridge",
-    "chimney",
-    "dam",
-    "Expressway-Service-area",
-    "Expressway-toll-station",
-    "golffield",
-    "groundtrackfield",
-    "harbor",
-    "overpass",
-    "ship",
-    "stadium",
-    "storagetank",
-    "tenniscourt",
-    "trainstation",
-    "vehicle",
-    "windmill",
-]
+DIOR = list(DIOR_CLASSES)  # the preset the voc adapter uses
 ISAID = [
     "Small_Vehicle",
     "Large_Vehicle",
