@@ -20,26 +20,9 @@ from hqrs.dataset_builder.rules import (
     rule_facts,
     rule_text,
 )
-from hqrs.dataset_builder.sources.adapters import DIOR_CLASSES
+from hqrs.dataset_builder.sources.adapters import DIOR_CLASSES, DOTA_CLASSES
 
-DOTA = [
-    "plane",
-    "ship",
-    "storage-tank",
-    "baseball-diamond",
-    "tennis-court",
-    "basketball-court",
-    "ground-track-field",
-    "harbor",
-    "bridge",
-    "large-vehicle",
-    "small-vehicle",
-    "helicopter",
-    "roundabout",
-    "soccer-ball-field",
-    "swimming-pool",
-    "container-crane",
-]
+DOTA = list(DOTA_CLASSES)  # v2.0: v1.0/v1.5 classes + airport, helipad
 DIOR = list(DIOR_CLASSES)  # the preset the voc adapter uses
 ISAID = [
     "Small_Vehicle",
