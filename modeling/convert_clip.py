@@ -42,10 +42,12 @@ import torch
 from .key_mapping import (
     OPEN_CLIP_PLAIN_TEXT,
     OPEN_CLIP_PLAIN_VISION,
+    WEIGHT_OR_BIAS,
     KeyTable,
     MissingKeysError,
     Rule,
     check_complete,
+    resblock_rules,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -65,29 +67,12 @@ __all__ = [
 OPEN_CLIP_NAME_ATTR = "open_clip_model_name"
 OPEN_CLIP_QUICK_GELU_ATTR = "open_clip_force_quick_gelu"
 
-_WB = "{p:weight|bias}"
+_WB = WEIGHT_OR_BIAS
 
 
 def _tower_rules(src: str, dst: str) -> list[Rule]:
     """Rules for one open_clip ``Transformer`` (``src``) → HF ``CLIPEncoder`` (``dst``)."""
-    s, d = f"{src}.resblocks.{{layer}}", f"{dst}.layers.{{layer}}"
-    return [
-        Rule(f"{s}.ln_1.{_WB}", f"{d}.layer_norm1.{{p}}"),
-        Rule(
-            f"{s}.attn.in_proj_weight",
-            (f"{d}.self_attn.q_proj.weight", f"{d}.self_attn.k_proj.weight", f"{d}.self_attn.v_proj.weight"),
-            "split_qkv",
-        ),
-        Rule(
-            f"{s}.attn.in_proj_bias",
-            (f"{d}.self_attn.q_proj.bias", f"{d}.self_attn.k_proj.bias", f"{d}.self_attn.v_proj.bias"),
-            "split_qkv",
-        ),
-        Rule(f"{s}.attn.out_proj.{_WB}", f"{d}.self_attn.out_proj.{{p}}"),
-        Rule(f"{s}.ln_2.{_WB}", f"{d}.layer_norm2.{{p}}"),
-        Rule(f"{s}.mlp.c_fc.{_WB}", f"{d}.mlp.fc1.{{p}}"),
-        Rule(f"{s}.mlp.c_proj.{_WB}", f"{d}.mlp.fc2.{{p}}"),
-    ]
+    return resblock_rules(f"{src}.resblocks.{{layer}}", f"{dst}.layers.{{layer}}")
 
 
 #: open_clip ``CLIP`` (ViT tower, built-in text tower) → transformers ``CLIPModel``.

@@ -26,7 +26,14 @@ from typing import Any
 import torch
 
 from .configuration_rs_coca import RSCoCaConfig
-from .key_mapping import OPEN_CLIP_PLAIN_TEXT, OPEN_CLIP_PLAIN_VISION, KeyTable, Rule, check_complete
+from .key_mapping import (
+    OPEN_CLIP_PLAIN_TEXT,
+    OPEN_CLIP_PLAIN_VISION,
+    KeyTable,
+    Rule,
+    check_complete,
+    resblock_rules,
+)
 from .modeling_rs_coca import RSCoCaModel
 from .processing_rs_coca import RSCoCaProcessor
 
@@ -161,28 +168,6 @@ def _config_from_cfgs(model_name, embed_dim, vision, text, multimodal, quick_gel
     )
 
 
-def _block_rules(src: str, dst: str) -> list[Rule]:
-    """A pre-LN residual attention block: ``src`` = open_clip prefix with ``{layer}``, ``dst`` = HF prefix."""
-    return [
-        Rule(f"{src}.ln_1.weight", f"{dst}.layer_norm1.weight"),
-        Rule(f"{src}.ln_1.bias", f"{dst}.layer_norm1.bias"),
-        Rule(
-            f"{src}.attn.in_proj_weight",
-            tuple(f"{dst}.self_attn.{p}_proj.weight" for p in "qkv"),
-            "split_qkv",
-        ),
-        Rule(f"{src}.attn.in_proj_bias", tuple(f"{dst}.self_attn.{p}_proj.bias" for p in "qkv"), "split_qkv"),
-        Rule(f"{src}.attn.out_proj.weight", f"{dst}.self_attn.out_proj.weight"),
-        Rule(f"{src}.attn.out_proj.bias", f"{dst}.self_attn.out_proj.bias"),
-        Rule(f"{src}.ln_2.weight", f"{dst}.layer_norm2.weight"),
-        Rule(f"{src}.ln_2.bias", f"{dst}.layer_norm2.bias"),
-        Rule(f"{src}.mlp.c_fc.weight", f"{dst}.mlp.fc1.weight"),
-        Rule(f"{src}.mlp.c_fc.bias", f"{dst}.mlp.fc1.bias"),
-        Rule(f"{src}.mlp.c_proj.weight", f"{dst}.mlp.fc2.weight"),
-        Rule(f"{src}.mlp.c_proj.bias", f"{dst}.mlp.fc2.bias"),
-    ]
-
-
 def coca_key_table(config: RSCoCaConfig) -> KeyTable:
     """open_clip CoCa → RS-CoCa key table for ``config``.
 
@@ -208,7 +193,7 @@ def coca_key_table(config: RSCoCaConfig) -> KeyTable:
         Rule("visual.positional_embedding", "vision_model.embeddings.position_embedding.weight"),
         Rule("visual.ln_pre.weight", "vision_model.pre_layernorm.weight"),
         Rule("visual.ln_pre.bias", "vision_model.pre_layernorm.bias"),
-        *_block_rules("visual.transformer.resblocks.{layer}", "vision_model.layers.{layer}"),
+        *resblock_rules("visual.transformer.resblocks.{layer}", "vision_model.layers.{layer}"),
         Rule("visual.attn_pool.query", "vision_model.attn_pool.query"),
         Rule("visual.attn_pool.ln_q.weight", "vision_model.attn_pool.query_layernorm.weight"),
         Rule("visual.attn_pool.ln_q.bias", "vision_model.attn_pool.query_layernorm.bias"),
@@ -225,12 +210,12 @@ def coca_key_table(config: RSCoCaConfig) -> KeyTable:
         Rule("text.token_embedding.weight", "text_model.token_embedding.weight"),
         Rule("text.positional_embedding", "text_model.position_embedding.weight"),
         Rule("text.cls_emb", "text_model.cls_embedding"),
-        *_block_rules("text.transformer.resblocks.{layer}", "text_model.layers.{layer}"),
+        *resblock_rules("text.transformer.resblocks.{layer}", "text_model.layers.{layer}"),
         Rule("text.ln_final.weight", "text_model.final_layer_norm.weight"),
         Rule("text.ln_final.bias", "text_model.final_layer_norm.bias"),
         Rule("text.text_projection", "text_projection.weight", "transpose"),
         # multimodal decoder: resblocks[i] is the self-attention block, cross_attn[i] the cross-attention block
-        *_block_rules("text_decoder.resblocks.{layer}", hf_dec),
+        *resblock_rules("text_decoder.resblocks.{layer}", hf_dec),
         Rule(f"{dec_cross}.ln_1.weight", f"{hf_dec}.encoder_attn_layer_norm.weight"),
         Rule(f"{dec_cross}.ln_1.bias", f"{hf_dec}.encoder_attn_layer_norm.bias"),
         Rule(f"{dec_cross}.ln_1_kv.weight", f"{hf_dec}.encoder_attn_kv_layer_norm.weight"),

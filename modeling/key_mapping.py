@@ -374,6 +374,33 @@ class KeyTable:
 
 
 # --------------------------------------------------------------------------------------------------
+# open_clip residual attention block → HF pre-LN encoder layer (CLIP's and RS-CoCa's towers)
+# --------------------------------------------------------------------------------------------------
+
+WEIGHT_OR_BIAS = "{p:weight|bias}"
+
+
+def resblock_rules(src: str, dst: str) -> list[Rule]:
+    """Rules for one open_clip ``ResidualAttentionBlock`` → an HF layer with ``layer_norm1``,
+    ``self_attn.{q,k,v,out}_proj``, ``layer_norm2`` and ``mlp.fc1/fc2``.
+
+    ``src`` / ``dst`` are the block prefixes, usually with a ``{layer}`` placeholder
+    (``"visual.transformer.resblocks.{layer}"`` → ``"vision_model.encoder.layers.{layer}"``).
+    """
+    wb = WEIGHT_OR_BIAS
+    return [
+        Rule(f"{src}.ln_1.{wb}", f"{dst}.layer_norm1.{{p}}"),
+        Rule(
+            f"{src}.attn.in_proj_{wb}", tuple(f"{dst}.self_attn.{q}_proj.{{p}}" for q in "qkv"), "split_qkv"
+        ),
+        Rule(f"{src}.attn.out_proj.{wb}", f"{dst}.self_attn.out_proj.{{p}}"),
+        Rule(f"{src}.ln_2.{wb}", f"{dst}.layer_norm2.{{p}}"),
+        Rule(f"{src}.mlp.c_fc.{wb}", f"{dst}.mlp.fc1.{{p}}"),
+        Rule(f"{src}.mlp.c_proj.{wb}", f"{dst}.mlp.fc2.{{p}}"),
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
 # open_clip tower options a plain pre-norm transformer (CLIP's and RS-CoCa's) cannot represent
 # --------------------------------------------------------------------------------------------------
 
