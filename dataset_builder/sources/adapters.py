@@ -122,7 +122,7 @@ def _read_text(report: SkipReport, source: Source, path: Path) -> str | None:
     try:
         return path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        report.skip(path, f"cannot read annotation file ({exc})", kind="file", source=source.source_name)
+        source.skip(report, path, f"cannot read annotation file ({exc})", kind="file")
         return None
 
 
@@ -152,11 +152,7 @@ class FolderSource(Source):
                 if not file.is_file() or file.name.startswith("."):
                     continue
                 if file.suffix.lower() not in IMAGE_EXTENSIONS:
-                    report.skip(
-                        file,
-                        f"not an image file extension ({file.suffix or 'none'})",
-                        source=self.source_name,
-                    )
+                    self.skip(report, file, f"not an image file extension ({file.suffix or 'none'})")
                     continue
                 yield from self.emit(
                     report,
@@ -192,15 +188,15 @@ class KarpathySource(Source):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            report.skip(self.path, f"malformed JSON ({exc})", kind="file", source=self.source_name)
+            self.skip(report, self.path, f"malformed JSON ({exc})", kind="file")
             return
         entries = data.get("images") if isinstance(data, dict) else None
         if not isinstance(entries, list):
-            report.skip(
+            self.skip(
+                report,
                 self.path,
                 "no 'images' list at the top level (not a Karpathy caption file)",
                 kind="file",
-                source=self.source_name,
             )
             return
         if not self.name and isinstance(data.get("dataset"), str):
@@ -210,11 +206,11 @@ class KarpathySource(Source):
         for index, entry in enumerate(entries):
             where = f"{self.path}#images[{index}]"
             if not isinstance(entry, dict) or not isinstance(entry.get("filename"), str):
-                report.skip(where, "entry has no 'filename' string", kind="row", source=self.source_name)
+                self.skip(report, where, "entry has no 'filename' string", kind="row")
                 continue
             sentences = entry.get("sentences", [])
             if not isinstance(sentences, list):
-                report.skip(where, "'sentences' is not a list", kind="row", source=self.source_name)
+                self.skip(report, where, "'sentences' is not a list", kind="row")
                 continue
             refs = []
             for s in sentences:
@@ -222,12 +218,7 @@ class KarpathySource(Source):
                 if isinstance(raw, str) and raw.strip():
                     refs.append(raw.strip())
                 else:
-                    report.skip(
-                        where,
-                        f"sentence without a 'raw' string: {s!r}"[:200],
-                        kind="row",
-                        source=self.source_name,
-                    )
+                    self.skip(report, where, f"sentence without a 'raw' string: {s!r}"[:200], kind="row")
             filename = entry["filename"]
             label = entry.get("label") if isinstance(entry.get("label"), str) else labels.get(filename)
             if label is None and self.options["label_from_filename"]:
@@ -307,11 +298,11 @@ class DotaSource(Source):
                     coords = [float(v) for v in parts[:8]]
                     difficult = parts[9] == "1" if len(parts) == 10 else False
                 except ValueError:
-                    report.skip(
+                    self.skip(
+                        report,
                         where,
                         f"expected 'x1 y1 x2 y2 x3 y3 x4 y4 class [difficult]', got {line!r}"[:300],
                         kind="row",
-                        source=self.source_name,
                     )
                     continue
                 obj = self.make_object(
@@ -321,11 +312,11 @@ class DotaSource(Source):
                     objects.append(obj)
             gsd = _positive_float(header.get("gsd"))
             if header.get("gsd") not in (None, "", "None", "null") and gsd is None:
-                report.skip(
+                self.skip(
+                    report,
                     file,
                     f"gsd header {header['gsd']!r} is not a positive number; gsd left unknown",
                     kind="row",
-                    source=self.source_name,
                 )
             meta = {"file": file.name}
             if header.get("imagesource"):
@@ -347,7 +338,7 @@ class DotaSource(Source):
             return
         for image in sorted(root.iterdir()):
             if image.suffix.lower() in IMAGE_EXTENSIONS and image.stem not in annotated:
-                report.skip(image, "image has no annotation file", source=self.source_name)
+                self.skip(report, image, "image has no annotation file")
 
 
 def _positive_float(value: Any) -> float | None:
@@ -383,19 +374,19 @@ class VocSource(Source):
             try:
                 root = ET.parse(file).getroot()
             except (ET.ParseError, OSError) as exc:
-                report.skip(file, f"malformed XML ({exc})", kind="file", source=self.source_name)
+                self.skip(report, file, f"malformed XML ({exc})", kind="file")
                 continue
             objects = []
             for index, node in enumerate(root.iter("object")):
                 where = f"{file}#object[{index}]"
                 name = (node.findtext("name") or "").strip()
                 if not name:
-                    report.skip(where, "object without <name>", kind="object", source=self.source_name)
+                    self.skip(report, where, "object without <name>", kind="object")
                     continue
                 try:
                     bbox, obox = self._boxes(node)
                 except ValueError as exc:
-                    report.skip(where, f"bad box: {exc}", kind="object", source=self.source_name)
+                    self.skip(report, where, f"bad box: {exc}", kind="object")
                     continue
                 difficult = (node.findtext("difficult") or "0").strip() == "1"
                 obj = self.make_object(
@@ -469,12 +460,7 @@ class CocoSource(Source):
             images, annotations = data["images"], data.get("annotations", [])
             categories = {int(c["id"]): str(c["name"]) for c in data["categories"]}
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            report.skip(
-                self.path,
-                f"malformed COCO JSON ({type(exc).__name__}: {exc})",
-                kind="file",
-                source=self.source_name,
-            )
+            self.skip(report, self.path, f"malformed COCO JSON ({type(exc).__name__}: {exc})", kind="file")
             return
         by_image: dict[Any, list[ObjectAnnotation]] = {}
         image_ids = {img.get("id") for img in images if isinstance(img, dict)}
@@ -485,27 +471,19 @@ class CocoSource(Source):
                 cat = int(ann["category_id"])
                 img_id = ann["image_id"]
             except (KeyError, TypeError, ValueError) as exc:
-                report.skip(
-                    where,
-                    f"malformed annotation ({type(exc).__name__}: {exc})",
-                    kind="object",
-                    source=self.source_name,
-                )
+                self.skip(report, where, f"malformed annotation ({type(exc).__name__}: {exc})", kind="object")
                 continue
             if img_id not in image_ids:
-                report.skip(
+                self.skip(
+                    report,
                     where,
                     f"annotation for image_id {img_id!r} that is not in 'images'",
                     kind="object",
-                    source=self.source_name,
                 )
                 continue
             if cat not in categories:
-                report.skip(
-                    where,
-                    f"unknown class: category_id {cat} is not in 'categories'",
-                    kind="object",
-                    source=self.source_name,
+                self.skip(
+                    report, where, f"unknown class: category_id {cat} is not in 'categories'", kind="object"
                 )
                 continue
             if ann.get("iscrowd") and not self.options["include_crowd"]:
@@ -517,7 +495,7 @@ class CocoSource(Source):
         for index, img in enumerate(images):
             where = f"{self.path}#images[{index}]"
             if not isinstance(img, dict) or not isinstance(img.get("file_name"), str):
-                report.skip(where, "image entry without 'file_name'", kind="row", source=self.source_name)
+                self.skip(report, where, "image entry without 'file_name'", kind="row")
                 continue
             size = (img.get("width"), img.get("height"))
             yield from self.emit(
@@ -631,21 +609,21 @@ class MaskSource(Source):
                 class_map, unknown = self._class_map(mask_file)
                 instances = self._instances(mask_file, stem)
             except SkipItem as exc:
-                report.skip(mask_file, exc.reason, kind="file", source=self.source_name)
+                self.skip(report, mask_file, exc.reason, kind="file")
                 continue
             if unknown:
-                report.skip(
+                self.skip(
+                    report,
                     mask_file,
                     f"mask values not in the palette, left out: {unknown}"[:400],
                     kind="pixels",
-                    source=self.source_name,
                 )
             if instances is not None and instances.shape != class_map.shape:
-                report.skip(
+                self.skip(
+                    report,
                     mask_file,
                     "instance mask size differs from the class mask; instances ignored",
                     kind="file",
-                    source=self.source_name,
                 )
                 instances = None
 
@@ -785,18 +763,18 @@ class OpenClipCsvSource(Source):
         try:
             f = open(self.path, newline="", encoding="utf-8-sig")
         except OSError as exc:
-            report.skip(self.path, f"cannot read CSV ({exc})", kind="file", source=self.source_name)
+            self.skip(report, self.path, f"cannot read CSV ({exc})", kind="file")
             return
         with f:
             reader = csv.DictReader(f, delimiter=self.options["sep"], restkey="__extra__")
             header = reader.fieldnames or []
             missing = [k for k in (img_key, cap_key) if k not in header]
             if missing:
-                report.skip(
+                self.skip(
+                    report,
                     self.path,
                     f"CSV header {header} lacks column(s) {missing} (set img_key / caption_key / sep)",
                     kind="file",
-                    source=self.source_name,
                 )
                 return
             while True:
@@ -805,33 +783,25 @@ class OpenClipCsvSource(Source):
                 except StopIteration:
                     break
                 except csv.Error as exc:
-                    report.skip(
-                        f"{self.path}:{reader.line_num}",
-                        f"malformed CSV row ({exc})",
-                        kind="row",
-                        source=self.source_name,
+                    self.skip(
+                        report, f"{self.path}:{reader.line_num}", f"malformed CSV row ({exc})", kind="row"
                     )
                     continue
                 where = f"{self.path}:{reader.line_num}"
                 if "__extra__" in row or any(v is None for v in row.values()):
-                    report.skip(
+                    self.skip(
+                        report,
                         where,
                         f"row has {len(header) + len(row.get('__extra__', []))} fields where the "
                         f"header has {len(header)}"
                         if "__extra__" in row
                         else "row has too few fields",
                         kind="row",
-                        source=self.source_name,
                     )
                     continue
                 path, caption = (row[img_key] or "").strip(), (row[cap_key] or "").strip()
                 if not path or not caption:
-                    report.skip(
-                        where,
-                        f"empty {img_key if not path else cap_key!r}",
-                        kind="row",
-                        source=self.source_name,
-                    )
+                    self.skip(report, where, f"empty {img_key if not path else cap_key!r}", kind="row")
                     continue
                 captions, label, line = groups.setdefault(
                     path, ([], (row.get(label_key) or "").strip() if label_key else "", reader.line_num)

@@ -230,6 +230,10 @@ class Source:
     def spec(self) -> str:
         return f"{self.kind}:{self.path}"
 
+    def skip(self, report: SkipReport, file: str | Path, reason: str, *, kind: str = "image") -> None:
+        """Record a skipped ``file`` (an image, or with ``kind="object"`` an annotation) of this source."""
+        report.skip(file, reason, kind=kind, source=self.source_name)
+
     def records(self, report: SkipReport | None = None, pool=None) -> Iterator[ImageRecord]:
         """Yield every usable record; everything else goes to ``report`` with its file and reason.
 
@@ -293,12 +297,12 @@ class Source:
     ) -> ObjectAnnotation | None:
         """One object, or ``None`` (skipped with a reason) if its class is unknown or its box degenerate."""
         if known is not None and category not in known:
-            report.skip(file, f"unknown class {category!r}", kind="object", source=self.source_name)
+            self.skip(report, file, f"unknown class {category!r}", kind="object")
             return None
         try:
             return ObjectAnnotation(category=category, bbox=bbox, obox=obox, difficult=bool(difficult))
         except (ValueError, TypeError) as exc:
-            report.skip(file, str(exc), kind="object", source=self.source_name)
+            self.skip(report, file, str(exc), kind="object")
             return None
 
     def emit(
@@ -318,9 +322,7 @@ class Source:
         analysed in a worker, and finished here in input order."""
         where = str(annotation_file or image_path)
         if image_path is None or not Path(image_path).is_file():
-            report.skip(
-                where, f"image not found ({image_path or 'no matching file'})", source=self.source_name
-            )
+            self.skip(report, where, f"image not found ({image_path or 'no matching file'})")
             return
         pending = _Pending(
             Path(image_path), self.image_settings, where, list(objects), mask_fn, expected_size, fields_
@@ -345,15 +347,15 @@ class Source:
             except SkipItem as exc:
                 loaded = exc
         if isinstance(loaded, SkipItem):
-            report.skip(image_path, loaded.reason, source=self.source_name)
+            self.skip(report, image_path, loaded.reason)
             return
         if expected_size is not None and tuple(expected_size) != (loaded.width, loaded.height):
-            report.skip(
+            self.skip(
+                report,
                 where,
                 f"annotation says the image is {expected_size[0]}×{expected_size[1]} but {image_path} is "
                 f"{loaded.width}×{loaded.height}; using the image's size",
                 kind="row",
-                source=self.source_name,
             )
         objects = self._inside(report, where, pending.objects, loaded.width, loaded.height)
         meta = dict(fields_.pop("meta", {}) or {})
@@ -389,11 +391,11 @@ class Source:
         for obj in objects:
             x0, y0, x1, y1 = obj.bbox
             if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
-                report.skip(
+                self.skip(
+                    report,
                     where,
                     f"{obj.category!r} box {obj.bbox!r} lies outside the {width}×{height} image",
                     kind="object",
-                    source=self.source_name,
                 )
                 continue
             if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
@@ -406,9 +408,7 @@ class Source:
                     bbox = (max(x0, 0.0), max(y0, 0.0), min(x1, width), min(y1, height))
                     obj = ObjectAnnotation(obj.category, bbox=bbox, obox=obox, difficult=obj.difficult)
                 except ValueError as exc:
-                    report.skip(
-                        where, f"after clipping to the image: {exc}", kind="object", source=self.source_name
-                    )
+                    self.skip(report, where, f"after clipping to the image: {exc}", kind="object")
                     continue
             kept.append(obj)
         return kept
