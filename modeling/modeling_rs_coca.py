@@ -720,7 +720,7 @@ class RSCoCaModel(RSCoCaPreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None = None,
         **kwargs,
     ):
-        r"""Caption images. ``input_ids`` from the processor (optional) is an a caption prompt: everything from its
+        r"""Caption images. ``input_ids`` from the processor (optional) is a caption prompt: everything from its
         first ``<end_of_text>`` on is dropped. All other arguments are those of
         ``transformers.GenerationMixin.generate`` (greedy, ``num_beams``, ``do_sample``, ``min_new_tokens``,
         ``max_new_tokens``, stopping criteria ...); defaults come from ``generation_config.json``. Returns token
