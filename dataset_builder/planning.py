@@ -371,21 +371,29 @@ def make_plan(
     kind, limit = parse_size(settings.shard_size)
     counts = {s: 0 for s in SPLITS}
     nbytes = {s: 0 for s in SPLITS}
+    # Shards are filled in order: a new one starts when the next record would pass the limit (rows, or
+    # image bytes; a record larger than the byte limit gets a shard of its own). Numbers stay contiguous.
+    chunk = {s: 0 for s in SPLITS}
+    chunk_rows = {s: 0 for s in SPLITS}
+    chunk_bytes = {s: 0 for s in SPLITS}
     chunk_of: list[int | None] = []
     for pos, split in enumerate(assignment):
         if split is None:
             chunk_of.append(None)
             continue
         if kind == "rows":
-            chunk = counts[split] // limit
+            full = chunk_rows[split] >= limit
         else:
-            chunk = nbytes[split] // limit
-        chunk_of.append(chunk)
+            full = chunk_rows[split] > 0 and chunk_bytes[split] + sizes[pos] > limit
+        if full:
+            chunk[split] += 1
+            chunk_rows[split] = chunk_bytes[split] = 0
+        chunk_of.append(chunk[split])
+        chunk_rows[split] += 1
+        chunk_bytes[split] += sizes[pos]
         counts[split] += 1
         nbytes[split] += sizes[pos]
-    n_chunks = {
-        s: (max(c for c, a in zip(chunk_of, assignment) if a == s) + 1 if counts[s] else 0) for s in SPLITS
-    }
+    n_chunks = {s: chunk[s] + 1 if counts[s] else 0 for s in SPLITS}
 
     handles: dict[str, tuple[int, Any]] = {}
     for split in SPLITS:

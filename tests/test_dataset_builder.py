@@ -125,6 +125,22 @@ def test_split_hash_and_groups_are_deterministic():
     assert groups[:3] == [0, 0, 2] and groups[3] == 3 and groups[4] == 4
 
 
+def test_byte_size_shards_are_contiguous(caption_csv, tmp_path):
+    """Byte-limited shards: images larger than the limit get one shard each, numbered without gaps."""
+    out = tmp_path / "out"
+    report = export_dataset(
+        out, captions_csv=str(caption_csv), shard_size="1KB", configs=("default",), progress=False
+    )
+    assert report["images"] == 30
+    for split in ("train", "validation", "test"):
+        files = sorted((out / "data" / "default").glob(f"{split}-*.parquet"))
+        total = int(files[0].name.split("-of-")[1].split(".")[0])
+        assert [f.name for f in files] == [f"{split}-{k:05d}-of-{total:05d}.parquet" for k in range(total)]
+    ds = datasets.load_dataset(str(out))
+    assert sum(len(d) for d in ds.values()) == 30
+    assert len(list((out / "data" / "default").glob("*.parquet"))) == 30  # every image is over 1 KB
+
+
 def test_contamination_guard_real(rs_real, tmp_path):
     """UCM-Captions test images (real) in the input are removed from train; counted in the report."""
     rows = ["filepath,caption"]
