@@ -208,7 +208,7 @@ def _tree_fingerprint(path: Path) -> list[Any]:
         return [str(path.resolve()), st.st_size, st.st_mtime_ns]
     out = []
     for p in sorted(path.rglob("*")):
-        if p.is_file() and "/checkpoints/" not in str(p) and "/logs/" not in str(p):
+        if p.is_file() and not {"checkpoints", "logs"} & set(p.relative_to(path).parts):
             st = p.stat()
             out.append([str(p.relative_to(path)), st.st_size, st.st_mtime_ns])
     return [str(path.resolve()), out]

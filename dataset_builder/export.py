@@ -28,7 +28,7 @@ from typing import Any
 
 from .builder import CONFIG_NAMES, FEATURES, HQRSIT, encode_rows, iter_staged, rows_for
 from .parallel import bounded_map, make_pool
-from .planning import SPLITS
+from .planning import SPLITS, parse_ratios
 from .sources.base import SkipReport
 from .sources.images import WEB_EXTENSIONS, image_cell_job
 
@@ -333,8 +333,7 @@ def export_dataset(
         raise ValueError(f"num_proc must be >= 1, got {num_proc!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if isinstance(split_ratios, str):
-        split_ratios = tuple(float(v) for v in split_ratios.split(","))
+    split_ratios = parse_ratios(split_ratios)
     report = SkipReport()
     builder = HQRSIT(
         config_name="default",

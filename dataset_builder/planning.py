@@ -63,8 +63,11 @@ def parse_size(value: int | str) -> tuple[str, int]:
 
 
 def parse_ratios(value: str | Iterable[float]) -> tuple[float, float, float]:
-    parts = [float(v) for v in (value.split(",") if isinstance(value, str) else value)]
-    if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) <= 0:
+    try:
+        parts = [float(v) for v in (value.split(",") if isinstance(value, str) else value)]
+    except (TypeError, ValueError):
+        parts = []
+    if len(parts) != 3 or any(not p >= 0 for p in parts) or not 0 < sum(parts) < float("inf"):
         raise ValueError(
             f"split ratios must be three non-negative numbers train,validation,test, got {value!r}"
         )

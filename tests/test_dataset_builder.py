@@ -141,6 +141,11 @@ def test_byte_size_shards_are_contiguous(caption_csv, tmp_path):
     assert len(list((out / "data" / "default").glob("*.parquet"))) == 30  # every image is over 1 KB
 
 
+def test_bad_split_ratios_are_a_clear_error(caption_csv, tmp_path):
+    with pytest.raises(ValueError, match="split ratios must be three non-negative numbers.*'a,b,c'"):
+        export_dataset(tmp_path / "out", captions_csv=str(caption_csv), split_ratios="a,b,c", progress=False)
+
+
 def test_contamination_guard_real(rs_real, tmp_path):
     """UCM-Captions test images (real) in the input are removed from train; counted in the report."""
     rows = ["filepath,caption"]

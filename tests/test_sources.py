@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -180,12 +181,16 @@ def test_voc_malformed_and_coco(tmp_path):
     ann.mkdir()
     (ann / "a.xml").write_text(
         "<annotation><filename>a.png</filename><object><name>car</name><bndbox><xmin>1</xmin><ymin>2</ymin>"
-        "<xmax>30</xmax><ymax>40</ymax></bndbox></object><object><name>car</name></object></annotation>"
+        "<xmax>30</xmax><ymax>40</ymax></bndbox></object><object><name>car</name></object>"
+        "<object><name>car</name><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>30</xmax></bndbox></object>"
+        "<size><width>inf</width><height>80</height></size></annotation>"
     )
     (ann / "b.xml").write_text("<annotation><object>")
     recs, report = _records(f"voc:{ann}")
     assert len(recs) == 1 and recs[0].objects[0].bbox == (1, 2, 30, 40)
+    assert (recs[0].width, recs[0].height) == (80, 80)  # a non-finite <size> falls back to the image
     assert {i["kind"] for i in report.items} == {"object", "file"}
+    assert any(i["reason"] == "bad box: <bndbox> has no <ymax>" for i in report.items)
     assert any("malformed XML" in i["reason"] and i["file"].endswith("b.xml") for i in report.items)
 
     coco = {
@@ -249,6 +254,18 @@ def test_openclip_csv_grouping_and_bad_rows(tmp_path):
     assert sorted(i["kind"] for i in report.items) == ["image", "row", "row", "row"]
     with pytest.raises(ValueError, match="unknown option 'colour'"):
         load_source(f"openclip-csv:{tmp_path}/caps.csv?colour=1")
+    # not UTF-8: the rows before the bad bytes are kept, the rest is one counted file skip
+    good = "".join(f"a.png,a field number {i}\n" for i in range(3000)).encode()  # past the first read
+    (tmp_path / "latin1.csv").write_bytes(b"filepath,caption\n" + good + b"b.png,caf\xe9\n")
+    recs, report = _records(f"openclip-csv:{tmp_path}/latin1.csv?images={tmp_path}/img")
+    (rec,) = recs
+    assert 0 < len(rec.references) < 3000  # decoding fails on the whole read block holding the bad byte
+    (item,) = report.items
+    assert item["kind"] == "file" and "not UTF-8" in item["reason"]
+    assert item["file"].endswith(f":{len(rec.references) + 1}")  # the last line read (header + rows)
+    (tmp_path / "latin1.csv").write_bytes(b"filepath,caption\nb.png,caf\xe9\n")  # fails in the header read
+    recs, report = _records(f"openclip-csv:{tmp_path}/latin1.csv?images={tmp_path}/img")
+    assert recs == [] and "not UTF-8" in report.items[0]["reason"]
 
 
 def test_yaml_source_list(tmp_path, rs_real):
@@ -309,6 +326,19 @@ def test_truncated_jpeg_detected_by_the_reduced_decode(rs_real, tmp_path):
 
     with pytest.raises(SkipItem, match="truncated or corrupt image data"):
         load_image(bad, ImageSettings())
+
+
+def test_image_cell_is_not_bound_by_pillows_default_pixel_limit(tmp_path, monkeypatch):
+    """The source already checked the size against its own max_pixels; the export must not apply
+    Pillow's global limit again (a 180 Mpx TIFF would crash the export otherwise)."""
+    from hqrs.dataset_builder.sources.images import image_cell
+
+    Image.new("RGB", (64, 64), (9, 8, 7)).save(tmp_path / "a.tif")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 px > 2x: DecompressionBombError
+    cell = image_cell(str(tmp_path / "a.tif"), "a")
+    assert Image.MAX_IMAGE_PIXELS == 1000  # restored
+    monkeypatch.undo()
+    assert cell["path"] == "a.png" and Image.open(io.BytesIO(cell["bytes"])).getpixel((0, 0)) == (9, 8, 7)
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA"])

@@ -407,7 +407,7 @@ class VocSource(Source):
                     int(float(root.findtext("size/height") or 0)),
                 )
                 size = (w, h) if w > 0 and h > 0 else None
-            except ValueError:
+            except (ValueError, OverflowError):  # not a number, or inf: the image's own size is used
                 size = None
             yield from self.emit(
                 report,
@@ -421,18 +421,22 @@ class VocSource(Source):
 
     @staticmethod
     def _boxes(node) -> tuple[tuple | None, tuple | None]:
+        def num(parent, key: str) -> float:
+            text = parent.findtext(key)
+            if text is None:
+                raise ValueError(f"<{parent.tag}> has no <{key}>")
+            return float(text)
+
         bbox = obox = None
         b = node.find("bndbox")
         if b is not None:
-            bbox = tuple(float(b.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+            bbox = tuple(num(b, k) for k in ("xmin", "ymin", "xmax", "ymax"))
         r = node.find("robndbox")
         if r is not None:
             if r.find("x_left_top") is not None:
-                obox = tuple(
-                    float(r.findtext(f"{axis}_{c}")) for c in _ROBNDBOX_CORNERS for axis in ("x", "y")
-                )
+                obox = tuple(num(r, f"{axis}_{c}") for c in _ROBNDBOX_CORNERS for axis in ("x", "y"))
             else:
-                cx, cy, w, h, a = (float(r.findtext(k)) for k in ("cx", "cy", "w", "h", "angle"))
+                cx, cy, w, h, a = (num(r, k) for k in ("cx", "cy", "w", "h", "angle"))
                 ca, sa = math.cos(a), math.sin(a)
                 pts = [(-w / 2, -h / 2), (w / 2, -h / 2), (w / 2, h / 2), (-w / 2, h / 2)]
                 obox = tuple(v for x, y in pts for v in (cx + x * ca - y * sa, cy + x * sa + y * ca))
@@ -767,7 +771,13 @@ class OpenClipCsvSource(Source):
             return
         with f:
             reader = csv.DictReader(f, delimiter=self.options["sep"], restkey="__extra__")
-            header = reader.fieldnames or []
+            try:
+                header = reader.fieldnames or []
+            except UnicodeDecodeError as exc:
+                self.skip(
+                    report, self.path, f"not UTF-8 text ({exc}); re-encode the CSV as UTF-8", kind="file"
+                )
+                return
             missing = [k for k in (img_key, cap_key) if k not in header]
             if missing:
                 self.skip(
@@ -787,6 +797,14 @@ class OpenClipCsvSource(Source):
                         report, f"{self.path}:{reader.line_num}", f"malformed CSV row ({exc})", kind="row"
                     )
                     continue
+                except UnicodeDecodeError as exc:
+                    self.skip(
+                        report,
+                        f"{self.path}:{reader.line_num}",
+                        f"not UTF-8 text ({exc}); rows after this line were not read: re-encode the CSV as UTF-8",
+                        kind="file",
+                    )
+                    break
                 where = f"{self.path}:{reader.line_num}"
                 if "__extra__" in row or any(v is None for v in row.values()):
                     self.skip(

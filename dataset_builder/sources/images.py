@@ -129,8 +129,9 @@ class ImageSettings:
 
 
 @contextlib.contextmanager
-def _pixel_limit(max_pixels: int):
-    """Let Pillow open up to ``max_pixels`` (our own guard decides; Pillow's default would be 89M)."""
+def _pixel_limit(max_pixels: int | None):
+    """Let Pillow open up to ``max_pixels`` (``None``: any size; our own guard decides; Pillow's default
+    would be 89M)."""
     old = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = max_pixels
     try:
@@ -349,7 +350,8 @@ def image_cell(path: str, image_id: str, keep_original: bool = False) -> dict[st
     if ext in WEB_EXTENSIONS or keep_original:
         with open(path, "rb") as f:
             return {"bytes": f.read(), "path": f"{image_id}{'.jpg' if ext == '.jpeg' else ext}"}
-    with Image.open(path) as im:
+    # the pixel count was checked against the source's max_pixels when the source was read
+    with _pixel_limit(None), Image.open(path) as im:
         if im.mode not in ("1", "L", "LA", "P", "RGB", "RGBA"):
             im = im.convert("RGB")
         return {"bytes": fast_png_bytes(im), "path": f"{image_id}.png"}
