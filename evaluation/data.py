@@ -191,16 +191,17 @@ class ClassificationData:
 
 
 def load_image(item: Any):
-    """RGB PIL image from a path or a PIL image."""
+    """RGB PIL image from a path, a PIL image, raw bytes or a ``datasets.Image(decode=False)`` cell."""
     from PIL import Image
 
-    if isinstance(item, Image.Image):
-        return item.convert("RGB")
+    from hqrs.modeling.training_data import decode_image
+
     try:
-        with Image.open(item) as im:
-            return im.convert("RGB")
+        return decode_image(item)
     except (OSError, Image.DecompressionBombError) as exc:
-        raise OSError(f"cannot read image {str(item)!r}: {exc}") from None
+        where = item.get("path") if isinstance(item, dict) else item
+        where = where if isinstance(where, (str, Path)) else f"<{type(item).__name__} image>"
+        raise OSError(f"cannot read image {str(where)!r}: {exc}") from None
 
 
 def load_class_folder(spec: str | Path) -> ClassificationData:

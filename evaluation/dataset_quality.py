@@ -3,12 +3,14 @@ MpGI fact consistency.
 
 Accepted inputs (``hqrs eval dataset DIR``):
 
-* an MpGI run directory / JSONL file of :class:`~hqrs.dataset_builder.records.MpGIResult` lines
-  (``*.jsonl``): captions, image paths and the source facts (objects, exhaustive classes) are known;
+* an MpGI run directory (``hqrs mpgi run --out``; the latest outcome of every image), or JSONL file(s)
+  of :class:`~hqrs.dataset_builder.records.MpGIResult` lines: captions, image paths and the source
+  facts (objects, exhaustive classes) are known;
+* the folder written by ``hqrs build`` (or its ``data/``): its ``default`` config is read, and the
+  facts of each row come from the MpGI run it was built from (the report's ``input.run_dir`` or
+  ``mpgi_run/``); without that run, fact consistency has nothing to check;
 * a ``datasets`` folder (``save_to_disk``) or parquet file(s) with a caption column (``caption``,
-  ``text`` or a list column ``captions``) and optionally an ``image`` column; for the folder written by
-  ``hqrs build`` (``data/<config>/*.parquet``) its ``default`` config is read. That export carries no
-  exhaustive-class facts, so fact consistency needs the MpGI run directory.
+  ``text`` or a list column ``captions``) and optionally an ``image`` column.
 
 Fact consistency is the MpGI engine's own fact filter (``check_caption`` on the record's ``rule_facts``),
 so the rate says how many captions the integration stage would have accepted: a caption contradicts its
@@ -148,57 +150,94 @@ def clip_score(encoder, items: Sequence[CaptionItem], weight: float = 2.5) -> di
     return {"mean": sum(scores) / len(scores), "count": len(scores), "weight": weight, "_scores": scores}
 
 
-def load_dataset_captions(path: str | Path, caption_column: str | None = None) -> DatasetCaptions:
+def load_dataset_captions(
+    path: str | Path, caption_column: str | None = None, images: bool = True
+) -> DatasetCaptions:
+    """The captions of ``path`` (see the module docstring for the accepted inputs); ``images=False``
+    leaves the images out (no CLIPScore), so nothing is decoded or kept in memory for them."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"dataset {str(path)!r} does not exist")
+    if path.name == "data" and (path / "default").is_dir():  # the data/ folder of a build: the build
+        path = path.parent
+    if path.is_dir() and (path / "recipe.json").is_file():  # an MpGI run directory
+        from hqrs.dataset_builder.mpgi.engine import iter_results
+
+        return _from_results(path.name, iter_results(path), images)
+    if path.is_dir() and (path / "data").is_dir():  # the folder `hqrs build` writes
+        data = _load_hf(path / "data" / "default", caption_column, images, name=path.name)
+        run_dir = _build_run_dir(path)
+        if run_dir is not None:  # the records behind the rows: facts for the consistency check
+            from hqrs.dataset_builder.mpgi.engine import iter_results
+
+            records = {res.image_id: res.record for res in iter_results(run_dir)}
+            for it in data.items:
+                it.record = records.get(it.image_key)
+        return data
     jsonl = [path] if path.suffix == ".jsonl" else sorted(path.rglob("*.jsonl")) if path.is_dir() else []
     if jsonl and not (
         path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
     ):
-        return _load_mpgi_jsonl(path.stem if path.is_file() else path.name, jsonl)
-    return _load_hf(path, caption_column)
+        return _load_mpgi_jsonl(path.stem if path.is_file() else path.name, jsonl, images)
+    return _load_hf(path, caption_column, images)
 
 
-def _load_mpgi_jsonl(name: str, files: Sequence[Path]) -> DatasetCaptions:
-    from hqrs.dataset_builder.records import MpGIResult
+def _build_run_dir(build_dir: Path) -> Path | None:
+    """The MpGI run a build folder was made from (its report's ``input.run_dir``, or ``mpgi_run/``)."""
+    report = build_dir / "build_report.json"
+    candidates = [build_dir / "mpgi_run"]
+    if report.is_file():
+        run_dir = (json.loads(report.read_text(encoding="utf-8")).get("input") or {}).get("run_dir")
+        if run_dir:
+            candidates.insert(0, Path(run_dir))
+    return next((c for c in candidates if (c / "recipe.json").is_file()), None)
 
+
+def _from_results(name: str, results, images: bool) -> DatasetCaptions:
     out = DatasetCaptions(name)
-    for f in files:
-        with open(f, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    res = MpGIResult.from_dict(json.loads(line))
-                except (ValueError, TypeError, KeyError) as exc:
-                    raise ValueError(f"{f}:{lineno}: not an MpGI result line ({exc})") from None
-                if res.status != "ok":
-                    out.skipped["failed_images"] = out.skipped.get("failed_images", 0) + 1
-                    continue
-                image = res.record.image if Path(res.record.image).is_file() else None
-                if image is None:
-                    out.skipped["image_not_found"] = out.skipped.get("image_not_found", 0) + 1
-                for cap in res.captions:
-                    out.items.append(CaptionItem(cap.text, image, res.image_id, res.record, cap.length))
+    for res in results:
+        if res.status != "ok":
+            out.skipped["failed_images"] = out.skipped.get("failed_images", 0) + 1
+            continue
+        image = res.record.image if images and Path(res.record.image).is_file() else None
+        if images and image is None:
+            out.skipped["image_not_found"] = out.skipped.get("image_not_found", 0) + 1
+        for cap in res.captions:
+            out.items.append(CaptionItem(cap.text, image, res.image_id, res.record, cap.length))
     if not out.items:
-        raise ValueError(f"no captions found in {[str(f) for f in files][:3]}")
+        raise ValueError(f"{name!r}: no captions found")
     return out
 
 
-def _load_hf(path: Path, caption_column: str | None) -> DatasetCaptions:
+def _load_mpgi_jsonl(name: str, files: Sequence[Path], images: bool) -> DatasetCaptions:
+    from hqrs.dataset_builder.records import MpGIResult
+
+    def results():
+        for f in files:
+            with open(f, encoding="utf-8") as fh:
+                for lineno, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        yield MpGIResult.from_dict(json.loads(line))
+                    except (ValueError, TypeError, KeyError) as exc:
+                        raise ValueError(f"{f}:{lineno}: not an MpGI result line ({exc})") from None
+
+    return _from_results(name, results(), images)
+
+
+def _load_hf(
+    path: Path, caption_column: str | None, images: bool, name: str | None = None
+) -> DatasetCaptions:
     import datasets
 
     if path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
         ds = datasets.load_from_disk(str(path))
     else:
-        root = path
-        if path.is_dir() and (path / "data" / "default").is_dir():  # hqrs build's hub folder: data/<config>/
-            root = path / "data" / "default"
-        files = [str(path)] if path.is_file() else sorted(str(p) for p in root.rglob("*.parquet"))
+        files = [str(path)] if path.is_file() else sorted(str(p) for p in path.rglob("*.parquet"))
         if not files:
             raise ValueError(
-                f"{str(path)!r} holds no MpGI results (*.jsonl), no datasets folder and no parquet files"
+                f"{str(path)!r} holds no MpGI run or results (*.jsonl), no datasets folder and no parquet files"
             )
         ds = datasets.load_dataset("parquet", data_files=files, split="train")
     if isinstance(ds, datasets.DatasetDict):
@@ -209,8 +248,13 @@ def _load_hf(path: Path, caption_column: str | None) -> DatasetCaptions:
         raise ValueError(
             f"{str(path)!r}: no caption column (tried {caption_column or 'caption, text, captions'}; columns: {cols})"
         )
-    has_image = "image" in cols
-    out = DatasetCaptions(path.stem if path.is_file() else path.name)
+    has_image = images and "image" in cols
+    if "image" in cols:
+        # undecoded cells ({bytes, path}): decoded one at a time by the CLIP encoder, or dropped
+        ds = (
+            ds.cast_column("image", datasets.Image(decode=False)) if has_image else ds.remove_columns("image")
+        )
+    out = DatasetCaptions(name or (path.stem if path.is_file() else path.name))
     for i, row in enumerate(ds):
         value = row[col]
         texts = value if isinstance(value, list) else [value]

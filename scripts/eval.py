@@ -388,7 +388,7 @@ def run_dataset(args) -> int:
     from hqrs.evaluation.plots import histogram_png
     from hqrs.evaluation.results import make_result, write_result
 
-    data = load_dataset_captions(args.path, args.caption_column)
+    data = load_dataset_captions(args.path, args.caption_column, images=args.clip_model is not None)
     encoder = None
     model_info = None
     if args.clip_model is not None:

@@ -231,6 +231,27 @@ def test_dataset_quality_on_mpgi_results(models, parser, rs_real, tmp_path):
     assert (tmp_path / "q" / "caption_length.png").is_file() and (tmp_path / "q" / "clip_score.png").is_file()
 
 
+def test_dataset_quality_on_a_build_folder_and_its_run(models, parser, tmp_path):
+    """`hqrs eval dataset` on what `hqrs build` writes: the parquet rows (images from their embedded
+    bytes) with the facts of the MpGI run behind them; and on the run directory itself."""
+    from hqrs.scripts import cli
+
+    build = tmp_path / "demo"
+    assert cli.main(["-q", "build", "--demo", "--out", str(build)]) == 0
+    argv = ["eval", "dataset", "--clip-model", str(models["clip"]), "--num-workers", "0"]
+    _run(parser, [*argv, str(build), "--out-dir", str(tmp_path / "q_build")])
+    _run(parser, ["eval", "dataset", str(build / "mpgi_run"), "--out-dir", str(tmp_path / "q_run")])
+    by_build = json.loads((tmp_path / "q_build" / "dataset_quality.json").read_text())
+    by_run = json.loads((tmp_path / "q_run" / "dataset_quality.json").read_text())
+    m = {x["type"]: x["value"] for x in by_build["metrics"]}
+    assert by_build["dataset"]["num_images"] == 16 and m["num_captions"] == 16 * 6
+    assert by_build["details"]["clip_score"]["count"] == 16 * 6 and 0 <= m["clip_score"] <= 2.5
+    assert by_build["details"]["fact_consistency"]["checked"] > 0 and m["fact_consistency_rate"] == 100.0
+    assert {x["type"]: x["value"] for x in by_run["metrics"]} == {
+        k: v for k, v in m.items() if k != "clip_score"
+    }
+
+
 def test_captions_cli_generates_with_rs_coca(models, parser, rs_real, tmp_path):
     out = tmp_path / "cap.json"
     _run(
