@@ -303,7 +303,6 @@ def render_dataset_card(
         tags=[*RS_TAGS, "image-captioning"],
         configs=configs,
     )
-    flat_stats = {k: v for k, v in (stats or {}).items() if isinstance(v, (int, float, str))}
     return DatasetCard.from_template(
         card_data,
         template_str=_template("dataset_card.md"),
@@ -317,12 +316,47 @@ def render_dataset_card(
         split_rows=split_rows,
         features_by_config=features,
         mpgi_text=_mpgi_text(report, manifest),
-        stats=flat_stats,
+        stats=stats_table(stats),
         plots=plots or [],
         build_text=_build_text(report),
         sources=sources or [],
         citation=PAPER_CITATION,
     )
+
+
+def stats_table(stats: dict[str, Any] | None) -> dict[str, Any]:
+    """The card's statistics table from ``stats``: the results JSON of ``hqrs eval dataset`` (schema
+    ``hqrs-eval/1``: its metrics by name, plus the image count), or any JSON object (its numbers and
+    strings)."""
+    from hqrs.evaluation.results import SCHEMA
+
+    if not stats:
+        return {}
+    if not isinstance(stats, dict):
+        raise ValueError(
+            f"dataset statistics must be a JSON object (the output of `hqrs eval dataset`), got "
+            f"{type(stats).__name__}"
+        )
+    if stats.get("schema") == SCHEMA:
+        table = {}
+        if (stats.get("dataset") or {}).get("num_images") is not None:
+            table["images"] = stats["dataset"]["num_images"]
+        table.update({m["name"]: round(m["value"], 4) for m in stats.get("metrics", [])})
+        return table
+    return {k: v for k, v in stats.items() if isinstance(v, (int, float, str))}
+
+
+def load_sources_list(path: str | Path) -> list[dict[str, str]]:
+    """Read the ``--sources`` JSON: a list of ``{"name", "license", "citation"}`` objects."""
+    from hqrs.evaluation.coco_caption import load_json_utf8
+
+    data = load_json_utf8(path, "source datasets")
+    if not isinstance(data, list) or not all(isinstance(s, dict) and s.get("name") for s in data):
+        raise ValueError(
+            f"source datasets file {str(path)!r} must be a JSON list of "
+            '{"name": ..., "license": ..., "citation": ...} objects'
+        )
+    return data
 
 
 def _read_json(path: Path) -> dict[str, Any]:

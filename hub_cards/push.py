@@ -162,6 +162,19 @@ def stage_dataset(
         raise FileNotFoundError(
             f"{dataset_dir / 'data'} not found: build the dataset with `hqrs build` first"
         )
+    plots = [Path(plot) for plot in plots or []]
+    for plot in plots:
+        if not plot.is_file():
+            raise FileNotFoundError(f"plot {str(plot)!r} not found")
+    # rendered first: bad stats / sources fail before anything is written to out_dir
+    card = render_dataset_card(
+        dataset_dir,
+        repo_id,
+        stats=stats,
+        plots=[f"stats/{plot.name}" for plot in plots],
+        sources=sources,
+        license=license,
+    )
     _prepare_out(out_dir)
     _copy_matching(dataset_dir, out_dir, DATASET_PATTERNS)
     report = out_dir / "build_report.json"
@@ -169,17 +182,9 @@ def stage_dataset(
         report.write_text(
             json.dumps(_without_local_paths(json.loads(report.read_text()), dataset_dir), indent=2)
         )
-    plot_names = []
-    for plot in plots or []:
-        plot = Path(plot)
-        if not plot.is_file():
-            raise FileNotFoundError(f"plot {str(plot)!r} not found")
+    for plot in plots:
         (out_dir / "stats").mkdir(exist_ok=True)
         shutil.copy2(plot, out_dir / "stats" / plot.name)
-        plot_names.append(f"stats/{plot.name}")
-    card = render_dataset_card(
-        dataset_dir, repo_id, stats=stats, plots=plot_names, sources=sources, license=license
-    )
     card.save(out_dir / "README.md")
     check_folder(out_dir, "dataset")
     return _plan(out_dir, repo_id, "dataset")

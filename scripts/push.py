@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from contextlib import contextmanager
@@ -75,10 +74,12 @@ def run_model(args) -> int:
 
 
 def run_dataset(args) -> int:
+    from hqrs.evaluation.coco_caption import load_json_utf8
+    from hqrs.hub_cards.cards import load_sources_list
     from hqrs.hub_cards.push import stage_dataset
 
-    stats = json.loads(Path(args.stats).read_text(encoding="utf-8")) if args.stats else None
-    sources = json.loads(Path(args.sources).read_text(encoding="utf-8")) if args.sources else None
+    stats = load_json_utf8(args.stats, "dataset statistics") if args.stats else None
+    sources = load_sources_list(args.sources) if args.sources else None
     with _staging_folder(args) as out:
         plan = stage_dataset(
             args.folder,

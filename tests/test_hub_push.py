@@ -198,6 +198,25 @@ def test_dataset_dry_run_loads_with_load_dataset(built_dataset, tmp_path, capsys
     assert len(datasets.load_dataset(str(out))["train"][0]["captions"]) == 6
 
 
+def test_dataset_card_statistics_from_eval_dataset(built_dataset, tmp_path, capsys):
+    """`--stats` takes what `hqrs eval dataset` writes; bad --stats / --sources fail before OUT exists."""
+    assert cli.main(["-q", "eval", "dataset", str(built_dataset), "--out-dir", str(tmp_path / "q")]) == 0
+    argv = ["push", "dataset", str(built_dataset), "--repo-id", "hqrs-test/tiny-hqrs-it", "--dry-run"]
+    stats = tmp_path / "q" / "dataset_quality.json"
+    assert cli.main([*argv, str(tmp_path / "ok"), "--stats", str(stats)]) == 0
+    text = DatasetCard.load(tmp_path / "ok" / "README.md").text
+    assert "| images | 16 |" in text and "| fact consistency rate | 100.0 |" in text
+    assert "| num captions | 96.0 |" in text
+
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "sources.json").write_text('{"name": "DOTA"}')
+    for bad in (["--stats", str(tmp_path / "list.json")], ["--sources", str(tmp_path / "sources.json")]):
+        capsys.readouterr()
+        assert cli.main([*argv, str(tmp_path / "bad"), *bad]) != 0
+        assert "must be a JSON" in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()
+
+
 class _HubThatRefuses(BaseHTTPRequestHandler):
     def _refuse(self):
         body = json.dumps(
