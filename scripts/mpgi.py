@@ -69,48 +69,18 @@ def register(subparsers, parents) -> None:
     status.set_defaults(func=status_command)
 
 
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
-
-
-def flat_folder_records(folder: Path, report):
-    """Records of the images directly inside ``folder`` (no annotations); unreadable files are skipped."""
-    from PIL import Image, UnidentifiedImageError
-
-    from hqrs.dataset_builder.records import ImageRecord, file_content_id
-
-    for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.suffix.lower() not in _IMAGE_SUFFIXES:
-            continue
-        try:
-            with Image.open(path) as im:
-                width, height = im.size
-        except (OSError, UnidentifiedImageError) as e:
-            report.skip(path, f"unreadable image: {e}", source="folder")
-            continue
-        report.ok("images")
-        yield ImageRecord(
-            image_id=file_content_id(path),
-            image=str(path.resolve()),
-            source="images",
-            width=width,
-            height=height,
-            meta={"file": path.name},
-        )
-
-
 def iter_source_records(specs: list[str], report=None):
-    """Records of ``specs``: source-adapter specs (``KIND:PATH?...``), a folder of class sub-folders
-    (→ ``folder:PATH``), or a plain folder of images."""
+    """Records of ``specs``: source-adapter specs (``KIND:PATH?...``), a plain folder of images
+    (→ ``images:PATH``), or a folder of class sub-folders (→ ``folder:PATH``)."""
     from hqrs.dataset_builder.sources import SkipReport, load_source
+    from hqrs.dataset_builder.sources.images import IMAGE_EXTENSIONS
 
     report = report if report is not None else SkipReport()
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
-            if any(p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES for p in path.iterdir()):
-                yield from flat_folder_records(path, report)
-                continue
-            spec = f"folder:{spec}"
+            flat = any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in path.iterdir())
+            spec = f"{'images' if flat else 'folder'}:{spec}"
         yield from load_source(spec).records(report)
 
 

@@ -170,6 +170,42 @@ def test_cli_run_and_status(tmp_path, capsys):
     assert Path(tmp_path / "run" / "manifest.json").is_file()
 
 
+def test_image_data_url_is_not_bound_by_pillows_default_pixel_limit(tmp_path, monkeypatch):
+    """A scene the source accepted (its max_pixels, 400 Mpx by default) must not abort the rollout with
+    Pillow's own DecompressionBombError (89 Mpx warning / 179 Mpx error)."""
+    from PIL import Image
+
+    from hqrs.dataset_builder.mpgi.prompts import image_data_url
+
+    Image.new("RGB", (64, 48), (1, 2, 3)).save(tmp_path / "a.tif")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    url = image_data_url(tmp_path / "a.tif", max_side=32)
+    assert url.startswith("data:image/png;base64,") and Image.MAX_IMAGE_PIXELS == 1000
+
+
+def test_plain_image_folder_goes_through_the_images_source(tmp_path, monkeypatch):
+    """`--source DIR` with image files: the `images` source (guards, 16-bit conversion, counted skips)."""
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    from hqrs.dataset_builder.sources import SkipReport
+    from hqrs.scripts.mpgi import iter_source_records
+
+    monkeypatch.setenv("HQRS_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "flat"
+    (folder / "sub").mkdir(parents=True)
+    Image.new("RGB", (20, 20), (9, 0, 0)).save(folder / "a.png")
+    tifffile.imwrite(folder / "b16.tif", (np.arange(1200).reshape(30, 40) * 3).astype("uint16"))
+    (folder / "notes.txt").write_text("not an image")
+    report = SkipReport()
+    recs = {r.meta["file"]: r for r in iter_source_records([str(folder)], report)}
+    assert set(recs) == {"a.png", "b16.tif"} and {r.source for r in recs.values()} == {"images"}
+    b16 = np.asarray(Image.open(recs["b16.tif"].image))  # 8-bit stretch, not clipped to white
+    assert b16.dtype == np.uint8 and b16.min() == 0 and b16.max() == 255
+    assert [(Path(i["file"]).name, i["kind"]) for i in report.items] == [("notes.txt", "image")]
+
+
 @pytest.mark.parametrize(
     "url",
     ["http://10.0.0.5:8000", "http://10.0.0.5:8000/", "http://10.0.0.5:8000/v1", "http://10.0.0.5:8000/v1/"],

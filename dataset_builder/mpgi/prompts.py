@@ -98,12 +98,15 @@ def image_data_url(path: str | Path, max_side: int = 1024) -> str:
     PNG and JPEG files that are small enough are sent byte for byte; everything else (TIFF, large
     images) is re-encoded as PNG (lossless).
     """
+    from PIL import Image
+
+    from ..sources.images import pixel_limit
+
     path = Path(path)
     data = path.read_bytes()
     mime = mimetypes.guess_type(path.name)[0] or ""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
+    # no Pillow size limit: the source that made the record checked the image against its max_pixels
+    with pixel_limit(None), Image.open(io.BytesIO(data)) as im:
         if mime in ("image/png", "image/jpeg") and max(im.size) <= max_side:
             return f"data:{mime};base64,{base64.b64encode(data).decode()}"
         im = im.convert("RGB") if im.mode not in ("RGB", "L") else im

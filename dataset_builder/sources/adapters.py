@@ -15,7 +15,7 @@ from PIL import Image
 
 from ..records import ImageRecord, MaskSummary, ObjectAnnotation
 from .base import SkipReport, Source, parse_bool, parse_list
-from .images import IMAGE_EXTENSIONS, SkipItem, _pixel_limit
+from .images import IMAGE_EXTENSIONS, SkipItem, pixel_limit
 
 # Class lists of the detection datasets (their annotations are exhaustive for these classes).
 DOTA_CLASSES = (
@@ -160,6 +160,24 @@ class FolderSource(Source):
                     labels=[class_dir.name],
                     meta={"file": str(file.relative_to(self.path))},
                 )
+
+
+class ImagesSource(Source):
+    """A plain folder of images without annotations: the image files directly inside ``PATH`` (no label).
+
+    Other files and dot-files there are skipped with a reason; sub-folders are not read.
+    """
+
+    kind = "images"
+
+    def _records(self, report: SkipReport) -> Iterator[ImageRecord]:
+        if not self.path.is_dir():
+            raise ValueError(f"images source: PATH {str(self.path)!r} must be a directory of image files")
+        for file in sorted(p for p in self.path.iterdir() if p.is_file() and not p.name.startswith(".")):
+            if file.suffix.lower() not in IMAGE_EXTENSIONS:
+                self.skip(report, file, f"not an image file extension ({file.suffix or 'none'})")
+                continue
+            yield from self.emit(report, file, meta={"file": file.name})
 
 
 # ---------------------------------------------------------------------------------------- karpathy
@@ -646,7 +664,7 @@ class MaskSource(Source):
 
     def _open(self, path: Path) -> np.ndarray:
         try:
-            with _pixel_limit(self.image_settings.max_pixels), Image.open(path) as im:
+            with pixel_limit(self.image_settings.max_pixels), Image.open(path) as im:
                 # index masks: the stored values (palette images: their indices) are the class indices
                 return np.asarray(im.convert("RGB")) if self.mode == "color" else np.asarray(im)
         except (OSError, Image.DecompressionBombError) as exc:
@@ -840,6 +858,7 @@ class OpenClipCsvSource(Source):
 
 SOURCE_KINDS: dict[str, type[Source]] = {
     "folder": FolderSource,
+    "images": ImagesSource,
     "karpathy": KarpathySource,
     "dota": DotaSource,
     "voc": VocSource,

@@ -129,7 +129,7 @@ class ImageSettings:
 
 
 @contextlib.contextmanager
-def _pixel_limit(max_pixels: int | None):
+def pixel_limit(max_pixels: int | None):
     """Let Pillow open up to ``max_pixels`` (``None``: any size; our own guard decides; Pillow's default
     would be 89M)."""
     old = Image.MAX_IMAGE_PIXELS
@@ -190,7 +190,7 @@ def _draft_for_phash(im: Image.Image) -> None:
 
 def file_perceptual_hash(path: str | Path, max_pixels: int = 400_000_000) -> str:
     """:func:`perceptual_hash` of an image file (JPEGs are decoded at reduced size, as in :func:`load_image`)."""
-    with _pixel_limit(max_pixels), Image.open(path) as im:
+    with pixel_limit(max_pixels), Image.open(path) as im:
         _draft_for_phash(im)
         return perceptual_hash(_to_pil_rgb8(im))
 
@@ -351,7 +351,7 @@ def image_cell(path: str, image_id: str, keep_original: bool = False) -> dict[st
         with open(path, "rb") as f:
             return {"bytes": f.read(), "path": f"{image_id}{'.jpg' if ext == '.jpeg' else ext}"}
     # the pixel count was checked against the source's max_pixels when the source was read
-    with _pixel_limit(None), Image.open(path) as im:
+    with pixel_limit(None), Image.open(path) as im:
         if im.mode not in ("1", "L", "LA", "P", "RGB", "RGBA"):
             im = im.convert("RGB")
         return {"bytes": fast_png_bytes(im), "path": f"{image_id}.png"}
@@ -404,7 +404,7 @@ def load_image(path: str | Path, settings: ImageSettings, *, keep_pixels: bool =
         image_id, stream = file_content_id(path), path
     converted_image: Image.Image | None = None
     why: str | None = None
-    with _pixel_limit(settings.max_pixels):
+    with pixel_limit(settings.max_pixels):
         if path.suffix.lower() in (".tif", ".tiff"):
             width, height, converted_image, why = _read_tiff(stream, settings)
         try:
