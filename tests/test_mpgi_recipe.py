@@ -43,6 +43,15 @@ def test_shipped_recipes_load():
         ({"integrator": {"backend": "gpt"}}, r"integrator\.backend"),
         ({"execution": {"records_per_chunk": 0}}, r"execution\.records_per_chunk"),
         ({"colour": "red"}, r"colour: unknown top-level"),
+        (
+            {"backends": {"m": {"server": "vllm", "model": "x", "retry_backoff": "fast"}}},
+            r"backends\.m\.retry_backoff: expected a non-negative number, got 'fast'",
+        ),
+        ({"integrator": {"words": 5}}, r"integrator\.words: expected a mapping"),
+        (
+            {"integrator": {"words": {"short": ["a", "b"]}}},
+            r"integrator\.words\.short: expected \[min, max\]",
+        ),
     ],
 )
 def test_errors_name_the_bad_key(patch, message):

@@ -56,9 +56,15 @@ def _positive_int(value: Any, where: str, minimum: int = 1) -> int:
     return value
 
 
-def _positive_float(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise RecipeError(f"{where}: expected a positive number, got {value!r}")
+def _positive_float(value: Any, where: str, allow_zero: bool = False) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (value >= 0 if allow_zero else value > 0)
+    ):
+        raise RecipeError(
+            f"{where}: expected a {'non-negative' if allow_zero else 'positive'} number, got {value!r}"
+        )
     return float(value)
 
 
@@ -145,8 +151,7 @@ class BackendSpec:
         _positive_int(self.retries, f"{where}.retries", minimum=0)
         for name in ("request_timeout", "server_ready_delay"):
             setattr(self, name, _positive_float(getattr(self, name), f"{where}.{name}"))
-        if self.retry_backoff < 0:
-            raise RecipeError(f"{where}.retry_backoff: must be >= 0, got {self.retry_backoff!r}")
+        self.retry_backoff = _positive_float(self.retry_backoff, f"{where}.retry_backoff", allow_zero=True)
         if not isinstance(self.model_kwargs, dict):
             raise RecipeError(f"{where}.model_kwargs: expected a mapping, got {self.model_kwargs!r}")
 
@@ -232,10 +237,19 @@ class IntegratorSpec:
             _positive_int(value, f"{where}.captions.{key}", minimum=0)
         if self.n_captions < 1:
             raise RecipeError(f"{where}.captions: asks for no caption at all")
+        if not isinstance(self.words, dict):
+            raise RecipeError(
+                f"{where}.words: expected a mapping like {{short: [8, 15]}}, got {self.words!r}"
+            )
         for key, value in self.words.items():
             if key not in LENGTHS:
                 raise RecipeError(f"{where}.words.{key}: unknown length; use {', '.join(LENGTHS)}")
-            if not (isinstance(value, list | tuple) and len(value) == 2 and 0 < value[0] <= value[1]):
+            if not (
+                isinstance(value, list | tuple)
+                and len(value) == 2
+                and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+                and 0 < value[0] <= value[1]
+            ):
                 raise RecipeError(f"{where}.words.{key}: expected [min, max] word counts, got {value!r}")
         for key in self.captions:
             if key not in self.words:
