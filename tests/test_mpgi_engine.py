@@ -122,6 +122,22 @@ def test_offline_recipe_runs_without_server(tmp_path):
     assert first == {r.image_id: [c.text for c in r.captions] for r in iter_results(tmp_path / "run2")}
 
 
+def test_a_pass_interrupted_while_being_written_is_not_a_pass(tmp_path):
+    """Ctrl-C while a new pass's input is written leaves only a '.NNNN.partial' folder: status and the
+    next run ignore it, and the next run writes the pass anew."""
+    from hqrs.dataset_builder.mpgi.engine import run_status
+
+    records = make_records(tmp_path / "img", 4)
+    run_mpgi(records[:2], load_recipe("offline"), tmp_path / "run", progress=False)
+    partial = tmp_path / "run" / "passes" / ".0001.partial" / "input"
+    partial.mkdir(parents=True)
+    (partial / "00000.jsonl").write_text('{"id": "half')  # no pass.json: the write was cut off
+    assert run_status(tmp_path / "run")  # reads the run without tripping on it
+    report = run_mpgi(records, load_recipe("offline"), tmp_path / "run", progress=False)
+    assert (report.ok, report.new_pass, report.skipped) == (4, 1, 2)
+    assert sorted(p.name for p in (tmp_path / "run" / "passes").iterdir()) == ["0000", "0001"]
+
+
 def test_end_to_end_provenance_and_manifest(tmp_path):
     records = make_records(tmp_path / "img", 6)
     index_images(records)

@@ -250,7 +250,12 @@ def _iter_jsonl(folder: Path) -> Iterator[dict]:
 
 def _pass_dirs(run_dir: Path) -> list[Path]:
     root = run_dir / "passes"
-    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    # ".NNNN.partial" folders are passes still being written (or abandoned by an interrupt): not passes
+    return (
+        sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if root.is_dir()
+        else []
+    )
 
 
 def _stage_done(stage_dir: Path, tasks: int) -> bool:
@@ -471,7 +476,8 @@ def _prepare_doc(record: ImageRecord, prior: list[dict] | None) -> dict:
     return {"text": record.image, "id": record.image_id, "metadata": meta}
 
 
-def _write_pass_input(pass_dir: Path, docs: list[dict], tasks: int) -> None:
+def _write_pass_input(pass_dir: Path, docs: list[dict], tasks: int) -> int:
+    """Write ``docs`` round-robin into ``pass_dir/input/NNNNN.jsonl``; returns the number of shards."""
     folder = pass_dir / "input"
     folder.mkdir(parents=True, exist_ok=True)
     shards = [open(folder / f"{i:05d}.jsonl", "wb") for i in range(max(1, min(tasks, len(docs))))]  # noqa: SIM115
@@ -481,14 +487,13 @@ def _write_pass_input(pass_dir: Path, docs: list[dict], tasks: int) -> None:
     finally:
         for f in shards:
             f.close()
+    return len(shards)
 
 
 def _run_pass(
-    pass_dir: Path, recipe: Recipe, executor: str, tasks: int, workers: int, progress: bool
+    pass_dir: Path, recipe: Recipe, executor: str, tasks: int, records: int, workers: int, progress: bool
 ) -> bool:
     """Run (or resume) every stage of one pass; True when its last stage is complete."""
-    info = _read_json(pass_dir / "pass.json")
-    tasks = info["tasks"]
     stages = recipe_stages(recipe)
     options = {"slurm": recipe.execution.slurm, "ray": recipe.execution.ray}.get(executor)
     previous = None
@@ -509,9 +514,8 @@ def _run_pass(
             job_name=f"mpgi-{pass_dir.name}-{i}-{stage.folder}",
         )
         input_folder = str(stage_dir / "output")
-    total = info["records"]
     try:
-        with _ProgressBar(folders if executor == "local" else [], total, progress and executor == "local"):
+        with _ProgressBar(folders if executor == "local" else [], records, progress and executor == "local"):
             previous.run()
     except Exception as e:
         logs = ", ".join(str(pass_dir / "stages" / s.folder / "logs") for s in stages)
@@ -644,10 +648,12 @@ def run_mpgi(
     if todo and not in_flight:
         index = int(passes[-1].name) + 1 if passes else 0
         pass_dir = run_dir / "passes" / f"{index:04d}"
-        pass_dir.mkdir(parents=True)
-        _write_pass_input(pass_dir, todo, tasks)
-        n_shards = len(list((pass_dir / "input").glob("*.jsonl")))
-        _write_json(pass_dir / "pass.json", {"records": len(todo), "tasks": n_shards, "created": _now()})
+        # written aside and renamed: an interrupt never leaves a pass without its input or pass.json
+        partial = pass_dir.with_name(f".{pass_dir.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        n_shards = _write_pass_input(partial, todo, tasks)
+        _write_json(partial / "pass.json", {"records": len(todo), "tasks": n_shards, "created": _now()})
+        partial.rename(pass_dir)
         report.new_pass = index
         _execute_pass(pass_dir, recipe, executor, workers, progress, manifest, manifest_path)
 
@@ -685,19 +691,15 @@ def _execute_pass(
     manifest_path: Path,
 ) -> None:
     index = int(pass_dir.name)
+    info = _read_json(pass_dir / "pass.json")
     entry = next((e for e in manifest["passes"] if e.get("pass") == index), None)
     if entry is None:
-        entry = {
-            "pass": index,
-            "records": _read_json(pass_dir / "pass.json")["records"],
-            "executor": executor,
-        }
+        entry = {"pass": index, "records": info["records"], "executor": executor}
         manifest["passes"].append(entry)
     entry.setdefault("attempts", []).append({"started": _now()})
     _write_json(manifest_path, manifest)
     t0 = time.perf_counter()
-    tasks = _read_json(pass_dir / "pass.json")["tasks"]
-    complete = _run_pass(pass_dir, recipe, executor, tasks, workers, progress)
+    complete = _run_pass(pass_dir, recipe, executor, info["tasks"], info["records"], workers, progress)
     entry["attempts"][-1]["seconds"] = round(time.perf_counter() - t0, 3)
     if complete:
         summary = _summarise_pass(pass_dir, recipe)
