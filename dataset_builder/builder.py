@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -231,9 +231,7 @@ class HQRSITConfig(datasets.BuilderConfig):
     contamination_distance: int = 4
     shard_size: int | str = 2000
     keep_original: bool = False
-    num_proc: int = 1
     progress: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -330,7 +328,6 @@ class HQRSIT(datasets.GeneratorBasedBuilder):
         )
         plan = make_plan(results, settings, staging, fingerprint, report, progress=self.config.progress)
         self._hqrs_plan = (plan, staging)
-        self._hqrs_report = report
         return plan, staging
 
     def _split_generators(self, dl_manager):
@@ -355,11 +352,6 @@ def encode_rows(features: Features, rows: list[dict[str, Any]]):
     import pyarrow as pa
 
     return pa.Table.from_pylist(rows, schema=features.arrow_schema)
-
-
-def _buffer_size(row: dict[str, Any]) -> int:
-    image = row.get("image")
-    return len(image["bytes"]) if isinstance(image, dict) and image.get("bytes") else 0
 
 
 __all__ = [

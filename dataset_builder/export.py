@@ -351,7 +351,6 @@ def export_dataset(
         contamination_distance=contamination_distance,
         shard_size=shard_size,
         keep_original=bool(keep_original),
-        num_proc=int(num_proc),
         progress=progress,
     )
     with contextlib.ExitStack() as stack:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -156,9 +156,3 @@ def merge_lora(adapter_dir: str | Path, out_dir: str | Path, *, base_model: str 
         processor.save_pretrained(out_dir)
     logger.info("merged %s into %s -> %s", adapter_dir, base, out_dir)
     return out_dir
-
-
-def lora_options_dict(options: LoraOptions) -> dict[str, Any]:
-    data = asdict(options)
-    data["target_modules"] = list(options.target_modules)
-    return data

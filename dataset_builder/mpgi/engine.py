@@ -730,11 +730,3 @@ def _stage_stats(pass_dir: Path, recipe: Recipe) -> dict[str, Any]:
                     flat[f"{step.get('name', '?')}/{key}"] = val["total"]
         out[stage.key] = flat
     return out
-
-
-def remove_run(run_dir: str | os.PathLike) -> None:
-    """Delete a run directory (only one that has a manifest)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "manifest.json").is_file():
-        raise ValueError(f"{run_dir} is not an MpGI run directory (no manifest.json); not deleting it")
-    shutil.rmtree(run_dir)

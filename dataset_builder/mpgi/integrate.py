@@ -294,11 +294,6 @@ def select_captions(captions: list[Caption], spec: IntegratorSpec) -> tuple[list
 # --------------------------------------------------------------------------- #
 
 
-def _pick(options: list[str], seed: str, salt: str) -> str:
-    h = int.from_bytes(hashlib.sha256(f"{seed}:{salt}".encode()).digest()[:8], "big")
-    return options[h % len(options)]
-
-
 def _scene_np(facts: RuleFacts) -> str | None:
     return facts.scene[0] if facts.scene else None
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
@@ -494,8 +494,3 @@ class Source:
             )
         except ValueError:
             return None
-
-
-def with_image_settings(source: Source, **changes: Any) -> Source:
-    source.image_settings = replace(source.image_settings, **changes)
-    return source

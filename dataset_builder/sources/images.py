@@ -520,13 +520,3 @@ def scale_factor(width: int, height: int, max_side: int) -> float:
 def resized(image: Image.Image, scale: float) -> Image.Image:
     size = (max(1, math.floor(image.size[0] * scale + 0.5)), max(1, math.floor(image.size[1] * scale + 0.5)))
     return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-
-
-def describe(settings: ImageSettings) -> dict[str, Any]:
-    return {
-        "max_pixels": settings.max_pixels,
-        "large": settings.large,
-        "max_side": settings.max_side,
-        "tile_size": settings.tile_size,
-        "tile_overlap": settings.tile_overlap,
-    }
