@@ -15,10 +15,13 @@ from ..rules import (
     NUMBER_WORDS,
     SYNONYMS,
     RuleFacts,
+    absent_sentence,
     article,
     count_phrase,
+    counts_sentence,
     footprint_sentence,
     join_list,
+    land_cover_sentence,
     plural,
     positions_sentence,
 )
@@ -363,14 +366,7 @@ def template_captions(facts: RuleFacts, spec: IntegratorSpec, seed: str) -> list
     parts = [opening]
     if foot:
         parts.append(foot)
-    if counts:
-        parts.append(f"It contains {join_list([count_phrase(n, c) for c, n in counts])}.")
-    if where:
-        parts.append(where)
-    if facts.land_cover:
-        items = [f"{c} {round(100 * f)}%" for c, f in list(facts.land_cover.items())[:5] if f >= 0.01]
-        if items:
-            parts.append(f"Land cover: {', '.join(items)}.")
+    parts += [s for s in (counts_sentence(facts), where, land_cover_sentence(facts)) if s]
     long.append(" ".join(parts))
     alt = [
         f"Seen from above, the image shows {place}."
@@ -384,11 +380,9 @@ def template_captions(facts: RuleFacts, spec: IntegratorSpec, seed: str) -> list
     if foot:
         alt.append(foot)
     long.append(" ".join(alt))
-    if facts.absent and counts:
-        long.append(
-            " ".join(parts[:3])
-            + f" There are no {join_list([plural(c) for c in facts.absent[:4]]).replace(' and ', ' or ')}."
-        )
+    absent = absent_sentence(facts, max_classes=4)
+    if absent:
+        long.append(" ".join([*parts[:3], absent]))
 
     pools = {"short": short, "medium": medium, "long": long}
     out: list[Caption] = []
