@@ -210,6 +210,29 @@ def _tasks(
     return tasks
 
 
+_STAMP = ".hqrs_export.json"
+_SHARD_GLOBS = ("data/*/*.parquet", "*-of-*.tar", ".parts/*.tsv")
+
+
+def _drop_stale_shards(out: Path, tasks: list[_Task], stamp: dict[str, Any]) -> None:
+    """A rerun reuses a finished shard only when it was written for the same plan (inputs, split
+    settings, shard size) and image encoding; every other shard in ``out`` (another plan's, or one this
+    plan does not name, e.g. of another shard count or config) is deleted, so ``out`` holds this plan only."""
+    path = out / _STAMP
+    try:
+        same = json.loads(path.read_text(encoding="utf-8")) == stamp
+    except (OSError, ValueError):
+        same = False
+    wanted = {Path(t.out) for t in tasks}
+    for pattern in _SHARD_GLOBS:
+        for shard in out.glob(pattern):
+            if not same or shard not in wanted:
+                shard.unlink()
+    tmp = _tmp_path(path)
+    tmp.write_text(json.dumps(stamp), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def _run_tasks(tasks: list[_Task], pool, progress: bool) -> list[dict[str, Any]]:
     """Write the shards one after the other; with ``pool`` the image re-encoding of each runs in it."""
     from tqdm.auto import tqdm
@@ -359,6 +382,7 @@ def export_dataset(
             stack.enter_context(pool)
         plan, staging = builder.plan(report, pool)
         tasks = _tasks(fmt, configs, plan, staging, out, bool(keep_original))
+        _drop_stale_shards(out, tasks, {"plan": plan.fingerprint, "keep_original": bool(keep_original)})
         results = _run_tasks(tasks, pool, progress)
 
     split_rows: dict[str, dict[str, int]] = {c: {} for c in (configs if fmt == "parquet" else ())}

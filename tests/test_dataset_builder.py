@@ -207,6 +207,21 @@ def test_rerun_skips_finished_shards(caption_csv, tmp_path):
     assert [n for n in after if after[n] != stamps[n]] == [shards[2].name]
     assert not list(out.rglob("*.tmp"))
     assert len(datasets.load_dataset(str(out))["train"]) == 30
+    # another plan into the same folder (other shard size, other splits): no old shard is kept or reused
+    third = export_dataset(
+        out,
+        captions_csv=str(caption_csv),
+        shard_size=7,
+        configs=("default",),
+        split_ratios=(0.5, 0.5, 0),
+        progress=False,
+    )
+    assert third["shards"]["reused"] == 0
+    names = sorted(p.name for p in (out / "data/default").glob("*.parquet"))
+    assert names == sorted(Path(f).name for f in third["shards"]["files"])
+    assert not any("-of-00006" in n for n in names)  # the first plan's 6 train shards are gone
+    ds = datasets.load_dataset(str(out))
+    assert sum(len(d) for d in ds.values()) == 30 and set(ds) == {"train", "validation"}
 
 
 def test_bad_input_build_completes_and_strict_fails(caption_csv, tmp_path):
