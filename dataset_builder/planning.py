@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from .sources.images import SkipItem, file_perceptual_hash, hamming
 logger = logging.getLogger("hqrs.planning")
 
 SPLITS = ("train", "validation", "test")
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: the plan keeps the input's skips and record counts
 
 
 def parse_size(value: int | str) -> tuple[str, int]:
@@ -237,7 +238,8 @@ class Plan:
     fingerprint: str
     splits: dict[str, dict[str, Any]]  # name → {"num_examples", "num_bytes", "shards": [file names]}
     stats: dict[str, Any]
-    skips: list[dict[str, str]]
+    skips: list[dict[str, str]]  # every item skipped while reading the input and staging it
+    records: dict[str, int] = field(default_factory=dict)  # records read per source
     version: int = PLAN_VERSION
 
     def shard_files(self, staging: Path, split: str) -> list[str]:
@@ -286,12 +288,14 @@ def make_plan(
     existing = load_plan(staging, fingerprint)
     if existing is not None:
         logger.info("reusing the staged plan in %s", staging)
-        if report is not None:
-            for item in existing.skips:
-                report.items.append(item)
+        if report is not None:  # what reading the input reported when the plan was made
+            report.items.extend(existing.skips)
+            report.records.update(existing.records)
         return existing
     from tqdm.auto import tqdm
 
+    report = report if report is not None else SkipReport()
+    items_before, records_before = len(report.items), Counter(report.records)
     report_local = SkipReport()
     staging.mkdir(parents=True, exist_ok=True)
     all_path = staging / "all.jsonl"
@@ -351,7 +355,9 @@ def make_plan(
             group_key[g] = ids[pos]
     assignment = [split_of(group_key[g], settings.ratios, settings.seed) for g in groups]
 
-    eval_set = load_eval_sets(settings.contamination, report_local) if settings.contamination else EvalSet()
+    # the evaluation sets' own unreadable files are listed with the contamination stats, not as build skips
+    eval_report = SkipReport()
+    eval_set = load_eval_sets(settings.contamination, eval_report) if settings.contamination else EvalSet()
     removed: list[dict[str, str]] = []
     matched_total = 0
     if settings.contamination:
@@ -440,6 +446,7 @@ def make_plan(
             "matched": matched_total,
             "removed_from_train": len(removed),
             "removed": removed,
+            "reference_skipped": eval_report.items,
         },
         "shard_size": settings.shard_size,
     }
@@ -452,10 +459,15 @@ def make_plan(
         for s in SPLITS
         if counts[s]
     }
-    plan = Plan(fingerprint=fingerprint, splits=splits, stats=stats, skips=report_local.items)
+    report.extend(report_local)
+    plan = Plan(
+        fingerprint=fingerprint,
+        splits=splits,
+        stats=stats,
+        skips=report.items[items_before:],
+        records=dict(Counter(report.records) - records_before),
+    )
     _atomic_write_text(staging / "plan.json", json.dumps(asdict(plan), indent=1, default=_json_default))
-    if report is not None:
-        report.extend(report_local)
     return plan
 
 

@@ -249,6 +249,9 @@ def test_bad_input_build_completes_and_strict_fails(caption_csv, tmp_path):
         _cli("--captions-csv", str(caption_csv), "--out", str(out), "--strict", "--no-progress")
         == EXIT_SKIPPED
     )
+    # that rerun reused the staged plan: the input's skips and record counts are reported all the same
+    rerun = json.loads((out / "build_report.json").read_text())
+    assert rerun["skipped_items"] == report["skipped_items"] and rerun["records"] == report["records"]
 
 
 def test_webdataset_and_open_clip_csv(caption_csv, tmp_path):
