@@ -210,8 +210,9 @@ def load_class_folder(spec: str | Path) -> ClassificationData:
     Read by the dataset builder's ``folder`` source (:class:`hqrs.dataset_builder.sources.adapters.FolderSource`):
     ``DIR/<class>/**/<image>``, with the same image guards and conversions (multi-band / 16-bit TIFFs
     become 8-bit PNGs in the image cache). Files it cannot use are skipped and listed in ``skipped``.
-    Evaluation does not need the builder's decode-verify and perceptual hash, so they are off unless the
-    spec asks for them (``folder:DIR?verify=true``); any other source option works as in ``hqrs build``.
+    Every image is decoded once up front (``verify``), so a truncated file is a skip here rather than an
+    error in the middle of encoding (``folder:DIR?verify=false`` turns that off); the perceptual hash is
+    not computed. Any other source option works as in ``hqrs build``.
     """
     from hqrs.dataset_builder.sources import SkipReport, load_source, parse_spec
 
@@ -219,7 +220,7 @@ def load_class_folder(spec: str | Path) -> ClassificationData:
     kind, path, options = parse_spec(text if text.startswith("folder:") else f"folder:{text}")
     if not Path(path).is_dir():
         raise FileNotFoundError(f"class folder {path!r} does not exist")
-    source = load_source({"kind": "folder", "path": path, "verify": False, "phash": False, **options})
+    source = load_source({"kind": "folder", "path": path, "phash": False, **options})
     report = SkipReport()
     records = list(source.records(report))
     classes = sorted({r.labels[0] for r in records})

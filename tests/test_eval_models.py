@@ -139,13 +139,16 @@ def test_class_folder_is_read_by_the_builder_folder_source(tmp_path, rs_real):
             shutil.copy(rs_real / "aid_classification" / cls / name, tmp_path / "set" / cls / name)
     (tmp_path / "set" / "Pond" / "notes.txt").write_text("not an image")
     (tmp_path / "set" / "README.md").write_text("files at the top are not images of a class")
+    whole = (tmp_path / "set" / "Beach" / "beach_2.jpg").read_bytes()
+    (tmp_path / "set" / "Pond" / "pond_cut.jpg").write_bytes(whole[: len(whole) // 2])  # truncated
     data = load_classification(tmp_path / "set")
     assert data.classnames == ["Beach", "Pond"] and data.labels == [0, 0, 1]
     assert [p.name for p in data.images] == ["beach_1.jpg", "beach_2.jpg", "pond_1.jpg"]
-    assert [(Path(s["file"]).name, s["reason"]) for s in data.skipped] == [
-        ("notes.txt", "not an image file extension (.txt)")
+    assert sorted((Path(s["file"]).name, s["reason"][:30]) for s in data.skipped) == [
+        ("notes.txt", "not an image file extension (."),
+        ("pond_cut.jpg", "truncated or corrupt image dat"),
     ]
-    assert len(load_classification(f"folder:{tmp_path / 'set'}?verify=true")) == 3
+    assert len(load_classification(f"folder:{tmp_path / 'set'}?verify=false")) == 4  # checks off
     with pytest.raises(ValueError, match="unknown option 'bogus'"):
         load_classification(f"folder:{tmp_path / 'set'}?bogus=1")
     with pytest.raises(FileNotFoundError, match="does not exist"):
