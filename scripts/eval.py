@@ -20,11 +20,14 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "x"
 
 
-def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+def _model_args(
+    p: argparse.ArgumentParser,
+    required: bool = True,
+    flag: str = "--model",
+    help: str = "saved model folder (model + processor)",
+) -> None:
     g = p.add_argument_group("model")
-    g.add_argument(
-        "--model", type=Path, required=required, metavar="DIR", help="saved model folder (model + processor)"
-    )
+    g.add_argument(flag, dest="model", type=Path, required=required, metavar="DIR", help=help)
     g.add_argument(
         "--trust-remote-code", action="store_true", help="allow custom model code in the folder (RS-CoCa)"
     )
@@ -134,14 +137,16 @@ def register(subparsers, parents) -> None:
         description="Caption lengths, vocabulary, distinct-n, CLIPScore (with --clip-model) and MpGI fact "
         "consistency; writes JSON and PNG plots.",
     )
-    d.add_argument("path", type=Path, metavar="DIR", help="MpGI run dir / JSONL, datasets folder or parquet")
     d.add_argument(
-        "--clip-model", type=Path, default=None, metavar="DIR", help="CLIP model folder for CLIPScore"
+        "path",
+        type=Path,
+        metavar="DIR",
+        help="MpGI run dir / JSONL, hqrs build folder, datasets folder or parquet",
+    )
+    _model_args(
+        d, required=False, flag="--clip-model", help="model folder for CLIPScore (HQRS-CLIP or RS-CoCa)"
     )
     d.add_argument("--caption-column", default=None)
-    d.add_argument("--device", default=None)
-    d.add_argument("--batch-size", type=int, default=64)
-    d.add_argument("--num-workers", type=int, default=None)
     d.add_argument(
         "--out-dir",
         type=Path,
@@ -351,11 +356,7 @@ def run_captions(args) -> int:
             )
         name = args.dataset_name or ref_path.stem
     scores = score_captions(preds, refs, metrics)
-    out = (
-        args.out
-        or Path("eval_results")
-        / f"captions-{_slug(model_info['name'] if model_info else args.predictions.stem)}-{_slug(name)}.json"
-    )
+    out = _default_out(args, "captions", model_info["name"] if model_info else args.predictions.stem, name)
     result = make_result(
         "image-to-text",
         scores.corpus,
@@ -388,20 +389,9 @@ def run_dataset(args) -> int:
     from hqrs.evaluation.plots import histogram_png
     from hqrs.evaluation.results import make_result, write_result
 
-    data = load_dataset_captions(args.path, args.caption_column, images=args.clip_model is not None)
-    encoder = None
-    model_info = None
-    if args.clip_model is not None:
-        from hqrs.evaluation.encoders import DualEncoder
-
-        encoder = DualEncoder.from_pretrained(
-            args.clip_model, device=args.device, batch_size=args.batch_size, num_workers=args.num_workers
-        )
-        model_info = {
-            "name": args.clip_model.name,
-            "path": str(args.clip_model.resolve()),
-            "class": type(encoder.model).__name__,
-        }
+    data = load_dataset_captions(args.path, args.caption_column, images=args.model is not None)
+    encoder = _encoder(args) if args.model is not None else None
+    model_info = _model_info(encoder, args.model) if encoder is not None else None
     res = evaluate_dataset(data, encoder)
     out_dir = args.out_dir or Path("eval_results") / f"dataset-{_slug(data.name)}"
     lengths = res["text"].pop("_lengths")
