@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import math
@@ -528,7 +529,7 @@ class StreamingImageCaptionDataset(torch.utils.data.IterableDataset):
 
     Rows that fail to load are dropped (``"skip"``, counted) or raise. The per-row seed uses the
     position in the stream of this data-loader worker, so a run is reproducible for a fixed number of
-    workers. ``image_ids`` are the ``image_id`` values factorised on the fly, or the stream position.
+    workers. ``image_ids`` are stable hashes of the ``image_id`` values (or of worker and stream position).
     """
 
     def __init__(
@@ -551,7 +552,8 @@ class StreamingImageCaptionDataset(torch.utils.data.IterableDataset):
             self.dataset.set_epoch(int(epoch))
 
     def __iter__(self):
-        ids: dict[Any, int] = {}
+        worker = torch.utils.data.get_worker_info()
+        worker_id = worker.id if worker is not None else 0
         for position, row in enumerate(self.dataset):
             if self._maker.caption_column not in row or self.options.image_column not in row:
                 raise ValueError(
@@ -566,9 +568,15 @@ class StreamingImageCaptionDataset(torch.utils.data.IterableDataset):
                     raise
                 self._maker.skip(error)
                 continue
-            key = row[self.image_id_column] if self.image_id_column in row else position
-            sample["image_ids"] = ids.setdefault(key, len(ids))
+            key = row[self.image_id_column] if self.image_id_column in row else ("row", worker_id, position)
+            sample["image_ids"] = _stable_image_id(key)
             yield sample
+
+
+def _stable_image_id(key: Any) -> int:
+    """A 56-bit integer id of ``key``: equal keys give equal ids in every data-loader worker and process
+    (a per-worker counter would give different images the same id)."""
+    return int.from_bytes(hashlib.blake2b(repr(key).encode(), digest_size=7).digest(), "big")
 
 
 class ImageTextCollator:

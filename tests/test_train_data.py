@@ -14,6 +14,7 @@ from hqrs.modeling.training_data import (
     ImageLoadError,
     ImageTextCollator,
     RSAugment,
+    StreamingImageCaptionDataset,
     load_training_dataset,
     split_by_image,
 )
@@ -180,3 +181,21 @@ def test_retrieval_metrics_by_hand():
     assert metrics["image_to_text_R@1"] == pytest.approx(50)
     assert metrics["image_to_text_R@2"] == 100 and metrics["text_to_image_R@2"] == 100
     assert metrics["mean_recall"] == pytest.approx((200 / 3 + 50 + 100 + 100) / 4)
+
+
+def test_streaming_image_ids_agree_across_dataloader_workers(rs_real):
+    """Two workers each read their own shards of a stream: one image keeps one id, two images never
+    share one (a per-worker counter numbered both workers' first images 0)."""
+    import torch
+
+    pairs = tf.ucm_pairs(rs_real, 6)  # 6 images x 5 captions, image-major
+    stream = pairs.to_iterable_dataset(num_shards=4)
+    ds = StreamingImageCaptionDataset(stream, DataOptions(), train=False)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, collate_fn=lambda s: s)
+    id_of: dict[int, set] = {}
+    for sample in loader:
+        id_of.setdefault(sample["image_ids"], set()).add(sample["text"])
+    expected = {}
+    for row in pairs.select_columns(["image_id", "caption"]):
+        expected.setdefault(row["image_id"], set()).add(row["caption"])
+    assert sorted(map(sorted, id_of.values())) == sorted(map(sorted, expected.values()))
