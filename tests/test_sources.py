@@ -231,6 +231,22 @@ def test_karpathy_malformed(tmp_path):
     assert sorted(i["kind"] for i in report.items) == ["image", "row", "row"]
 
 
+def test_splits_option_reads_only_those_splits(tmp_path):
+    """`splits=test` (a contamination set): other splits' images are not opened or reported."""
+    _png(tmp_path / "images/t.png")
+    data = {
+        "images": [
+            {"filename": "t.png", "split": "test", "sentences": [{"raw": "a field ."}]},
+            {"filename": "gone.png", "split": "train", "sentences": [{"raw": "a road ."}]},
+        ]
+    }
+    (tmp_path / "d.json").write_text(json.dumps(data))
+    recs, report = _records(f"karpathy:{tmp_path}/d.json?splits=test")
+    assert [r.split for r in recs] == ["test"] and len(report) == 0
+    recs, report = _records(f"karpathy:{tmp_path}/d.json")
+    assert len(recs) == 1 and "image not found" in report.items[0]["reason"]
+
+
 def test_openclip_csv_grouping_and_bad_rows(tmp_path):
     _png(tmp_path / "img/a.png", colour=(1, 2, 3))
     _png(tmp_path / "img/b.png", colour=(200, 2, 3))

@@ -243,8 +243,6 @@ class Source:
         report = report if report is not None else SkipReport()
         pool = pool if self.pooled else None
         for record in self._records(report) if pool is None else self._pooled(report, pool):
-            if self.splits is not None and record.split not in self.splits:
-                continue
             report.ok(record.source)
             yield record
 
@@ -320,6 +318,8 @@ class Source:
 
         Inside :meth:`records` with a pool the image analysis is deferred: a pending item is yielded,
         analysed in a worker, and finished here in input order."""
+        if self.splits is not None and fields_.get("split") not in self.splits:
+            return  # another split (splits=...): not read, not analysed, not reported
         where = str(annotation_file or image_path)
         if image_path is None or not Path(image_path).is_file():
             self.skip(report, where, f"image not found ({image_path or 'no matching file'})")
