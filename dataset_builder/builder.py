@@ -114,8 +114,13 @@ def caption_length(text: str) -> str:
     return "short" if n <= 15 else "medium" if n <= 40 else "long"
 
 
-def _label(labels: list[str]) -> str:
+def label_text(labels: list[str]) -> str:
     return "; ".join(labels)
+
+
+def nonempty_captions(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The captions of a staged result that have text (every export format writes only these)."""
+    return [c for c in doc["captions"] if c["text"].strip()]
 
 
 def rows_for(
@@ -126,7 +131,7 @@ def rows_for(
     :func:`encode_rows`)."""
     record = doc["record"]
     image_id = record["image_id"]
-    captions = [c for c in doc["captions"] if c["text"].strip()]
+    captions = nonempty_captions(doc)
     image = image if image is not None else image_cell(record["image"], image_id, keep_original)
     if config == "pairs":
         for i, cap in enumerate(captions):
@@ -147,7 +152,7 @@ def rows_for(
         "image_id": image_id,
         "source": record["source"],
         "captions": [c["text"] for c in captions],
-        "label": _label(record.get("labels") or []),
+        "label": label_text(record.get("labels") or []),
         "width": record["width"],
         "height": record["height"],
         "gsd": record.get("gsd"),

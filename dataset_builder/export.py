@@ -26,7 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .builder import CONFIG_NAMES, FEATURES, HQRSIT, encode_rows, iter_staged, rows_for
+from .builder import (
+    CONFIG_NAMES,
+    FEATURES,
+    HQRSIT,
+    encode_rows,
+    iter_staged,
+    label_text,
+    nonempty_captions,
+    rows_for,
+)
 from .parallel import bounded_map, make_pool
 from .planning import SPLITS, parse_ratios
 from .sources.base import SkipReport
@@ -130,14 +139,14 @@ def _write_parquet(task: _Task, tmp: Path, pool=None) -> int:
     return n
 
 
-def _sample_json(doc: dict[str, Any]) -> dict[str, Any]:
+def _sample_json(doc: dict[str, Any], captions: list[dict[str, Any]]) -> dict[str, Any]:
     r = doc["record"]
     return {
         "image_id": r["image_id"],
         "source": r["source"],
-        "captions": [c["text"] for c in doc["captions"]],
-        "lengths": [c["length"] for c in doc["captions"]],
-        "label": "; ".join(r.get("labels") or []),
+        "captions": [c["text"] for c in captions],
+        "lengths": [c["length"] for c in captions],
+        "label": label_text(r.get("labels") or []),
         "width": r["width"],
         "height": r["height"],
         "gsd": r.get("gsd"),
@@ -157,10 +166,12 @@ def _write_wds(task: _Task, tmp: Path, pool=None) -> int:
     with tarfile.open(tmp, "w") as tar:
         for doc, cell in _with_cells(task, pool):
             image_id = doc["record"]["image_id"]
+            captions = nonempty_captions(doc)
             ext = Path(cell["path"]).suffix.lstrip(".")
             _add_bytes(tar, f"{image_id}.{ext}", cell["bytes"])
-            _add_bytes(tar, f"{image_id}.txt", "\n".join(c["text"] for c in doc["captions"]).encode())
-            _add_bytes(tar, f"{image_id}.json", json.dumps(_sample_json(doc), ensure_ascii=False).encode())
+            _add_bytes(tar, f"{image_id}.txt", "\n".join(c["text"] for c in captions).encode())
+            sample = json.dumps(_sample_json(doc, captions), ensure_ascii=False).encode()
+            _add_bytes(tar, f"{image_id}.json", sample)
             n += 1
     return n
 
@@ -179,7 +190,7 @@ def _write_csv_part(task: _Task, tmp: Path, pool=None) -> int:
                 part = _tmp_path(target)
                 part.write_bytes(cell["bytes"])
                 os.replace(part, target)
-            for cap in doc["captions"]:
+            for cap in nonempty_captions(doc):
                 writer.writerow([f"images/{cell['path']}", " ".join(cap["text"].split())])
                 n += 1
     return n
