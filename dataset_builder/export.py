@@ -38,6 +38,7 @@ from .builder import (
 )
 from .parallel import bounded_map, make_pool
 from .planning import SPLITS, parse_ratios
+from .records import atomic_write_bytes
 from .sources.base import SkipReport
 from .sources.images import WEB_EXTENSIONS, image_cell_job
 
@@ -187,9 +188,7 @@ def _write_csv_part(task: _Task, tmp: Path, pool=None) -> int:
         for doc, cell in _with_cells(task, pool):
             target = images_dir / cell["path"]
             if not target.exists():
-                part = _tmp_path(target)
-                part.write_bytes(cell["bytes"])
-                os.replace(part, target)
+                atomic_write_bytes(target, cell["bytes"])
             for cap in nonempty_captions(doc):
                 writer.writerow([f"images/{cell['path']}", " ".join(cap["text"].split())])
                 n += 1
@@ -239,9 +238,7 @@ def _drop_stale_shards(out: Path, tasks: list[_Task], stamp: dict[str, Any]) -> 
         for shard in out.glob(pattern):
             if not same or shard not in wanted:
                 shard.unlink()
-    tmp = _tmp_path(path)
-    tmp.write_text(json.dumps(stamp), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, json.dumps(stamp).encode())
 
 
 def _run_tasks(tasks: list[_Task], pool, progress: bool) -> list[dict[str, Any]]:
@@ -323,9 +320,7 @@ def write_card(
     metadata_configs.to_dataset_card_data(card_data)
     infos.to_dataset_card_data(card_data)
     card = DatasetCard(f"---\n{card_data.to_yaml()}\n---\n{CARD_BODY.replace('{repo}', 'PATH_OR_REPO_ID')}")
-    tmp = _tmp_path(out / "README.md")
-    tmp.write_text(str(card), encoding="utf-8")
-    os.replace(tmp, out / "README.md")
+    atomic_write_bytes(out / "README.md", str(card).encode())
 
 
 def export_dataset(
@@ -443,9 +438,9 @@ def export_dataset(
         "seconds": round(time.perf_counter() - started, 3),
         **(extra_report or {}),
     }
-    tmp = _tmp_path(out / "build_report.json")
-    tmp.write_text(json.dumps(build_report, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, out / "build_report.json")
+    atomic_write_bytes(
+        out / "build_report.json", json.dumps(build_report, indent=1, ensure_ascii=False).encode()
+    )
     return build_report
 
 

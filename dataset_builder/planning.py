@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .records import MpGIResult
+from .records import MpGIResult, atomic_write_bytes
 from .sources.base import SkipReport
 from .sources.images import SkipItem, file_perceptual_hash, hamming
 
@@ -252,12 +252,6 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def load_plan(staging: Path, fingerprint: str) -> Plan | None:
     path = staging / "plan.json"
     if not path.is_file():
@@ -467,7 +461,9 @@ def make_plan(
         skips=report.items[items_before:],
         records=dict(Counter(report.records) - records_before),
     )
-    _atomic_write_text(staging / "plan.json", json.dumps(asdict(plan), indent=1, default=_json_default))
+    atomic_write_bytes(
+        staging / "plan.json", json.dumps(asdict(plan), indent=1, default=_json_default).encode()
+    )
     return plan
 
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from ..records import Caption, ImageRecord, MpGIResult, Perspective
+from ..records import Caption, ImageRecord, MpGIResult, Perspective, atomic_write_bytes
 from ..rules import rule_facts, rule_text
 from .recipe import TEMPLATE_INTEGRATOR, Recipe
 from .steps import (
@@ -230,9 +230,7 @@ def _read_json(path: Path, default=None):
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, json.dumps(data, indent=2, default=str).encode())
 
 
 def _iter_jsonl(folder: Path) -> Iterator[dict]:

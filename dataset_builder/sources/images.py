@@ -34,7 +34,6 @@ import io
 import math
 import os
 import struct
-import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..records import content_id, file_content_id
+from ..records import atomic_write_bytes, content_id, file_content_id
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 WEB_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
@@ -289,19 +288,6 @@ def _read_tiff(
         array = array[..., 0]
     why = f"{samples}-band {dtype} TIFF → 8-bit {'RGB' if samples >= 3 else 'grayscale'}"
     return width, height, _array_to_image(array, settings, f"TIFF with {samples} bands"), why
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def png_bytes(image: Image.Image, compress_level: int = 6) -> bytes:
