@@ -120,7 +120,16 @@ def _option_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Actio
 
 
 def apply_config_file(leaf: argparse.ArgumentParser, path: Path) -> list[str]:
-    """Use the YAML file at ``path`` as defaults of ``leaf``; returns the keys applied."""
+    """Use the YAML file at ``path`` as defaults of ``leaf``; returns the keys applied.
+
+    Keys are option names (``out_dir`` or ``out-dir``) or positional names (``model``). A value
+    from the file satisfies a required option or positional; the command line still wins.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        ValueError: the file is not YAML, not a mapping, names an unknown option or a value
+            outside an option's choices.
+    """
     import yaml
 
     if not path.is_file():
@@ -136,20 +145,16 @@ def apply_config_file(leaf: argparse.ArgumentParser, path: Path) -> list[str]:
             f"--config-file {str(path)!r} must hold a mapping of option names, got {type(data).__name__}"
         )
     actions = _option_actions(leaf)
-    positionals = {a.dest for a in leaf._actions if not a.option_strings}
+    positionals = {a.dest: a for a in leaf._actions if not a.option_strings}
     defaults: dict[str, Any] = {}
     for key, value in data.items():
         dest = str(key).replace("-", "_")
-        if dest in positionals:
-            raise ValueError(
-                f"--config-file {str(path)!r}: {key!r} is a positional argument of '{leaf.prog}'; give it on the command line"
-            )
-        if dest not in actions:
-            known = ", ".join(sorted(d.replace("_", "-") for d in actions)) or "(none)"
+        action = actions.get(dest) or positionals.get(dest)
+        if action is None:
+            known = ", ".join(sorted(d.replace("_", "-") for d in [*actions, *positionals])) or "(none)"
             raise ValueError(
                 f"--config-file {str(path)!r}: unknown option {key!r} for '{leaf.prog}'; known: {known}"
             )
-        action = actions[dest]
         if action.choices is not None and value not in action.choices:
             raise ValueError(
                 f"--config-file {str(path)!r}: {key}={value!r} is not one of {sorted(map(str, action.choices))}"
@@ -158,16 +163,38 @@ def apply_config_file(leaf: argparse.ArgumentParser, path: Path) -> list[str]:
             value = action.type(value)
         defaults[dest] = value
         action.required = False
+        if not action.option_strings and action.nargs is None:
+            action.nargs = "?"  # the file supplies it; a value on the command line still wins
     leaf.set_defaults(**defaults)
     return list(defaults)
 
 
+def _chosen_leaf(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.ArgumentParser | None:
+    """The runnable sub-command parser that ``argv`` selects (``hqrs mpgi run`` → its parser), if any.
+
+    Walks the sub-command names in ``argv`` without parsing options, so that ``--config-file`` can
+    supply required options before the real parse checks them.
+    """
+    current = parser
+    for token in argv:
+        sub = next((a for a in current._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if sub is None:
+            break
+        if token in sub.choices:
+            current = sub.choices[token]
+    return current if current.get_default("_leaf") is current else None
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config-file", type=Path, default=None)
+    config_file = pre.parse_known_args(argv)[0].config_file
+    leaf = _chosen_leaf(parser, argv) if config_file is not None else None
+    applied = apply_config_file(leaf, config_file) if leaf is not None else None
     args = parser.parse_args(argv)
-    if getattr(args, "config_file", None) is not None:
-        applied = apply_config_file(args._leaf, args.config_file)
-        args = parser.parse_args(argv)
+    if applied is not None:
         args._config_keys = applied
     return args
 

@@ -137,3 +137,38 @@ def test_network_guard_allows_loopback():
 
 def test_rs_real_fixture(rs_real):
     assert (rs_real / "SOURCES.md").is_file()
+
+
+def test_config_file_supplies_required_options_and_positionals(tmp_path):
+    """#15.3: required options (``--model``/``--dataset``/``--output-dir``) and positionals come from the file."""
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(f"model: m\ndataset: d\noutput-dir: {tmp_path / 'o'}\n")
+    args = cli.parse_args(["train", "clip", "--config-file", str(cfg)])
+    assert (args.model, args.dataset, args.output_dir) == ("m", "d", tmp_path / "o")
+    # a flag on the command line still wins over the file
+    args = cli.parse_args(["train", "clip", "--config-file", str(cfg), "--model", "other"])
+    assert args.model == "other"
+    zs = tmp_path / "zs.yaml"
+    zs.write_text("model: m\ndataset: folder:x\n")
+    args = cli.parse_args(["eval", "zeroshot", "--config-file", str(zs)])
+    assert (str(args.model), args.dataset) == ("m", "folder:x")
+    # a positional from the file (hqrs eval dataset DIR)
+    pos = tmp_path / "pos.yaml"
+    pos.write_text(f"dataset: {tmp_path}\n")
+    positional = [
+        a.dest
+        for a in cli._chosen_leaf(cli.build_parser(), ["eval", "dataset"])._actions
+        if not a.option_strings
+    ]
+    if positional:
+        pos.write_text(f"{positional[0]}: {tmp_path}\n")
+        args = cli.parse_args(["eval", "dataset", "--config-file", str(pos)])
+        assert str(getattr(args, positional[0])) == str(tmp_path)
+
+
+def test_config_file_missing_required_still_named(tmp_path, capsys):
+    cfg = tmp_path / "partial.yaml"
+    cfg.write_text("model: m\n")
+    with pytest.raises(SystemExit):
+        cli.parse_args(["train", "clip", "--config-file", str(cfg)])
+    assert "--dataset" in capsys.readouterr().err
