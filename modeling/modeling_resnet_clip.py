@@ -112,6 +112,7 @@ class ResNetCLIPBottleneckLayer(GradientCheckpointingLayer):
                 ResNetCLIPConvLayer(channels, out_channels, 1, 1, eps, False),
             ]
         )
+        self.layer[2].normalization.zero_init_scale = True  # random init only (see _init_weights)
         self.pool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
         needs_projection = stride > 1 or in_channels != out_channels
         self.shortcut = (
@@ -216,13 +217,11 @@ class ResNetCLIPPreTrainedModel(PreTrainedModel):
             for proj in (module.q_proj, module.k_proj, module.v_proj, module.out_proj):
                 init.normal_(proj.weight, std=dim**-0.5 * factor)
                 init.zeros_(proj.bias)
-        elif isinstance(module, ResNetCLIPBottleneckLayer):
-            # open_clip zero-initialises the last BatchNorm of each block (the block starts as identity).
-            init.zeros_(module.layer[2].normalization.weight)
         elif isinstance(module, nn.Conv2d):
             init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
         elif isinstance(module, nn.BatchNorm2d):
-            init.ones_(module.weight)
+            # open_clip zero-initialises the last BatchNorm of each bottleneck (the block starts as identity).
+            (init.zeros_ if getattr(module, "zero_init_scale", False) else init.ones_)(module.weight)
             init.zeros_(module.bias)
             init.zeros_(module.running_mean)
             init.ones_(module.running_var)

@@ -198,6 +198,20 @@ def test_config_errors_quote_the_bad_value():
         ResNetCLIPConfig(text_config={"hidden_act": "relu"})
 
 
+def test_random_init_follows_open_clip():
+    config = resnet_clip_config_from_open_clip(TINY, TINY_CFG)
+    model = ResNetCLIPModel(config)
+    block = model.vision_model.encoder.stages[1].layers[1]
+    assert torch.count_nonzero(block.layer[2].normalization.weight) == 0  # last BatchNorm of a block: zeros
+    stem = model.vision_model.embedder.layers[0].normalization
+    assert (
+        torch.equal(stem.weight, torch.ones_like(stem.weight)) and torch.count_nonzero(stem.running_mean) == 0
+    )
+    pool = model.vision_model.attention_pool
+    assert pool.position_embedding.std().item() == pytest.approx(512**-0.5, rel=0.1)
+    assert model.logit_scale.item() == pytest.approx(2.6592)
+
+
 def test_tiny_parity_and_bit_exact_round_trip(oc_tiny, hf_tiny, tiny_name, rs_real):
     images, pixels = _rs_pixels(rs_real, tiny_name)
     _assert_parity(oc_tiny, hf_tiny, images, pixels, tiny_name)
