@@ -124,6 +124,8 @@ class ResNetCLIPConfig(PretrainedConfig):
             ``vision_config.projection_dim``.
         logit_scale_init_value: initial ``logit_scale`` (log inverse temperature), open_clip's ``log(1 / 0.07)``.
         open_clip_model_name: open_clip architecture this model converts to and from (``"RN50"`` ...), or ``None``.
+        open_clip_force_quick_gelu: converted with ``force_quick_gelu`` (a plain name with a QuickGELU text tower);
+            open_clip must then be created with ``force_quick_gelu=True`` for the weights to mean the same.
 
     Raises:
         ValueError: inconsistent sizes (the message quotes the values).
@@ -150,6 +152,7 @@ class ResNetCLIPConfig(PretrainedConfig):
     projection_dim: int = 1024
     logit_scale_init_value: float = 2.6592
     open_clip_model_name: str | None = None
+    open_clip_force_quick_gelu: bool = False
     initializer_factor: float = 1.0
 
     def __post_init__(self, **kwargs):

@@ -172,6 +172,7 @@ def resnet_clip_config_from_open_clip(
         projection_dim=embed_dim,
         logit_scale_init_value=float(cfg.get("init_logit_scale", 2.6592)),
         open_clip_model_name=model_name,
+        open_clip_force_quick_gelu=bool(force_quick_gelu),
     )
 
 

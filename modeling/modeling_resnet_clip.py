@@ -335,7 +335,20 @@ class ResNetCLIPModel(ResNetCLIPPreTrainedModel):
         """``input_ids`` ``(batch, seq_len)`` (each row holding ``<end_of_text>``) -> ``pooler_output``: projected
         (not normalised) text embeddings ``(batch, projection_dim)``; ``last_hidden_state`` ``(batch, seq_len,
         hidden_size)``. Causal attention pooled at the first ``<end_of_text>``: padding after it does not change
-        the embedding."""
+        the embedding.
+
+        Raises:
+            ValueError: a row has no ``<end_of_text>`` (``config.text_config.eos_token_id``): there is nothing to
+                pool (tokenize with the model's processor, which always ends a row with it).
+        """
+        eos = self.config.text_config.eos_token_id
+        if input_ids is not None and isinstance(eos, int):
+            no_eos = (~(input_ids == eos).any(dim=-1)).nonzero().flatten().tolist()
+            if no_eos:
+                raise ValueError(
+                    f"input_ids rows {no_eos[:10]} have no <end_of_text> token (id {eos}); the text embedding is "
+                    "pooled there. Tokenize with the model's processor/tokenizer (truncation keeps the token)."
+                )
         text_outputs = self.text_model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, return_dict=True
         )

@@ -257,6 +257,8 @@ def test_wrong_image_size_is_a_clear_error(hf_tiny):
         hf_tiny.get_image_features(pixel_values=torch.zeros(1, 3, 224, 224))
     with pytest.raises(ValueError, match="needs pixel_values and input_ids"):
         hf_tiny(pixel_values=torch.zeros(1, 3, 64, 64))
+    with pytest.raises(ValueError, match=r"input_ids rows \[1\] have no <end_of_text> token \(id 49407\)"):
+        hf_tiny.get_text_features(input_ids=torch.tensor([[49406, 320, 49407], [49406, 320, 321]]))
 
 
 def _run_convert(argv):
@@ -522,7 +524,7 @@ def test_train_clip_full_and_lora(tiny_folder, ucm_data, tmp_path, rs_real):
     assert _max_diff(base.image_embeds, expected.image_embeds) > 1e-4  # the adapters changed the model
 
 
-def test_push_model_dry_run_ships_the_package_remote_code(tiny_folder, tmp_path):
+def test_push_model_dry_run_ships_the_package_remote_code(tiny_folder, tmp_path, rs_real):
     from huggingface_hub import ModelCard
 
     from hqrs.hub_cards import push as hub_push
@@ -535,6 +537,16 @@ def test_push_model_dry_run_ships_the_package_remote_code(tiny_folder, tmp_path)
     assert (
         card.data.pipeline_tag == "zero-shot-image-classification" and "trust_remote_code=True" in card.text
     )
+    # the card's usage snippet runs against the staged folder, in a fresh process, offline
+    snippet = re.search(r"```python\n(.*?)```", card.text, flags=re.S).group(1)
+    workdir = tmp_path / "user"
+    workdir.mkdir()
+    Image.open(rs_real / IMAGES[0]).convert("RGB").save(workdir / "scene.jpg")
+    (workdir / "snippet.py").write_text(snippet.replace("hqrs-test/tiny-rn50", str(out)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    res = subprocess.run([sys.executable, "snippet.py"], cwd=workdir, capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "'label': 'airport'" in res.stdout
     with open(out / "modeling_resnet_clip.py", "a") as f:
         f.write("\n# edited by hand\n")
     with pytest.raises(ValueError, match="remote code differs from hqrs.modeling/modeling_resnet_clip.py"):
