@@ -172,10 +172,8 @@ def test_config_from_open_clip_names(tiny_name):
     assert rn50.vision_config.num_attention_heads == 32 and rn50.vision_config.grid_size == 7
     assert rn50.text_config.hidden_act == "gelu"
     assert resnet_clip_config_from_open_clip("RN50-quickgelu").text_config.hidden_act == "quick_gelu"
-    assert (
-        resnet_clip_config_from_open_clip("RN50", force_quick_gelu=True).text_config.hidden_act
-        == "quick_gelu"
-    )
+    forced = resnet_clip_config_from_open_clip("RN50", force_quick_gelu=True)
+    assert forced.text_config.hidden_act == "quick_gelu" and forced.open_clip_force_quick_gelu
     assert (rn50.text_config.pad_token_id, rn50.text_config.eos_token_id) == (0, 49407)
     assert is_resnet_clip_name("RN50x4") and not is_resnet_clip_name("ViT-B-32")
     assert not is_resnet_clip_name("no-such-model")
