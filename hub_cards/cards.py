@@ -85,6 +85,29 @@ print(processor.batch_decode(tokens)[0])
         remote_files=("configuration_rs_coca.py", "modeling_rs_coca.py", "processing_rs_coca.py"),
         tags=("coca", "image-captioning", "custom_code"),
     ),
+    # -- ResNet-CLIP (HQRS-CLIP RN50 / RN101, open_clip ModifiedResNet): hqrs remote code ---------------------
+    "resnet_clip": ModelKind(
+        model_type="resnet_clip",
+        display="HQRS-CLIP (ResNet)",
+        pipeline_tag="zero-shot-image-classification",
+        architecture=(
+            "CLIP with a ModifiedResNet image encoder (3-convolution stem, anti-aliased bottleneck stages, "
+            "attention pooling; open_clip RN50/RN101) and a causal text encoder, contrastive heads"
+        ),
+        summary=(
+            "A ResNet CLIP model fine-tuned on MpGI captions of remote-sensing images, for zero-shot scene "
+            "classification and image-text retrieval. It loads with transformers and trust_remote_code=True."
+        ),
+        usage=f"""from PIL import Image
+from transformers import pipeline
+
+classifier = pipeline("zero-shot-image-classification", model="{REPO_PLACEHOLDER}", trust_remote_code=True)
+image = Image.open("scene.jpg").convert("RGB")  # any RGB remote-sensing image
+labels = ["airport", "farmland", "harbor", "residential area"]
+print(classifier(image, candidate_labels=labels, hypothesis_template="a satellite image of {{}}."))""",
+        remote_files=("configuration_resnet_clip.py", "modeling_resnet_clip.py", "processing_resnet_clip.py"),
+        tags=("clip", "zero-shot-image-classification", "custom_code"),
+    ),
 }
 
 LIMITATIONS = (

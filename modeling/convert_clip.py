@@ -116,8 +116,8 @@ _TOP_LEVEL_OK = {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "init_logi
 
 _MODIFIED_RESNET_MSG = (
     "{what} is an open_clip ModifiedResNet (RN50-style) CLIP. transformers has no ModifiedResNet CLIP "
-    "vision tower, so hqrs does not convert it (no half-support: an RN50 HQRS-CLIP stays an open_clip "
-    "model). Use a ViT architecture (ViT-B-32, ViT-B-16, ViT-L-14, ViT-L-14-336)."
+    "vision tower, so it does not convert to CLIPModel; it converts to the ResNet-CLIP remote-code family "
+    "(hqrs.modeling.convert_resnet_clip; `hqrs convert open-clip --model-name RN50` picks it)."
 )
 
 

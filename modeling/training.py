@@ -91,7 +91,7 @@ __all__ = [
 ]
 
 #: ``hqrs train`` kinds and the ``model_type`` of ``config.json`` each accepts.
-KINDS = {"clip": ("clip",), "coca": ("rs_coca",)}
+KINDS = {"clip": ("clip", "resnet_clip"), "coca": ("rs_coca",)}  # resnet_clip: RN50/RN101 (ResNet-CLIP)
 #: Image-id key of the batches: the evaluation metrics' ground truth, ignored by the loss.
 IMAGE_IDS = "image_ids"
 
@@ -136,7 +136,12 @@ def model_kind(model: str | os.PathLike | PreTrainedModel) -> str:
     )
 
 
-def _model_classes(kind: str) -> tuple[type, Any]:
+def _model_classes(kind: str, model_type: str | None = None) -> tuple[type, Any]:
+    if kind == "clip" and model_type == "resnet_clip":  # ResNet-CLIP (RN50/RN101), hqrs' remote-code family
+        from .modeling_resnet_clip import ResNetCLIPModel
+        from .processing_resnet_clip import ResNetCLIPProcessor
+
+        return ResNetCLIPModel, ResNetCLIPProcessor
     if kind == "clip":
         from transformers import CLIPModel, CLIPProcessor
 
@@ -171,7 +176,10 @@ def load_model_and_processor(
         raise ValueError(
             f"model {_name(model)!r} is a {found!r} model, not {kind!r}; use `hqrs train {found}`"
         )
-    model_cls, processor_cls = _model_classes(kind)
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type is None and isinstance(model, (str, os.PathLike)):
+        model_type = _read_model_type(model)
+    model_cls, processor_cls = _model_classes(kind, model_type)
     if isinstance(model, (str, os.PathLike)):
         loaded = model_cls.from_pretrained(os.fspath(model))
     elif isinstance(model, nn.Module):

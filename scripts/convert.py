@@ -106,6 +106,8 @@ def run_open_clip(args: argparse.Namespace) -> int:
 
     _check_out_dir(args.out, args.overwrite)
     name = args.model_name
+    if _resnet_clip_name(name):  # RN50 / RN101 ...: the ResNet-CLIP remote-code family
+        return _run_open_clip_resnet(args)
     if not name.startswith("coca_"):
         from ..modeling.convert_clip import clip_config_from_open_clip
 
@@ -130,6 +132,44 @@ def run_open_clip(args: argparse.Namespace) -> int:
         f"wrote {args.out} ({type(model).__name__}, {n_params / 1e6:.1f}M parameters, from open_clip {name})"
     )
     return 0
+
+
+# -- ResNet-CLIP (open_clip ModifiedResNet: RN50, RN101, ...) ------------------------------------------------
+RESNET_CLIP_MODEL_TYPE = "resnet_clip"
+
+
+def _resnet_clip_name(name: str) -> bool:
+    from ..modeling.convert_resnet_clip import is_resnet_clip_name
+
+    return is_resnet_clip_name(name)
+
+
+def _run_open_clip_resnet(args: argparse.Namespace) -> int:
+    from ..modeling.convert_resnet_clip import convert_open_clip_resnet_clip, save_hf_resnet_clip
+    from ..modeling.key_mapping import load_checkpoint
+
+    logger.info("reading %s", args.checkpoint)
+    state_dict = load_checkpoint(args.checkpoint)
+    model = convert_open_clip_resnet_clip(args.model_name, state_dict, force_quick_gelu=args.force_quick_gelu)
+    del state_dict
+    save_hf_resnet_clip(model, None, args.out)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(
+        f"wrote {args.out} ({type(model).__name__}, remote code, {n_params / 1e6:.1f}M parameters, from open_clip "
+        f"{args.model_name}); load with trust_remote_code=True"
+    )
+    return 0
+
+
+def _resnet_clip_to_open_clip(folder: Path) -> dict:
+    from ..modeling.convert_resnet_clip import resnet_clip_to_open_clip_state_dict
+    from ..modeling.modeling_resnet_clip import ResNetCLIPModel
+
+    # hqrs' own class, not the folder's copy of the code: converting back runs no code from the folder
+    return resnet_clip_to_open_clip_state_dict(ResNetCLIPModel.from_pretrained(folder))
+
+
+# --------------------------------------------------------------------------------------------------------------
 
 
 def _folder_config(folder: Path) -> dict:
@@ -181,6 +221,8 @@ def run_to_open_clip(args: argparse.Namespace) -> int:
 
         model = AutoModel.from_pretrained(folder, trust_remote_code=True)
         state_dict = coca.coca_to_open_clip_state_dict(model)
+    elif model_type == RESNET_CLIP_MODEL_TYPE:
+        state_dict = _resnet_clip_to_open_clip(folder)
     elif model_type == "clip":
         from transformers import CLIPModel
 
@@ -190,8 +232,8 @@ def run_to_open_clip(args: argparse.Namespace) -> int:
         state_dict = clip_to_open_clip_state_dict(model)
     else:
         raise ValueError(
-            f"{str(folder)!r} holds model_type {model_type!r}; to-open-clip converts 'clip' (HQRS-CLIP) and "
-            f"{RS_COCA_MODEL_TYPE!r} (RS-CoCa) folders"
+            f"{str(folder)!r} holds model_type {model_type!r}; to-open-clip converts 'clip' (HQRS-CLIP), "
+            f"{RESNET_CLIP_MODEL_TYPE!r} (ResNet-CLIP: RN50, RN101) and {RS_COCA_MODEL_TYPE!r} (RS-CoCa) folders"
         )
     _save_state_dict(state_dict, args.out, fmt)
     how = f"open_clip.create_model({name!r}" if name else "open_clip.create_model(NAME"
