@@ -93,7 +93,18 @@ def register(subparsers, parents) -> None:
     )
     z.add_argument("--image-column", default="image")
     z.add_argument("--label-column", default=None)
-    z.add_argument("--split", default=None, help="split of a DatasetDict")
+    z.add_argument(
+        "--split",
+        default=None,
+        help="split of a datasets / hqrs build folder (default: test if present, else the only one; 'all' "
+        "joins them); a class folder has none",
+    )
+    z.add_argument(
+        "--config",
+        default=None,
+        help="config of a folder whose README.md declares configs (hqrs build: default, full, pairs; "
+        "default: 'default')",
+    )
     z.add_argument("--dataset-name", default=None, help="name for the results (default: folder name)")
     _out_arg(z)
     z.set_defaults(func=run_zeroshot)
@@ -148,6 +159,10 @@ def register(subparsers, parents) -> None:
     )
     d.add_argument("--caption-column", default=None)
     d.add_argument(
+        "--split", default=None, help="split of a datasets / hqrs build folder (default: all splits)"
+    )
+    d.add_argument("--config", default=None, help="config of an hqrs build folder (default: 'default')")
+    d.add_argument(
         "--out-dir",
         type=Path,
         default=None,
@@ -196,7 +211,7 @@ def run_zeroshot(args) -> int:
     from hqrs.evaluation.zeroshot import evaluate_zeroshot, resolve_templates
 
     set_name, templates = resolve_templates(args.templates)
-    data = load_classification(args.dataset, args.image_column, args.label_column, args.split)
+    data = load_classification(args.dataset, args.image_column, args.label_column, args.split, args.config)
     for item in data.skipped:
         logger.warning("skipped %s: %s", item["file"], item["reason"])
     enc = _encoder(args)
@@ -215,7 +230,8 @@ def run_zeroshot(args) -> int:
         {
             "name": name,
             "type": _slug(name).lower(),
-            "split": args.split,
+            "split": data.split,
+            "config": data.config,
             "path": str(Path(str(args.dataset).removeprefix("folder:").split("?")[0]).resolve()),
             "num_images": len(data),
             "num_classes": len(data.classnames),
@@ -389,7 +405,9 @@ def run_dataset(args) -> int:
     from hqrs.evaluation.plots import histogram_png
     from hqrs.evaluation.results import make_result, write_result
 
-    data = load_dataset_captions(args.path, args.caption_column, images=args.model is not None)
+    data = load_dataset_captions(
+        args.path, args.caption_column, images=args.model is not None, split=args.split, config=args.config
+    )
     encoder = _encoder(args) if args.model is not None else None
     model_info = _model_info(encoder, args.model) if encoder is not None else None
     res = evaluate_dataset(data, encoder)
@@ -420,7 +438,8 @@ def run_dataset(args) -> int:
         {
             "name": data.name,
             "type": "image-caption",
-            "split": None,
+            "split": data.split,
+            "config": data.config,
             "path": str(args.path.resolve()),
             "num_images": len({it.image_key for it in data.items}),
         },
