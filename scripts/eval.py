@@ -107,6 +107,14 @@ def register(subparsers, parents) -> None:
     )
     z.add_argument("--dataset-name", default=None, help="name for the results (default: folder name)")
     _out_arg(z)
+    z.add_argument(
+        "--confusion-png",
+        type=Path,
+        default=None,
+        metavar="PNG",
+        help="confusion-matrix plot (default: next to --out as <out>_confusion.png; none when --out is "
+        "not a regular file, e.g. /dev/null)",
+    )
     z.set_defaults(func=run_zeroshot)
 
     r = leaf_parser(
@@ -188,11 +196,18 @@ def _encoder(args):
 
 
 def _model_info(enc, path: Path) -> dict:
-    return {"name": path.name, "path": str(path.resolve()), "class": type(enc.model).__name__}
+    from hqrs.evaluation.results import model_identity
+
+    return model_identity(path, enc.model)
 
 
 def _default_out(args, task: str, model: str, data: str) -> Path:
     return args.out or Path("eval_results") / f"{task}-{_slug(model)}-{_slug(data)}.json"
+
+
+def _is_plain_file_path(path: Path) -> bool:
+    """``path`` is (or will be) a regular file, not a device such as ``/dev/null`` or a FIFO."""
+    return not path.exists() or path.is_file()
 
 
 def _print_metrics(title: str, metrics: dict) -> None:
@@ -218,12 +233,16 @@ def run_zeroshot(args) -> int:
     res = evaluate_zeroshot(enc, data, templates)
     name = args.dataset_name or data.name
     out = _default_out(args, "zeroshot", enc.name, name)
-    png = confusion_matrix_png(
-        res["confusion_matrix"],
-        list(data.classnames),
-        out.with_name(out.stem + "_confusion.png"),
-        f"{enc.name} on {name}",
-    )
+    png = None
+    if args.confusion_png is not None or _is_plain_file_path(out):
+        png = confusion_matrix_png(
+            res["confusion_matrix"],
+            list(data.classnames),
+            args.confusion_png or out.with_name(out.stem + "_confusion.png"),
+            f"{enc.name} on {name}",
+        )
+    else:
+        logger.warning("--out %s is not a regular file: no confusion-matrix PNG (give --confusion-png)", out)
     result = make_result(
         "zero-shot-image-classification",
         res["metrics"],
@@ -247,14 +266,14 @@ def run_zeroshot(args) -> int:
         {
             "per_class_accuracy": res["per_class_accuracy"],
             "confusion_matrix": res["confusion_matrix"],
-            "confusion_png": str(png),
+            "confusion_png": str(png) if png else None,
         },
     )
     write_result(result, out)
     _print_metrics(
         f"zero-shot {enc.name} on {name} ({len(data)} images, {len(data.classnames)} classes)", res["metrics"]
     )
-    print(f"results: {out}\nconfusion matrix: {png}")
+    print(f"results: {out}" + (f"\nconfusion matrix: {png}" if png else ""))
     return 0
 
 
@@ -296,7 +315,7 @@ def run_retrieval(args) -> int:
     return 0
 
 
-def _generate_captions(args, entries) -> dict[str, str]:
+def _generate_captions(args, entries) -> tuple[dict[str, str], str]:
     import torch
     from transformers import AutoModel, AutoProcessor
 
@@ -336,7 +355,7 @@ def run_captions(args) -> int:
         score_captions,
     )
     from hqrs.evaluation.data import load_karpathy
-    from hqrs.evaluation.results import make_result, write_result
+    from hqrs.evaluation.results import make_result, model_identity, write_result
 
     metrics = normalize_metrics(args.metrics)  # fails early on SPICE / unknown names
     model_info = None
@@ -347,8 +366,9 @@ def run_captions(args) -> int:
             raise ValueError("give either --model (caption first) or --predictions, not both")
         entries = load_karpathy(args.karpathy, None if args.split == "all" else args.split)
         refs = {e.filename: e.captions for e in entries}
-        preds = _generate_captions(args, entries)
-        model_info = {"name": args.model.name, "path": str(args.model.resolve()), "class": None}
+        preds, model_class = _generate_captions(args, entries)
+        model_info = model_identity(args.model)
+        model_info["class"] = model_class
         name = args.dataset_name or args.karpathy.stem
     else:
         if args.predictions is None or (args.references is None and args.karpathy is None):
