@@ -343,7 +343,7 @@ def _generate_captions(args, entries) -> tuple[dict[str, str], str]:
             f"the model generated an empty caption for {len(empty)} image(s), e.g. {empty[:5]}; check the "
             "checkpoint or its generation_config.json (min_new_tokens)"
         )
-    return preds
+    return preds, type(model).__name__
 
 
 def run_captions(args) -> int:
