@@ -118,7 +118,7 @@ def _has_rs_real() -> bool:
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda d: _edit_json(d / "config.json", token="hf_" + "a" * 34), "looks like a Hub token"),
+        (lambda d: _edit_json(d / "config.json", token="hf_" + "a" * 34), "a Hugging Face token"),
         (
             lambda d: _edit_json(d / "config.json", note=str(Path.home() / "models" / "x")),
             "local path or user name",
