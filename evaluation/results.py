@@ -6,7 +6,7 @@ Schema ``hqrs-eval/1`` (one JSON object per evaluation)::
       "schema": "hqrs-eval/1",
       "created": "2025-01-01T00:00:00+00:00",          # UTC, ISO 8601
       "task": {"type": "zero-shot-image-classification" | "image-text-retrieval" | "image-to-text"
-                       | "dataset-quality",
+                       | "dataset-quality" | "semantic-localization",
                "name": "Zero-shot classification"},
       "model": {"name": "hqrs-clip-vit-b-32", "path": "/abs/path", "class": "CLIPModel",
                 "weights_sha256": "…"} | null,               # see model_identity
@@ -38,6 +38,7 @@ TASK_NAMES = {
     "image-text-retrieval": "Image-text retrieval",
     "image-to-text": "Image captioning",
     "dataset-quality": "Dataset quality",
+    "semantic-localization": "Semantic localization (SeLo)",
 }
 _PACKAGES = (
     "hqrs",

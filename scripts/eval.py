@@ -148,6 +148,28 @@ def register(subparsers, parents) -> None:
     _out_arg(c)
     c.set_defaults(func=run_captions)
 
+    s = leaf_parser(
+        sub,
+        "selo",
+        parents,
+        help="semantic localization (SeLo) on AIR-SLT: Rsu, Ras, Rda, Rmi",
+        description="Semantic localization as in the HQRS paper (AIR-SLT protocol of Yuan et al.): "
+        "multi-scale tiles (256/512/768 px) scored against each caption give a probability map, scored "
+        "by Rsu (salient-area proportion, higher is better), Ras (attention shift, lower is better), "
+        "Rda (attention dispersion, higher is better) and Rmi = 0.4 Rsu + 0.35 (1 - Ras) + 0.25 Rda.",
+    )
+    _model_args(s)
+    s.add_argument(
+        "--dataset",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="AIR-SLT folder: annotations/anno.json + imgs/ (or its parent holding AIR-SLT/)",
+    )
+    s.add_argument("--dataset-name", default=None, help="name for the results (default: AIR-SLT)")
+    _out_arg(s)
+    s.set_defaults(func=run_selo)
+
     d = leaf_parser(
         sub,
         "dataset",
@@ -310,6 +332,47 @@ def run_retrieval(args) -> int:
     _print_metrics(
         f"retrieval {enc.name} on {name} ({res['num_images']} images, {res['num_texts']} captions)",
         res["metrics"],
+    )
+    print(f"results: {out}")
+    return 0
+
+
+def run_selo(args) -> int:
+    from hqrs.evaluation.results import make_result, write_result
+    from hqrs.evaluation.selo import DEFAULT, evaluate_selo, load_air_slt
+
+    data = load_air_slt(args.dataset)  # checked before the model loads
+    enc = _encoder(args)
+    res = evaluate_selo(enc, data)
+    name = args.dataset_name or "AIR-SLT"
+    out = _default_out(args, "selo", enc.name, name)
+    result = make_result(
+        "semantic-localization",
+        res["metrics"],
+        {
+            "name": name,
+            "type": _slug(name).lower(),
+            "split": "test",
+            "path": str(data.root.resolve()),
+            "num_images": data.num_images,
+            "num_texts": len(data.samples),
+        },
+        {
+            "reference": "Yuan et al., Learning to Evaluate Performance of Multi-modal Semantic Localization "
+            "(SemanticLocalizationMetrics); map generation as in the HQRS authors' SeLo_test_and_save.py",
+            "scales": list(DEFAULT.scales),
+            "tile_size": DEFAULT.tile_size,
+            "median_ksize": DEFAULT.median_ksize,
+            "rmi_weights": {"Rsu": 0.4, "1-Ras": 0.35, "Rda": 0.25},
+            "direction": {"Rsu": "higher", "Ras": "lower", "Rda": "higher", "Rmi": "higher"},
+            "range": "0..1",
+        },
+        _model_info(enc, args.model),
+        {"per_sample": res["per_sample"]},
+    )
+    write_result(result, out)
+    _print_metrics(
+        f"SeLo {enc.name} on {name} ({len(data.samples)} samples, {data.num_images} images)", res["metrics"]
     )
     print(f"results: {out}")
     return 0
