@@ -143,34 +143,19 @@ def load_eval_results(
         path = Path(path)
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
-            entry = model_index_entry(raw)
-        except (OSError, json.JSONDecodeError, KeyError, ValueError, TypeError, AttributeError) as exc:
+        except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(
                 f"evaluation results {str(path)!r} are not an `hqrs eval` results JSON ({type(exc).__name__}: {exc})"
             ) from None
-        if expected is not None:
-            model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
-            got = model.get("weights_sha256")
-            if got != expected:
-                where = model.get("path") or model.get("name") or "no model"
-                foreign.append(
-                    f"{str(path)!r} was measured on {where!r} "
-                    + (f"(weights sha256 {str(got)[:12]})" if got else "(no weights hash recorded)")
-                    + f", not on {str(model_dir)!r} (weights sha256 {expected[:12]})"
-                )
-        task, dataset = entry["task"], entry["dataset"]
-        for metric in entry["metrics"]:
-            results.append(
-                EvalResult(
-                    task_type=task["type"],
-                    task_name=task.get("name"),
-                    dataset_type=dataset["type"],
-                    dataset_name=dataset["name"],
-                    dataset_split=dataset.get("split"),
-                    metric_type=metric["type"],
-                    metric_name=metric["name"],
-                    metric_value=metric["value"],
-                )
+        # a suite JSON (`hqrs eval suite`) holds one hqrs-eval/1 object per finished entry
+        items = (
+            raw.get("results")
+            if isinstance(raw, dict) and raw.get("schema") == "hqrs-eval-suite/1"
+            else [raw]
+        )
+        for item in items if isinstance(items, list) else [items]:
+            results += _eval_results_of(
+                item, path, expected, model_dir, foreign, EvalResult, model_index_entry
             )
     if foreign and not allow_other_model:
         raise ValueError(
@@ -180,6 +165,42 @@ def load_eval_results(
         )
     for line in foreign:
         logging.getLogger("hqrs.push").warning("attached anyway (--allow-other-model-results): %s", line)
+    return results
+
+
+def _eval_results_of(raw, path, expected, model_dir, foreign, EvalResult, model_index_entry) -> list:
+    """The ``EvalResult``s of one ``hqrs-eval/1`` object; a model mismatch is appended to ``foreign``."""
+    results = []
+    try:
+        entry = model_index_entry(raw)
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(
+            f"evaluation results {str(path)!r} are not an `hqrs eval` results JSON ({type(exc).__name__}: {exc})"
+        ) from None
+    if expected is not None:
+        model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+        got = model.get("weights_sha256")
+        if got != expected:
+            where = model.get("path") or model.get("name") or "no model"
+            foreign.append(
+                f"{str(path)!r} was measured on {where!r} "
+                + (f"(weights sha256 {str(got)[:12]})" if got else "(no weights hash recorded)")
+                + f", not on {str(model_dir)!r} (weights sha256 {expected[:12]})"
+            )
+    task, dataset = entry["task"], entry["dataset"]
+    for metric in entry["metrics"]:
+        results.append(
+            EvalResult(
+                task_type=task["type"],
+                task_name=task.get("name"),
+                dataset_type=dataset["type"],
+                dataset_name=dataset["name"],
+                dataset_split=dataset.get("split"),
+                metric_type=metric["type"],
+                metric_name=metric["name"],
+                metric_value=metric["value"],
+            )
+        )
     return results
 
 

@@ -170,6 +170,31 @@ def register(subparsers, parents) -> None:
     _out_arg(s)
     s.set_defaults(func=run_selo)
 
+    u = leaf_parser(
+        sub,
+        "suite",
+        parents,
+        help="run a named benchmark suite over the datasets you have locally",
+        description="Run every entry of a suite (zero-shot, retrieval, SeLo; see hqrs/evaluation/"
+        "eval_suites.yaml, or give a suite .yaml) whose files exist under --data-root, skip the others "
+        "with the reason, print the paper-style table with the suite's cited reference rows, and write "
+        "one suite results JSON for `hqrs push model --results`. A rerun reuses finished entries.",
+    )
+    u.add_argument("suite", metavar="SUITE", help="suite name (hqrs-paper, rs-real) or a suite .yaml file")
+    _model_args(u)
+    u.add_argument(
+        "--data-root", type=Path, required=True, metavar="DIR", help="folder the suite's dataset paths are in"
+    )
+    u.add_argument(
+        "--out-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder for entry results and suite.json (default: eval_results/suite-<suite>-<model>)",
+    )
+    u.add_argument("--rerun", action="store_true", help="run finished entries again instead of reusing them")
+    u.set_defaults(func=run_suite)
+
     d = leaf_parser(
         sub,
         "dataset",
@@ -207,6 +232,8 @@ def register(subparsers, parents) -> None:
 def _encoder(args):
     from hqrs.evaluation.encoders import DualEncoder
 
+    if getattr(args, "encoder", None) is not None:  # loaded once by `hqrs eval suite`
+        return args.encoder
     return DualEncoder.from_pretrained(
         args.model,
         device=args.device,
@@ -335,6 +362,109 @@ def run_retrieval(args) -> int:
     )
     print(f"results: {out}")
     return 0
+
+
+def _entry_args(args, entry: dict, data_root: Path, out: Path) -> argparse.Namespace:
+    """The namespace `hqrs eval <task>` would parse for one suite entry."""
+    common = {k: getattr(args, k) for k in ("model", "trust_remote_code", "device", "dtype", "batch_size")}
+    common.update(num_workers=args.num_workers, encoder=args.encoder, dataset_name=entry["name"], out=out)
+    if entry["task"] == "zeroshot":
+        return argparse.Namespace(
+            **common,
+            dataset=str(data_root / entry["dataset"]),
+            templates=entry.get("templates"),
+            image_column="image",
+            label_column=None,
+            split=entry.get("split"),
+            config=None,
+            confusion_png=None,
+        )
+    if entry["task"] == "retrieval":
+        return argparse.Namespace(
+            **common,
+            karpathy=data_root / entry["karpathy"],
+            images=data_root / entry["images"],
+            split=entry.get("split", "test"),
+        )
+    return argparse.Namespace(**common, dataset=data_root / entry["dataset"])
+
+
+def run_suite(args) -> int:
+    import json
+
+    from hqrs.evaluation.results import model_identity
+    from hqrs.evaluation.suite import (
+        SUITE_SCHEMA,
+        build_table,
+        entry_key,
+        format_table,
+        load_suite,
+        missing_inputs,
+    )
+
+    suite = load_suite(args.suite)
+    if not args.data_root.is_dir():
+        raise FileNotFoundError(f"--data-root {str(args.data_root)!r} is not a folder")
+    identity = model_identity(args.model)
+    out_dir = args.out_dir or Path("eval_results") / f"suite-{_slug(suite['name'])}-{_slug(identity['name'])}"
+    runners = {"zeroshot": run_zeroshot, "retrieval": run_retrieval, "selo": run_selo}
+    args.encoder = None
+    results: dict[str, dict] = {}
+    skipped: list[dict[str, str]] = []
+    failed = 0
+    n = len(suite["entries"])
+    for i, entry in enumerate(suite["entries"], 1):
+        name = entry["name"]
+        why = missing_inputs(entry, args.data_root)
+        if why:
+            print(f"[{i}/{n}] {name}: skipped, {why}")
+            skipped.append({"entry": name, "reason": why})
+            continue
+        out = out_dir / "entries" / f"{_slug(name)}.json"
+        key = entry_key(entry, args.data_root, identity["weights_sha256"])
+        if out.is_file() and not args.rerun:
+            try:
+                previous = json.loads(out.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                previous = {}
+            if (previous.get("details") or {}).get("suite_entry_key") == key:
+                print(f"[{i}/{n}] {name}: reused {out}")
+                results[name] = previous
+                continue
+        print(f"[{i}/{n}] {name}: {entry['task']} ...")
+        if args.encoder is None:
+            args.encoder = _encoder(argparse.Namespace(**{**vars(args), "encoder": None}))
+        try:
+            runners[entry["task"]](_entry_args(args, entry, args.data_root, out))
+        except (ValueError, OSError) as exc:
+            print(f"[{i}/{n}] {name}: failed, {exc}")
+            skipped.append({"entry": name, "reason": f"failed: {exc}"})
+            failed += 1
+            continue
+        result = json.loads(out.read_text(encoding="utf-8"))
+        result["details"]["suite_entry_key"] = key
+        out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        results[name] = result
+    table = build_table(suite, identity["name"], results)
+    print()
+    print(f"suite {suite['name']}: {len(results)} of {n} entries ({len(skipped)} skipped)")
+    print(format_table(table))
+    summary = {
+        "schema": SUITE_SCHEMA,
+        "suite": suite["name"],
+        "description": suite["description"],
+        "model": identity,
+        "data_root": str(args.data_root.resolve()),
+        "results": [results[e["name"]] for e in suite["entries"] if e["name"] in results],
+        "skipped": skipped,
+        "references": suite["references"],
+        "table": table,
+    }
+    path = out_dir / "suite.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"results: {path}")
+    return 1 if failed else 0
 
 
 def run_selo(args) -> int:
