@@ -69,7 +69,7 @@ def register(subparsers, parents) -> None:
     p = subparsers.add_parser(
         "eval",
         help="evaluate models and datasets",
-        description="Evaluate models (zero-shot, retrieval, captions) and datasets.",
+        description="Evaluate models (zero-shot, retrieval, captions, SeLo, benchmark suites) and datasets.",
     )
     sub = p.add_subparsers(dest="eval_command", metavar="SUBCOMMAND", required=True)
 
