@@ -185,6 +185,8 @@ class ClassificationData:
     labels: list[int]
     classnames: list[str]
     skipped: list[dict[str, str]] = field(default_factory=list)  # files the reader could not use, with why
+    split: str | None = None  # the split actually read (None: the input has no splits)
+    config: str | None = None  # the config actually read (None: the input has no configs)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -240,28 +242,118 @@ def load_class_folder(spec: str | Path) -> ClassificationData:
     )
 
 
-def load_hf_classification(
-    spec: str | Path, image_column: str = "image", label_column: str | None = None, split: str | None = None
-) -> ClassificationData:
-    """A ``datasets`` folder (``save_to_disk``), a parquet file or a folder of parquet files."""
+def _readme_configs(folder: Path) -> list[str]:
+    """Config names declared in ``folder/README.md``'s YAML (``configs: [{config_name, data_files}]``)."""
+    readme = folder / "README.md"
+    if not readme.is_file():
+        return []
+    from huggingface_hub.repocard import metadata_load
+
+    try:
+        meta = metadata_load(readme) or {}
+    except Exception as exc:  # yaml errors of a hand-written card
+        raise ValueError(f"{str(readme)!r}: cannot read its YAML header ({exc})") from None
+    configs = meta.get("configs") if isinstance(meta, dict) else None
+    configs = configs if isinstance(configs, list) else []
+    return [str(c.get("config_name", "default")) for c in configs if isinstance(c, dict)]
+
+
+def open_dataset(
+    spec: str | Path, config: str | None = None, split: str | None = None, default_split: str | None = "test"
+):
+    """See :func:`_open_dataset`; returns ``(dataset, split, config)``."""
+    return _open_dataset(spec, config, split, default_split)[:3]
+
+
+def _open_dataset(
+    spec: str | Path, config: str | None = None, split: str | None = None, default_split: str | None = "test"
+):
+    """One split of a ``datasets`` folder, a folder written by ``hqrs build`` or parquet file(s).
+
+    Returns ``(dataset, split, config, every_split)`` where ``every_split`` lists the datasets of all
+    splits (class names are taken over all of them) and ``split``/``config`` are the ones actually read (``None``
+    when the input has none). A folder whose ``README.md`` declares ``configs`` (what ``hqrs build``
+    writes: ``default``, ``full``, ``pairs``) is read one config at a time (``config``, default
+    ``"default"``); its splits come from the card. ``split=None`` picks ``default_split`` when present,
+    the only split when there is one, and otherwise fails listing the splits. ``split="all"`` joins
+    every split.
+
+    Raises:
+        ValueError: unknown config or split (the message lists the ones present), a config asked of an
+            input without configs, or a split asked of a single parquet file.
+    """
     import datasets
 
     path = Path(spec)
+    if path.is_dir() and path.name == "data" and _readme_configs(path.parent):  # data/ of a build
+        path = path.parent
+    configs = _readme_configs(path) if path.is_dir() else []
     if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+        if config is not None:
+            raise ValueError(f"{str(spec)!r} is a save_to_disk folder without configs; drop --config")
         ds = datasets.load_from_disk(str(path))
-    elif path.suffix == ".parquet" or (path.is_dir() and any(path.rglob("*.parquet"))):
-        files = [str(path)] if path.is_file() else sorted(str(p) for p in path.rglob("*.parquet"))
-        ds = datasets.load_dataset("parquet", data_files=files, split="train")
+    elif configs:
+        config = config or ("default" if "default" in configs else configs[0])
+        if config not in configs:
+            raise ValueError(f"{str(spec)!r} has no config {config!r}; configs: {configs} (use --config)")
+        ds = datasets.load_dataset(str(path), config)
+    elif path.is_file() and path.suffix == ".parquet":
+        if config is not None:
+            raise ValueError(f"{str(spec)!r} is one parquet file without configs; drop --config")
+        if split not in (None, "all"):
+            raise ValueError(
+                f"{str(spec)!r} is one parquet file and has no splits; drop --split {split!r} (or give the "
+                "folder of a split-named layout such as data/test-00000-of-00001.parquet)"
+            )
+        ds = datasets.load_dataset("parquet", data_files=[str(path)], split="train")
+        return ds, None, None, [ds]
+    elif path.is_dir() and any(path.rglob("*.parquet")):
+        if config is not None:
+            raise ValueError(f"{str(spec)!r} has no README.md declaring configs; drop --config")
+        try:  # the datasets layout rules: split names from file / folder names
+            ds = datasets.load_dataset(str(path))
+        except (datasets.exceptions.DatasetGenerationError, datasets.table.CastError) as exc:
+            raise ValueError(
+                f"{str(spec)!r}: its parquet files do not form one table ({type(exc).__name__}); give the "
+                "folder of one config (e.g. DIR/data/default) or a folder with a README.md declaring configs"
+            ) from None
     else:
         raise ValueError(
-            f"--dataset {str(spec)!r} is neither a class folder, a datasets folder (save_to_disk) nor parquet"
+            f"--dataset {str(spec)!r} is neither a class folder, a datasets folder (save_to_disk), a folder "
+            "written by hqrs build nor parquet"
         )
     if isinstance(ds, datasets.DatasetDict):
         names = list(ds)
-        pick = split or ("test" if "test" in ds else names[0] if len(names) == 1 else None)
+        if split == "all":
+            every = [ds[n] for n in names]
+            return datasets.concatenate_datasets(every), "all", config, every
+        pick = split or (default_split if default_split in ds else names[0] if len(names) == 1 else None)
         if pick not in ds:
-            raise ValueError(f"{str(spec)!r} has splits {names}; choose one with --split")
-        ds = ds[pick]
+            raise ValueError(
+                f"{str(spec)!r} has splits {names}"
+                + (f", not {split!r}" if split else "")
+                + "; choose one with --split (or 'all')"
+            )
+        return ds[pick], pick, config, [ds[n] for n in names]
+    if split not in (None, "all"):
+        raise ValueError(f"{str(spec)!r} has no splits (one table); drop --split {split!r}")
+    return ds, None, config, [ds]
+
+
+def load_hf_classification(
+    spec: str | Path,
+    image_column: str = "image",
+    label_column: str | None = None,
+    split: str | None = None,
+    config: str | None = None,
+) -> ClassificationData:
+    """A ``datasets`` folder (``save_to_disk``), a folder written by ``hqrs build``, a parquet file or
+    a folder of parquet files (see :func:`open_dataset` for ``split`` / ``config``). Rows whose label
+    is empty or missing are skipped and listed in ``skipped``."""
+    import datasets
+
+    path = Path(spec)
+    ds, split, config, every_split = _open_dataset(path, config, split)
     cols = ds.column_names
     if image_column not in cols:
         raise ValueError(
@@ -275,10 +367,35 @@ def load_hf_classification(
         raise ValueError(f"{str(spec)!r} has no label column {label_column!r} (columns: {cols})")
     feature = ds.features[label_column]
     raw = ds[label_column]
+    skipped: list[dict[str, str]] = []
+    ids = ds["image_id"] if "image_id" in cols else None
+    keep = []
+    for i, x in enumerate(raw):
+        if x is None or (isinstance(x, str) and not x.strip()) or isinstance(x, (list, dict)):
+            what = "a list of labels" if isinstance(x, (list, dict)) else "no label"
+            skipped.append({"file": f"row {i}" + (f" (image_id {ids[i]})" if ids else ""), "reason": what})
+        else:
+            keep.append(i)
+    if not keep:
+        raise ValueError(
+            f"{str(spec)!r}"
+            + (f" split {split!r}" if split else "")
+            + f": none of its {len(raw)} rows has a "
+            f"single label in column {label_column!r}; zero-shot classification needs labelled images "
+            "(e.g. a build from a class folder or a labelled source)"
+        )
+    if len(keep) < len(raw):
+        ds, raw = ds.select(keep), [raw[i] for i in keep]
     if isinstance(feature, datasets.ClassLabel):
         classnames, labels = list(feature.names), [int(x) for x in raw]
-    else:
-        classnames = sorted({str(x) for x in raw})
+    else:  # the classes of every split: a test split without some class still ranks against all of them
+        seen = {
+            str(x)
+            for part in every_split
+            for x in part[label_column]
+            if isinstance(x, (str, int)) and str(x).strip()
+        }
+        classnames = sorted(seen | {str(x) for x in raw})
         index = {c: i for i, c in enumerate(classnames)}
         labels = [index[str(x)] for x in raw]
     ds = (
@@ -287,7 +404,13 @@ def load_hf_classification(
         else ds
     )
     return ClassificationData(
-        path.stem if path.is_file() else path.name, _Column(ds, image_column), labels, classnames
+        path.stem if path.is_file() else path.name,
+        _Column(ds, image_column),
+        labels,
+        classnames,
+        skipped=skipped,
+        split=split,
+        config=config,
     )
 
 
@@ -305,16 +428,33 @@ class _Column(Sequence):
 
 
 def load_classification(
-    spec: str | Path, image_column: str = "image", label_column: str | None = None, split: str | None = None
+    spec: str | Path,
+    image_column: str = "image",
+    label_column: str | None = None,
+    split: str | None = None,
+    config: str | None = None,
 ) -> ClassificationData:
-    """``--dataset SPEC``: ``folder:DIR`` or a class-folder DIR, a ``datasets`` folder, or parquet."""
+    """``--dataset SPEC``: ``folder:DIR`` or a class-folder DIR, a ``datasets`` folder, a folder written
+    by ``hqrs build`` (its ``default`` config unless ``config``), or parquet.
+
+    A class folder has no splits or configs: ``split``/``config`` other than ``None`` are errors there
+    (so a result never claims a split it did not read)."""
     text = str(spec)
-    if text.startswith("folder:"):
-        return load_class_folder(text)
-    path = Path(text)
+    path = Path(text.removeprefix("folder:").split("?")[0])
     if not path.exists():
         raise FileNotFoundError(f"--dataset {text!r} does not exist")
-    if path.is_dir() and not (path / "state.json").is_file() and not (path / "dataset_dict.json").is_file():
-        if not any(path.rglob("*.parquet")):
-            return load_class_folder(path)
-    return load_hf_classification(path, image_column, label_column, split)
+    is_class_folder = text.startswith("folder:") or (
+        path.is_dir()
+        and not (path / "state.json").is_file()
+        and not (path / "dataset_dict.json").is_file()
+        and not any(path.rglob("*.parquet"))
+    )
+    if is_class_folder:
+        for flag, value in (("--split", split), ("--config", config)):
+            if value not in (None, "all"):
+                raise ValueError(
+                    f"--dataset {text!r} is a class folder: it has no {flag[2:]}s; drop {flag} {value!r} "
+                    "(or give a folder per split)"
+                )
+        return load_class_folder(text)
+    return load_hf_classification(path, image_column, label_column, split, config)

@@ -55,6 +55,8 @@ class DatasetCaptions:
     name: str
     items: list[CaptionItem] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
+    split: str | None = None  # the split read ("all": every split; None: the input has none)
+    config: str | None = None  # the config read (None: the input has none)
 
 
 def text_statistics(texts: Sequence[str], max_n: int = 4) -> dict[str, Any]:
@@ -151,21 +153,37 @@ def clip_score(encoder, items: Sequence[CaptionItem], weight: float = 2.5) -> di
 
 
 def load_dataset_captions(
-    path: str | Path, caption_column: str | None = None, images: bool = True
+    path: str | Path,
+    caption_column: str | None = None,
+    images: bool = True,
+    split: str | None = None,
+    config: str | None = None,
 ) -> DatasetCaptions:
     """The captions of ``path`` (see the module docstring for the accepted inputs); ``images=False``
-    leaves the images out (no CLIPScore), so nothing is decoded or kept in memory for them."""
+    leaves the images out (no CLIPScore), so nothing is decoded or kept in memory for them.
+
+    ``split`` / ``config`` select a part of a ``datasets`` folder, a folder written by ``hqrs build``
+    (config ``default`` unless told) or parquet (see :func:`hqrs.evaluation.data.open_dataset`); by
+    default every split is read. An MpGI run has neither: asking for one there is an error."""
     path = Path(path)
+    if split in (None, "all") and config is None:
+        split = "all"
     if not path.exists():
         raise FileNotFoundError(f"dataset {str(path)!r} does not exist")
     if path.name == "data" and (path / "default").is_dir():  # the data/ folder of a build: the build
         path = path.parent
-    if path.is_dir() and (path / "recipe.json").is_file():  # an MpGI run directory
+    is_run = path.is_dir() and (path / "recipe.json").is_file()
+    is_jsonl = path.suffix == ".jsonl" or (
+        path.is_dir() and not (path / "data").is_dir() and any(path.rglob("*.jsonl"))
+    )
+    if (is_run or is_jsonl) and (split != "all" or config is not None):
+        raise ValueError(f"{str(path)!r} is an MpGI run / results file: it has no splits or configs")
+    if is_run:  # an MpGI run directory
         from hqrs.dataset_builder.mpgi.engine import iter_results
 
         return _from_results(path.name, iter_results(path), images)
     if path.is_dir() and (path / "data").is_dir():  # the folder `hqrs build` writes
-        data = _load_hf(path / "data" / "default", caption_column, images, name=path.name)
+        data = _load_hf(path, caption_column, images, name=path.name, split=split, config=config)
         run_dir = _build_run_dir(path)
         if run_dir is not None:  # the records behind the rows: facts for the consistency check
             from hqrs.dataset_builder.mpgi.engine import iter_results
@@ -179,7 +197,7 @@ def load_dataset_captions(
         path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
     ):
         return _load_mpgi_jsonl(path.stem if path.is_file() else path.name, jsonl, images)
-    return _load_hf(path, caption_column, images)
+    return _load_hf(path, caption_column, images, split=split, config=config)
 
 
 def _build_run_dir(build_dir: Path) -> Path | None:
@@ -227,21 +245,23 @@ def _load_mpgi_jsonl(name: str, files: Sequence[Path], images: bool) -> DatasetC
 
 
 def _load_hf(
-    path: Path, caption_column: str | None, images: bool, name: str | None = None
+    path: Path,
+    caption_column: str | None,
+    images: bool,
+    name: str | None = None,
+    split: str | None = "all",
+    config: str | None = None,
 ) -> DatasetCaptions:
     import datasets
 
-    if path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
-        ds = datasets.load_from_disk(str(path))
-    else:
-        files = [str(path)] if path.is_file() else sorted(str(p) for p in path.rglob("*.parquet"))
-        if not files:
-            raise ValueError(
-                f"{str(path)!r} holds no MpGI run or results (*.jsonl), no datasets folder and no parquet files"
-            )
-        ds = datasets.load_dataset("parquet", data_files=files, split="train")
-    if isinstance(ds, datasets.DatasetDict):
-        ds = datasets.concatenate_datasets(list(ds.values()))
+    from .data import open_dataset
+
+    is_saved = path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
+    if not is_saved and not (path.suffix == ".parquet" or (path.is_dir() and any(path.rglob("*.parquet")))):
+        raise ValueError(
+            f"{str(path)!r} holds no MpGI run or results (*.jsonl), no datasets folder and no parquet files"
+        )
+    ds, split, config = open_dataset(path, config, split)
     cols = ds.column_names
     col = caption_column or next((c for c in ("caption", "text", "captions") if c in cols), None)
     if col is None or col not in cols:
@@ -254,7 +274,7 @@ def _load_hf(
         ds = (
             ds.cast_column("image", datasets.Image(decode=False)) if has_image else ds.remove_columns("image")
         )
-    out = DatasetCaptions(name or (path.stem if path.is_file() else path.name))
+    out = DatasetCaptions(name or (path.stem if path.is_file() else path.name), split=split, config=config)
     for i, row in enumerate(ds):
         value = row[col]
         texts = value if isinstance(value, list) else [value]

@@ -18,7 +18,8 @@ def _font(size: int):
 def confusion_matrix_png(
     matrix: Sequence[Sequence[int]], classnames: Sequence[str], path: str | Path, title: str = ""
 ) -> Path:
-    """Row-normalised confusion matrix (rows = true class, columns = predicted) as a PNG heat map."""
+    """Row-normalised confusion matrix (rows = true class, columns = predicted) as a PNG heat map, with
+    the axis titles "true class" (left, vertical) and "predicted class" (top)."""
     from PIL import Image, ImageDraw
 
     n = len(classnames)
@@ -29,11 +30,19 @@ def confusion_matrix_png(
     label_w = 8 + max(
         int(ImageDraw.Draw(Image.new("L", (1, 1))).textlength(c, font=font)) for c in classnames
     )
-    top = 30 + label_w
-    img = Image.new("RGB", (label_w + n * cell + 10, top + n * cell + 10), "white")
+    axis = 20  # room for the axis titles
+    top = 30 + axis + label_w
+    left = axis
+    img = Image.new("RGB", (left + label_w + n * cell + 10, top + n * cell + 10), "white")
     draw = ImageDraw.Draw(img)
     if title:
         draw.text((5, 5), title, fill="black", font=_font(14))
+    draw.text((left + label_w, 28), "predicted class", fill="black", font=_font(13))
+    ylab = Image.new("RGB", (int(draw.textlength("true class", font=_font(13))) + 6, 18), "white")
+    ImageDraw.Draw(ylab).text((2, 1), "true class", fill="black", font=_font(13))
+    ylab = ylab.rotate(90, expand=True)
+    img.paste(ylab, (1, top + max(0, (n * cell - ylab.height) // 2)))
+    label_w += left
     for i, row in enumerate(matrix):
         total = sum(row) or 1
         for j, v in enumerate(row):
@@ -50,7 +59,7 @@ def confusion_matrix_png(
                     fill="white" if frac > 0.5 else "black",
                     font=_font(max(8, cell // 3)),
                 )
-        draw.text((4, top + i * cell + 2), classnames[i], fill="black", font=font)
+        draw.text((left + 4, top + i * cell + 2), classnames[i], fill="black", font=font)
     # predicted-class labels, written vertically above the columns
     for j, name in enumerate(classnames):
         w = int(draw.textlength(name, font=font)) + 4
@@ -85,11 +94,45 @@ def histogram_png(
         h = (H - 2 * m) * c / peak
         draw.rectangle([m + i * bw, H - m - h, m + (i + 1) * bw - 1, H - m], fill=(70, 110, 200))
     draw.line([m, H - m, W - m, H - m], fill="black")
-    draw.text((m, H - m + 4), f"{lo:.3g}", fill="black", font=font)
-    draw.text((W - m - 30, H - m + 4), f"{hi:.3g}", fill="black", font=font)
-    draw.text((W // 2 - 30, H - m + 18), xlabel, fill="black", font=font)
-    draw.text((4, m - 4), str(peak), fill="black", font=font)
+    draw.line([m, m, m, H - m], fill="black")
+    span = hi - lo if hi > lo else 1.0
+    for t in nice_ticks(lo, lo + span):  # x ticks at round values inside [lo, hi]
+        x = m + (t - lo) / span * (W - 2 * m)
+        draw.line([x, H - m, x, H - m + 4], fill="black")
+        text = f"{t:g}"
+        draw.text((x - draw.textlength(text, font=font) / 2, H - m + 5), text, fill="black", font=font)
+    for t in nice_ticks(0, peak, 4):  # y ticks: counts
+        y = H - m - (H - 2 * m) * t / peak
+        draw.line([m - 4, y, m, y], fill="black")
+        text = f"{t:g}"
+        draw.text((m - 6 - draw.textlength(text, font=font), y - 6), text, fill="black", font=font)
+    draw.text((W // 2 - draw.textlength(xlabel, font=font) / 2, H - m + 20), xlabel, fill="black", font=font)
+    draw.text((m + 4, m - 14), "count", fill="black", font=font)
     return _save_png(img, path)
+
+
+def nice_ticks(lo: float, hi: float, target: int = 6) -> list[float]:
+    """Round tick values (steps of 1, 2 or 5 × 10^k) inside ``[lo, hi]``, about ``target`` of them.
+
+    >>> nice_ticks(0, 100)
+    [0.0, 20.0, 40.0, 60.0, 80.0, 100.0]
+    >>> nice_ticks(3, 47)
+    [10.0, 20.0, 30.0, 40.0]
+    """
+    import math
+
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return [float(lo)]
+    raw = (hi - lo) / max(1, target - 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(k * mag for k in (1, 2, 5, 10) if k * mag >= raw)
+    first = math.ceil(lo / step - 1e-9)
+    out = []
+    k = first
+    while k * step <= hi + 1e-9 * step:
+        out.append(round(k * step, 12))
+        k += 1
+    return [float(v) for v in out]
 
 
 def _save_png(img, path: str | Path) -> Path:

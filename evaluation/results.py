@@ -6,9 +6,10 @@ Schema ``hqrs-eval/1`` (one JSON object per evaluation)::
       "schema": "hqrs-eval/1",
       "created": "2025-01-01T00:00:00+00:00",          # UTC, ISO 8601
       "task": {"type": "zero-shot-image-classification" | "image-text-retrieval" | "image-to-text"
-                       | "dataset-quality",
+                       | "dataset-quality" | "semantic-localization",
                "name": "Zero-shot classification"},
-      "model": {"name": "hqrs-clip-vit-b-32", "path": "/abs/path", "class": "CLIPModel"} | null,
+      "model": {"name": "hqrs-clip-vit-b-32", "path": "/abs/path", "class": "CLIPModel",
+                "weights_sha256": "…"} | null,               # see model_identity
       "dataset": {"name": "AID", "type": "aid", "split": "test", "path": "/abs/path",
                   "num_images": 150, "num_texts": null},
       "protocol": {...},                                # templates, ks, tokenizer, metric definitions
@@ -37,6 +38,7 @@ TASK_NAMES = {
     "image-text-retrieval": "Image-text retrieval",
     "image-to-text": "Image captioning",
     "dataset-quality": "Dataset quality",
+    "semantic-localization": "Semantic localization (SeLo)",
 }
 _PACKAGES = (
     "hqrs",
@@ -95,6 +97,50 @@ def make_result(
         ],
         "details": dict(details or {}),
         "versions": package_versions(),
+    }
+
+
+def weights_sha256(model_dir: str | Path) -> str:
+    """Identity of a saved model's weights: SHA-256 over ``"<file> <sha256 of the file>\n"`` of every
+    ``*.safetensors`` file of the folder, sorted by name (each file's own SHA-256 is the one the Hub
+    shows for it, so a pushed copy has the same identity).
+
+    Raises:
+        FileNotFoundError: the folder holds no ``*.safetensors`` file.
+    """
+    import hashlib
+
+    folder = Path(model_dir)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{str(folder)!r} holds no *.safetensors weights to identify the model by")
+    total = hashlib.sha256()
+    for path in files:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+        total.update(f"{path.name} {digest.hexdigest()}\n".encode())
+    return total.hexdigest()
+
+
+def model_identity(model_dir: str | Path, model: Any = None) -> dict[str, Any]:
+    """The ``model`` object of a results JSON: folder name and absolute path, the model class (of the
+    loaded ``model``, else ``config.json``'s ``architectures[0]``), the Hub repo it came from when its
+    ``config.json`` records one (``_name_or_path`` that is not a local path), and :func:`weights_sha256`."""
+    folder = Path(model_dir)
+    config: dict[str, Any] = {}
+    if (folder / "config.json").is_file():
+        try:
+            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            config = {}
+    cls = type(model).__name__ if model is not None else ((config.get("architectures") or [None])[0])
+    return {
+        "name": folder.resolve().name,
+        "path": str(folder.resolve()),
+        "class": cls,
+        "weights_sha256": weights_sha256(folder),
     }
 
 

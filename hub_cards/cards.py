@@ -140,39 +140,90 @@ def model_kind(model_dir: str | Path) -> ModelKind:
     return MODEL_KINDS[model_type]
 
 
-def load_eval_results(paths: list[str | Path]) -> list:
+def load_eval_results(
+    paths: list[str | Path], model_dir: str | Path | None = None, allow_other_model: bool = False
+) -> list:
     """Read ``hqrs eval`` result JSON files (schema ``hqrs-eval/1``) into huggingface_hub ``EvalResult``s.
 
     Each metric of each file becomes one ``EvalResult``; together they fill the card's ``model-index``.
     The mapping is :func:`hqrs.evaluation.results.model_index_entry`.
+
+    With ``model_dir``, every file must have been measured on that model: its ``model.weights_sha256``
+    must equal :func:`hqrs.evaluation.results.weights_sha256` of the folder. A mismatch, or a file that
+    records no weights hash, is a ``ValueError`` naming the file and both identities, unless
+    ``allow_other_model`` (then each such file is logged as a warning).
     """
+    import logging
+
     from huggingface_hub import EvalResult
 
-    from hqrs.evaluation.results import model_index_entry
+    from hqrs.evaluation.results import model_index_entry, weights_sha256
 
+    expected = weights_sha256(model_dir) if model_dir is not None else None
+    foreign: list[str] = []
     results = []
     for path in paths:
         path = Path(path)
         try:
-            entry = model_index_entry(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError, KeyError, ValueError) as exc:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(
                 f"evaluation results {str(path)!r} are not an `hqrs eval` results JSON ({type(exc).__name__}: {exc})"
             ) from None
-        task, dataset = entry["task"], entry["dataset"]
-        for metric in entry["metrics"]:
-            results.append(
-                EvalResult(
-                    task_type=task["type"],
-                    task_name=task.get("name"),
-                    dataset_type=dataset["type"],
-                    dataset_name=dataset["name"],
-                    dataset_split=dataset.get("split"),
-                    metric_type=metric["type"],
-                    metric_name=metric["name"],
-                    metric_value=metric["value"],
-                )
+        # a suite JSON (`hqrs eval suite`) holds one hqrs-eval/1 object per finished entry
+        items = (
+            raw.get("results")
+            if isinstance(raw, dict) and raw.get("schema") == "hqrs-eval-suite/1"
+            else [raw]
+        )
+        for item in items if isinstance(items, list) else [items]:
+            results += _eval_results_of(
+                item, path, expected, model_dir, foreign, EvalResult, model_index_entry
             )
+    if foreign and not allow_other_model:
+        raise ValueError(
+            "results from another model would go into this card: "
+            + "; ".join(foreign)
+            + ". Rerun `hqrs eval` on this folder, or pass --allow-other-model-results to attach them anyway"
+        )
+    for line in foreign:
+        logging.getLogger("hqrs.push").warning("attached anyway (--allow-other-model-results): %s", line)
+    return results
+
+
+def _eval_results_of(raw, path, expected, model_dir, foreign, EvalResult, model_index_entry) -> list:
+    """The ``EvalResult``s of one ``hqrs-eval/1`` object; a model mismatch is appended to ``foreign``."""
+    results = []
+    try:
+        entry = model_index_entry(raw)
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(
+            f"evaluation results {str(path)!r} are not an `hqrs eval` results JSON ({type(exc).__name__}: {exc})"
+        ) from None
+    if expected is not None:
+        model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+        got = model.get("weights_sha256")
+        if got != expected:
+            where = model.get("path") or model.get("name") or "no model"
+            foreign.append(
+                f"{str(path)!r} was measured on {where!r} "
+                + (f"(weights sha256 {str(got)[:12]})" if got else "(no weights hash recorded)")
+                + f", not on {str(model_dir)!r} (weights sha256 {expected[:12]})"
+            )
+    task, dataset = entry["task"], entry["dataset"]
+    for metric in entry["metrics"]:
+        results.append(
+            EvalResult(
+                task_type=task["type"],
+                task_name=task.get("name"),
+                dataset_type=dataset["type"],
+                dataset_name=dataset["name"],
+                dataset_split=dataset.get("split"),
+                metric_type=metric["type"],
+                metric_name=metric["name"],
+                metric_value=metric["value"],
+            )
+        )
     return results
 
 
@@ -330,11 +381,9 @@ def render_dataset_card(
         card_data,
         template_str=_template("dataset_card.md"),
         pretty_name=name,
-        summary=(
-            "Remote-sensing images with several captions each, generated by MpGI: a rule description from "
-            "the annotations, MLLM perspectives (relayed from the rule facts) and an LLM that integrates them."
-        ),
-        usage=f'from datasets import load_dataset\n\nds = load_dataset("{repo_id}")  # or "{repo_id}", "pairs"\n'
+        summary=caption_summary(report, manifest),
+        usage=f'from datasets import load_dataset\n\nds = load_dataset("{repo_id}")  # config "default"\n'
+        f'pairs = load_dataset("{repo_id}", "pairs")  # one (image, caption) row per caption\n'
         'print(ds["train"][0]["captions"])',
         split_rows=split_rows,
         features_by_config=features,
@@ -342,8 +391,167 @@ def render_dataset_card(
         stats=stats_table(stats),
         plots=plots or [],
         build_text=_build_text(report),
-        sources=sources or [],
+        sources=sources_from_report(report, sources),
         citation=PAPER_CITATION,
+    )
+
+
+# What the source datasets' own distributions say about their licences (read from their public pages /
+# repositories; see ../shared/data/rs_real/SOURCES.md). Matched on the source's name or kind.
+KNOWN_SOURCES: dict[str, dict[str, str]] = {
+    "dota": {
+        "name": "DOTA (Xia et al., CVPR 2018)",
+        "license": "academic purposes only (DOTA terms); imagery from Google Earth, GF-2, JL-1",
+    },
+    "isaid": {
+        "name": "iSAID (Waqas Zamir et al., CVPRW 2019)",
+        "license": "academic purposes only (DOTA terms)",
+    },
+    "dior": {"name": "DIOR (Li et al., ISPRS 2020)", "license": "no licence stated by the authors"},
+    "ucm": {
+        "name": "UC Merced Land Use / UCM-Captions (Yang & Newsam 2010; Qu et al. 2016)",
+        "license": "USGS public-domain imagery, distributed for research purposes",
+    },
+    "rsicd": {"name": "RSICD (Lu et al., TGRS 2017)", "license": "no licence stated by the authors"},
+    "rsitmd": {"name": "RSITMD (Yuan et al., TGRS 2022)", "license": "no licence stated by the authors"},
+    "sydney": {"name": "Sydney-Captions (Qu et al. 2016)", "license": "no licence stated by the authors"},
+    "aid": {"name": "AID (Xia et al., TGRS 2017)", "license": "no licence stated by the authors"},
+    "hqrs-demo": {
+        "name": "synthetic scenes drawn by hqrs (`hqrs build --demo`)",
+        "license": "apache-2.0 (generated by the hqrs package)",
+    },
+}
+_GENERIC_DIRS = {"labeltxt", "images", "annotations", "annotation", "labels", "xml", "data", "train", "test"}
+_UNKNOWN_LICENSE = "not recorded: check the source's own terms"
+
+
+def _known_source(*names: str) -> dict[str, str] | None:
+    import re
+
+    for name in names:
+        if str(name).lower() in KNOWN_SOURCES:
+            return KNOWN_SOURCES[str(name).lower()]
+        words = set(re.split(r"[^a-z0-9]+", str(name).lower()))
+        for key, info in KNOWN_SOURCES.items():
+            if key in words or any(w.startswith(key) and key != "aid" for w in words):
+                return info
+    return None
+
+
+def sources_from_report(
+    report: dict[str, Any], given: list[dict[str, str]] | None = None
+) -> list[dict[str, Any]]:
+    """The card's source table: every source of ``build_report.json`` (``input.sources`` specs, or the
+    ``records`` counts by source name; a caption-file build lists its file), with the images it gave,
+    its licence where :data:`KNOWN_SOURCES` knows it, and the user's ``--sources`` entries (matched by
+    name) overriding or adding rows."""
+    from urllib.parse import parse_qs
+
+    rows: list[dict[str, Any]] = []
+    inp = report.get("input") or {}
+    records = report.get("records") or {}
+    specs = [str(spec) for spec in inp.get("sources") or []]
+    parsed = []
+    for spec in specs:
+        kind, _, rest = spec.partition(":")
+        path, _, query = rest.partition("?")
+        parsed.append((kind, path, (parse_qs(query).get("name") or [""])[0]))
+    unnamed = {}
+    for kind, _, given_name in parsed:
+        if not given_name:
+            unnamed[kind] = unnamed.get(kind, 0) + 1
+    for kind, path, given_name in parsed:
+        parts = [p for p in Path(path).parts if p not in ("/", ".", "..")]
+        folder = next(
+            (p for p in reversed(parts) if p.lower() not in _GENERIC_DIRS), parts[-1] if parts else ""
+        )
+        # the build counts records by source name, which is the `name=` option or else the kind
+        key = given_name or kind
+        images: Any = records.get(key, "")
+        if not given_name and unnamed.get(kind, 0) > 1 and images != "":
+            images = f"{images} (all unnamed `{kind}` sources)"
+        known = _known_source(given_name, folder)  # the kind is a file format (dota: = DOTA-style)
+        rows.append(
+            {
+                "name": given_name or folder or kind,
+                "kind": kind,
+                "images": images,
+                "license": known["license"] if known else _UNKNOWN_LICENSE,
+                "citation": known["name"] if known else "",
+            }
+        )
+    if not rows and records:
+        for name, count in records.items():
+            known = _known_source(name)
+            rows.append(
+                {
+                    "name": name,
+                    "kind": "",
+                    "images": count,
+                    "license": known["license"] if known else _UNKNOWN_LICENSE,
+                    "citation": known["name"] if known else "",
+                }
+            )
+    if not rows and inp.get("captions_csv"):
+        rows.append(
+            {
+                "name": Path(str(inp["captions_csv"]).split("?")[0].split(":")[-1]).name,
+                "kind": "caption file",
+                "images": report.get("images", ""),
+                "license": _UNKNOWN_LICENSE,
+                "citation": "",
+            }
+        )
+    by_name = {r["name"]: r for r in rows}
+    for entry in given or []:
+        row = by_name.get(entry["name"])
+        if row is None:
+            row = {
+                "name": entry["name"],
+                "kind": "",
+                "images": "",
+                "license": _UNKNOWN_LICENSE,
+                "citation": "",
+            }
+            rows.append(row)
+            by_name[row["name"]] = row
+        row.update({k: v for k, v in entry.items() if k in ("license", "citation") and v})
+    return rows
+
+
+def caption_summary(report: dict[str, Any], manifest: dict[str, Any]) -> str:
+    """One paragraph saying how the captions of this build were made, from the MpGI run manifest (recipe,
+    models, integrator) or the build report; never a claim about models that did not run."""
+    inp = report.get("input") or {}
+    if inp.get("captions_csv") and not manifest:
+        return (
+            "Remote-sensing images with captions read from a released caption file; no MpGI recipe and "
+            "no model ran in this build."
+        )
+    recipe = manifest.get("recipe") or inp.get("recipe")
+    if not manifest:
+        return (
+            f"Remote-sensing images with captions made by the MpGI recipe `{recipe or 'not recorded'}`; "
+            "the run manifest was not found, so the models used are not recorded."
+        )
+    models = manifest.get("models") or {}
+    models = models if isinstance(models, dict) else dict(enumerate(models))
+    integrator = manifest.get("integrator")
+    if not models:
+        return (
+            f"Remote-sensing images with captions made by the MpGI recipe `{recipe}`: a rule description "
+            "of each image from its source annotations, turned into captions by a deterministic template "
+            f"integrator (`{integrator or 'template'}`). Models: none (no MLLM or LLM was called)."
+        )
+    listed = ", ".join(f"`{m}` ({k})" for k, m in models.items())
+    integ = (
+        "a deterministic template integrator"
+        if integrator in (None, "template")
+        else f"an LLM integrator (backend `{integrator}`)"
+    )
+    return (
+        f"Remote-sensing images with captions made by the MpGI recipe `{recipe}`: a rule description from "
+        f"the source annotations and model perspectives from {listed}, combined by {integ}."
     )
 
 
@@ -364,9 +572,19 @@ def stats_table(stats: dict[str, Any] | None) -> dict[str, Any]:
         table = {}
         if (stats.get("dataset") or {}).get("num_images") is not None:
             table["images"] = stats["dataset"]["num_images"]
-        table.update({m["name"]: round(m["value"], 4) for m in stats.get("metrics", [])})
+        table.update({m["name"]: _number(m["value"]) for m in stats.get("metrics", [])})
         return table
-    return {k: v for k, v in stats.items() if isinstance(v, (int, float, str))}
+    return {
+        k: _number(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+        for k, v in stats.items()
+        if isinstance(v, (int, float, str))
+    }
+
+
+def _number(value: float) -> int | float:
+    """A statistic as a card shows it: whole numbers without ``.0`` (``1392``), others to 4 decimals."""
+    value = float(value)
+    return int(value) if value.is_integer() else round(value, 4)
 
 
 def load_sources_list(path: str | Path) -> list[dict[str, str]]:
@@ -401,6 +619,8 @@ def _mpgi_text(report: dict[str, Any], manifest: dict[str, Any]) -> str:
         f"- **recipe:** `{manifest.get('recipe', '?')}` (hash `{str(manifest.get('recipe_hash', '?'))[:16]}`)"
     ]
     models = manifest.get("models") or {}
+    if not models:
+        lines.append("- **models:** none (no MLLM or LLM was called)")
     for name, model in models.items() if isinstance(models, dict) else enumerate(models):
         lines.append(f"- **{name}:** `{model}`")
     lines.append(f"- **integrator:** `{manifest.get('integrator', '?')}`")

@@ -45,7 +45,15 @@ DATASET_PATTERNS = (
     "stats/*.png",
 )
 TEXT_SUFFIXES = {".json", ".md", ".py", ".txt", ".yaml", ".yml", ".jinja", ".csv"}
-TOKEN_RE = re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")
+# Every Hugging Face token format: user/fine-grained "hf_…", OAuth "hf_oauth_…", organisation "api_org_…"
+# and the legacy "api_…" tokens.
+TOKEN_RE = re.compile(rb"(?<![A-Za-z0-9])(?:hf_(?:oauth_)?|api_org_|api_)[A-Za-z0-9]{30,}")
+# Environment variables whose values are secrets wherever they are set; plus any *_TOKEN / *_API_KEY /
+# *_SECRET* / *_PASSWORD variable, and the recipe's api_key_env targets (see secret_values).
+SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN", "OPENAI_API_KEY")
+_SECRET_NAME = re.compile(r"(?:^|_)(?:TOKEN|API_KEY|APIKEY|SECRET|SECRET_KEY|PASSWORD)$")
+_MIN_SECRET = 8  # shorter values ("1", "true") are settings, not secrets, and would match everywhere
+_CHUNK = 1 << 22
 
 
 @dataclass
@@ -186,8 +194,18 @@ def stage_dataset(
         (out_dir / "stats").mkdir(exist_ok=True)
         shutil.copy2(plot, out_dir / "stats" / plot.name)
     card.save(out_dir / "README.md")
-    check_folder(out_dir, "dataset")
+    check_folder(out_dir, "dataset", recipe_secret_names(_run_dir_of(dataset_dir)))
     return _plan(out_dir, repo_id, "dataset")
+
+
+def _run_dir_of(dataset_dir: Path) -> Path | None:
+    """The MpGI run a build folder was made from (its report's ``input.run_dir``, else ``mpgi_run/``)."""
+    try:
+        report = json.loads((dataset_dir / "build_report.json").read_text(encoding="utf-8"))
+        run_dir = (report.get("input") or {}).get("run_dir")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        run_dir = None
+    return Path(run_dir) if run_dir else dataset_dir / "mpgi_run"
 
 
 _ABS_PATH = re.compile(r"(?<![\w./])/(?:[^/\s\"'?&=]+/)*[^/\s\"'?&=]+")
@@ -229,12 +247,145 @@ def _private_strings() -> list[str]:
     return sorted(s for s in found if s and s != "/")
 
 
-def check_folder(folder: str | Path, repo_type: str) -> None:
+def secret_values(extra_names: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
+    """``{variable name: value}`` of the secrets set in this process: :data:`SECRET_ENV`, every variable
+    named like a token, key, secret or password, the names in ``extra_names`` (a recipe's
+    ``api_key_env`` targets), and the token ``hf auth login`` stored. Values shorter than 8 characters
+    are left out."""
+    names = {*SECRET_ENV, *extra_names, *(k for k in os.environ if _SECRET_NAME.search(k.upper()))}
+    found = {n: os.environ[n] for n in sorted(names) if len(os.environ.get(n, "")) >= _MIN_SECRET}
+    try:
+        from huggingface_hub import get_token
+
+        stored = get_token()
+    except Exception:  # no token file, unreadable HF_HOME: nothing stored to look for
+        stored = None
+    if stored and len(stored) >= _MIN_SECRET and stored not in found.values():
+        found["the stored Hugging Face token (hf auth login)"] = stored
+    return found
+
+
+def recipe_secret_names(run_dir: str | Path | None) -> list[str]:
+    """The ``api_key_env`` names of the backends of the recipe an MpGI run recorded (``recipe.json``)."""
+    if run_dir is None or not (Path(run_dir) / "recipe.json").is_file():
+        return []
+    try:
+        recipe = json.loads((Path(run_dir) / "recipe.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return []
+    backends = recipe.get("backends") if isinstance(recipe, dict) else None
+    names = []
+    for backend in (backends or {}).values() if isinstance(backends, dict) else []:
+        name = backend.get("api_key_env") if isinstance(backend, dict) else None
+        if isinstance(name, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            names.append(name)
+    return names
+
+
+def _find_secrets(data: bytes, secrets: dict[str, bytes]) -> list[str]:
+    """What ``data`` holds: ``"the value of $NAME"`` per secret found, and ``"a Hugging Face token"`` for
+    any token format. Never the secret itself."""
+    found = [
+        f"the value of ${name}" if not name.startswith("the ") else name
+        for name, v in secrets.items()
+        if v in data
+    ]
+    if TOKEN_RE.search(data):
+        found.append("a Hugging Face token (hf_… / api_org_… format)")
+    return found
+
+
+def _string_buffers(array):
+    """The UTF-8 data buffers of every string array inside ``array`` (lists and structs unpacked)."""
+    import pyarrow as pa
+
+    t = array.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        buffers = array.buffers()
+        if len(buffers) > 2 and buffers[2] is not None:
+            yield buffers[2].to_pybytes()
+    elif pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        yield from _string_buffers(array.flatten())
+    elif pa.types.is_struct(t):
+        for i in range(t.num_fields):
+            yield from _string_buffers(array.field(i))
+    elif pa.types.is_dictionary(t):
+        yield from _string_buffers(array.dictionary)
+
+
+def _has_text(t) -> bool:
+    import pyarrow as pa
+
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return True
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _has_text(t.value_type)
+    if pa.types.is_struct(t):
+        return any(_has_text(t.field(i).type) for i in range(t.num_fields))
+    if pa.types.is_dictionary(t):
+        return _has_text(t.value_type)
+    return False
+
+
+def _scan_parquet(path: Path, secrets: dict[str, bytes]) -> list[str]:
+    """Secrets in a parquet file: its key-value metadata and every text column (nested ones included),
+    decompressed one row group at a time; each hit names the column and the first row holding it."""
+    import pyarrow.parquet as pq
+
+    problems = []
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # ArrowInvalid: not parquet at all
+        return [f"cannot be read as parquet ({type(exc).__name__}), so it cannot be checked for secrets"]
+    meta = pf.schema_arrow.metadata or {}
+    for what in _find_secrets(b"\n".join(k + b"=" + v for k, v in meta.items()), secrets):
+        problems.append(f"file metadata contains {what}")
+    columns = [f.name for f in pf.schema_arrow if _has_text(f.type)]
+    row0 = 0
+    for rg in range(pf.num_row_groups):
+        table = pf.read_row_group(rg, columns=columns)
+        for name in columns:
+            for chunk in table.column(name).chunks:
+                hits = [w for buf in _string_buffers(chunk) for w in _find_secrets(buf, secrets)]
+                if not hits:
+                    continue
+                rows = chunk.to_pylist()
+                first = next(
+                    (i for i, v in enumerate(rows) if _find_secrets(json.dumps(v).encode(), secrets)), 0
+                )
+                for what in dict.fromkeys(hits):
+                    problems.append(f"column {name!r} (row {row0 + first}) contains {what}")
+        row0 += table.num_rows
+    return list(dict.fromkeys(problems))
+
+
+def _scan_bytes(path: Path, secrets: dict[str, bytes]) -> list[str]:
+    """Secrets in any other file, read in overlapping chunks (a ``.safetensors`` file: its JSON header,
+    where metadata strings live; the tensors are numbers)."""
+    overlap = max([64, *(len(v) for v in secrets.values())])
+    found: list[str] = []
+    with open(path, "rb") as f:
+        if path.suffix == ".safetensors":
+            head = f.read(8)
+            size = int.from_bytes(head, "little") if len(head) == 8 else 0
+            return _find_secrets(f.read(min(size, 100 << 20)), secrets)
+        tail = b""
+        while chunk := f.read(_CHUNK):
+            found += _find_secrets(tail + chunk, secrets)
+            tail = chunk[-overlap:]
+    return list(dict.fromkeys(found))
+
+
+def check_folder(folder: str | Path, repo_type: str, secret_names: list[str] | tuple[str, ...] = ()) -> None:
     """Refuse to upload a folder that leaks secrets or is not what the Hub expects.
 
-    Checks: the card's metadata parses into huggingface_hub's card-data type; no Hub token, absolute
-    local path or user name in any text file; no pickled weights; remote-code files equal this
-    package's ``hqrs.modeling`` sources.
+    Checks: the card's metadata parses into huggingface_hub's card-data type; no file holds a secret
+    (:func:`secret_values`: the values of the token variables set here and of ``secret_names``, and
+    every Hugging Face token format), whatever its kind: text files whole, parquet files through
+    their decompressed text columns and metadata, other binary files byte by byte (safetensors: the
+    header); no absolute local path or user name in any text file; no pickled weights; remote-code
+    files equal this package's ``hqrs.modeling`` sources. Messages name the file, column, row and
+    variable, never the secret.
     """
     from huggingface_hub import DatasetCard, ModelCard
 
@@ -248,17 +399,22 @@ def check_folder(folder: str | Path, repo_type: str) -> None:
         try:
             card_cls.load(card_path, ignore_metadata_errors=False)
         except Exception as exc:  # ValueError / yaml errors: report, never upload a broken card
-            problems.append(f"README.md metadata does not parse as {card_cls.__name__}: {exc}")
+            problems.append(f"README.md metadata does not parse as {card_cls.__name__}: {_redact(exc)}")
     private = _private_strings()
+    secrets = {name: value.encode() for name, value in secret_values(tuple(secret_names)).items()}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = path.relative_to(folder).as_posix()
         if path.suffix in PICKLE_SUFFIXES:
             problems.append(f"{rel}: pickled file; only safetensors are uploaded")
-        if path.suffix not in TEXT_SUFFIXES:
+        if path.suffix == ".parquet":
+            problems += [f"{rel}: {what}" for what in _scan_parquet(path, secrets)]
             continue
-        text = path.read_text(encoding="utf-8", errors="replace")
-        if TOKEN_RE.search(text):
-            problems.append(f"{rel}: contains something that looks like a Hub token")
+        if path.suffix not in TEXT_SUFFIXES:
+            problems += [f"{rel}: contains {what}" for what in _scan_bytes(path, secrets)]
+            continue
+        data = path.read_bytes()
+        problems += [f"{rel}: contains {what}" for what in _find_secrets(data, secrets)]
+        text = data.decode("utf-8", errors="replace")
         for s in private:
             if s in text:
                 problems.append(f"{rel}: contains the local path or user name {s!r}")
@@ -269,7 +425,16 @@ def check_folder(folder: str | Path, repo_type: str) -> None:
             if not staged.is_file() or staged.read_bytes() != _package_source(name):
                 problems.append(f"{name}: remote code differs from hqrs.modeling/{name}")
     if problems:
-        raise ValueError(f"refusing to upload {str(folder)!r}:\n  - " + "\n  - ".join(problems))
+        message = f"refusing to upload {str(folder)!r}:\n  - " + "\n  - ".join(problems)
+        raise ValueError(_redact(message, secrets))
+
+
+def _redact(text, secrets: dict[str, bytes] | None = None) -> str:
+    """``text`` with every secret value and token-shaped string replaced by ``<redacted>``."""
+    text = str(text)
+    for value in (secrets or {}).values():
+        text = text.replace(value.decode(errors="replace"), "<redacted>")
+    return TOKEN_RE.sub(b"<redacted>", text.encode()).decode()
 
 
 def push(

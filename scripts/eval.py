@@ -69,7 +69,7 @@ def register(subparsers, parents) -> None:
     p = subparsers.add_parser(
         "eval",
         help="evaluate models and datasets",
-        description="Evaluate models (zero-shot, retrieval, captions) and datasets.",
+        description="Evaluate models (zero-shot, retrieval, captions, SeLo, benchmark suites) and datasets.",
     )
     sub = p.add_subparsers(dest="eval_command", metavar="SUBCOMMAND", required=True)
 
@@ -93,9 +93,28 @@ def register(subparsers, parents) -> None:
     )
     z.add_argument("--image-column", default="image")
     z.add_argument("--label-column", default=None)
-    z.add_argument("--split", default=None, help="split of a DatasetDict")
+    z.add_argument(
+        "--split",
+        default=None,
+        help="split of a datasets / hqrs build folder (default: test if present, else the only one; 'all' "
+        "joins them); a class folder has none",
+    )
+    z.add_argument(
+        "--config",
+        default=None,
+        help="config of a folder whose README.md declares configs (hqrs build: default, full, pairs; "
+        "default: 'default')",
+    )
     z.add_argument("--dataset-name", default=None, help="name for the results (default: folder name)")
     _out_arg(z)
+    z.add_argument(
+        "--confusion-png",
+        type=Path,
+        default=None,
+        metavar="PNG",
+        help="confusion-matrix plot (default: next to --out as <out>_confusion.png; none when --out is "
+        "not a regular file, e.g. /dev/null)",
+    )
     z.set_defaults(func=run_zeroshot)
 
     r = leaf_parser(
@@ -129,6 +148,53 @@ def register(subparsers, parents) -> None:
     _out_arg(c)
     c.set_defaults(func=run_captions)
 
+    s = leaf_parser(
+        sub,
+        "selo",
+        parents,
+        help="semantic localization (SeLo) on AIR-SLT: Rsu, Ras, Rda, Rmi",
+        description="Semantic localization as in the HQRS paper (AIR-SLT protocol of Yuan et al.): "
+        "multi-scale tiles (256/512/768 px) scored against each caption give a probability map, scored "
+        "by Rsu (salient-area proportion, higher is better), Ras (attention shift, lower is better), "
+        "Rda (attention dispersion, higher is better) and Rmi = 0.4 Rsu + 0.35 (1 - Ras) + 0.25 Rda.",
+    )
+    _model_args(s)
+    s.add_argument(
+        "--dataset",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="AIR-SLT folder: annotations/anno.json + imgs/ (or its parent holding AIR-SLT/)",
+    )
+    s.add_argument("--dataset-name", default=None, help="name for the results (default: AIR-SLT)")
+    _out_arg(s)
+    s.set_defaults(func=run_selo)
+
+    u = leaf_parser(
+        sub,
+        "suite",
+        parents,
+        help="run a named benchmark suite over the datasets you have locally",
+        description="Run every entry of a suite (zero-shot, retrieval, SeLo; see hqrs/evaluation/"
+        "eval_suites.yaml, or give a suite .yaml) whose files exist under --data-root, skip the others "
+        "with the reason, print the paper-style table with the suite's cited reference rows, and write "
+        "one suite results JSON for `hqrs push model --results`. A rerun reuses finished entries.",
+    )
+    u.add_argument("suite", metavar="SUITE", help="suite name (hqrs-paper, rs-real) or a suite .yaml file")
+    _model_args(u)
+    u.add_argument(
+        "--data-root", type=Path, required=True, metavar="DIR", help="folder the suite's dataset paths are in"
+    )
+    u.add_argument(
+        "--out-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder for entry results and suite.json (default: eval_results/suite-<suite>-<model>)",
+    )
+    u.add_argument("--rerun", action="store_true", help="run finished entries again instead of reusing them")
+    u.set_defaults(func=run_suite)
+
     d = leaf_parser(
         sub,
         "dataset",
@@ -148,6 +214,10 @@ def register(subparsers, parents) -> None:
     )
     d.add_argument("--caption-column", default=None)
     d.add_argument(
+        "--split", default=None, help="split of a datasets / hqrs build folder (default: all splits)"
+    )
+    d.add_argument("--config", default=None, help="config of an hqrs build folder (default: 'default')")
+    d.add_argument(
         "--out-dir",
         type=Path,
         default=None,
@@ -162,6 +232,8 @@ def register(subparsers, parents) -> None:
 def _encoder(args):
     from hqrs.evaluation.encoders import DualEncoder
 
+    if getattr(args, "encoder", None) is not None:  # loaded once by `hqrs eval suite`
+        return args.encoder
     return DualEncoder.from_pretrained(
         args.model,
         device=args.device,
@@ -173,11 +245,18 @@ def _encoder(args):
 
 
 def _model_info(enc, path: Path) -> dict:
-    return {"name": path.name, "path": str(path.resolve()), "class": type(enc.model).__name__}
+    from hqrs.evaluation.results import model_identity
+
+    return model_identity(path, enc.model)
 
 
 def _default_out(args, task: str, model: str, data: str) -> Path:
     return args.out or Path("eval_results") / f"{task}-{_slug(model)}-{_slug(data)}.json"
+
+
+def _is_plain_file_path(path: Path) -> bool:
+    """``path`` is (or will be) a regular file, not a device such as ``/dev/null`` or a FIFO."""
+    return not path.exists() or path.is_file()
 
 
 def _print_metrics(title: str, metrics: dict) -> None:
@@ -196,26 +275,31 @@ def run_zeroshot(args) -> int:
     from hqrs.evaluation.zeroshot import evaluate_zeroshot, resolve_templates
 
     set_name, templates = resolve_templates(args.templates)
-    data = load_classification(args.dataset, args.image_column, args.label_column, args.split)
+    data = load_classification(args.dataset, args.image_column, args.label_column, args.split, args.config)
     for item in data.skipped:
         logger.warning("skipped %s: %s", item["file"], item["reason"])
     enc = _encoder(args)
     res = evaluate_zeroshot(enc, data, templates)
     name = args.dataset_name or data.name
     out = _default_out(args, "zeroshot", enc.name, name)
-    png = confusion_matrix_png(
-        res["confusion_matrix"],
-        list(data.classnames),
-        out.with_name(out.stem + "_confusion.png"),
-        f"{enc.name} on {name}",
-    )
+    png = None
+    if args.confusion_png is not None or _is_plain_file_path(out):
+        png = confusion_matrix_png(
+            res["confusion_matrix"],
+            list(data.classnames),
+            args.confusion_png or out.with_name(out.stem + "_confusion.png"),
+            f"{enc.name} on {name}",
+        )
+    else:
+        logger.warning("--out %s is not a regular file: no confusion-matrix PNG (give --confusion-png)", out)
     result = make_result(
         "zero-shot-image-classification",
         res["metrics"],
         {
             "name": name,
             "type": _slug(name).lower(),
-            "split": args.split,
+            "split": data.split,
+            "config": data.config,
             "path": str(Path(str(args.dataset).removeprefix("folder:").split("?")[0]).resolve()),
             "num_images": len(data),
             "num_classes": len(data.classnames),
@@ -231,14 +315,14 @@ def run_zeroshot(args) -> int:
         {
             "per_class_accuracy": res["per_class_accuracy"],
             "confusion_matrix": res["confusion_matrix"],
-            "confusion_png": str(png),
+            "confusion_png": str(png) if png else None,
         },
     )
     write_result(result, out)
     _print_metrics(
         f"zero-shot {enc.name} on {name} ({len(data)} images, {len(data.classnames)} classes)", res["metrics"]
     )
-    print(f"results: {out}\nconfusion matrix: {png}")
+    print(f"results: {out}" + (f"\nconfusion matrix: {png}" if png else ""))
     return 0
 
 
@@ -280,7 +364,151 @@ def run_retrieval(args) -> int:
     return 0
 
 
-def _generate_captions(args, entries) -> dict[str, str]:
+def _entry_args(args, entry: dict, data_root: Path, out: Path) -> argparse.Namespace:
+    """The namespace `hqrs eval <task>` would parse for one suite entry."""
+    common = {k: getattr(args, k) for k in ("model", "trust_remote_code", "device", "dtype", "batch_size")}
+    common.update(num_workers=args.num_workers, encoder=args.encoder, dataset_name=entry["name"], out=out)
+    if entry["task"] == "zeroshot":
+        return argparse.Namespace(
+            **common,
+            dataset=str(data_root / entry["dataset"]),
+            templates=entry.get("templates"),
+            image_column="image",
+            label_column=None,
+            split=entry.get("split"),
+            config=None,
+            confusion_png=None,
+        )
+    if entry["task"] == "retrieval":
+        return argparse.Namespace(
+            **common,
+            karpathy=data_root / entry["karpathy"],
+            images=data_root / entry["images"],
+            split=entry.get("split", "test"),
+        )
+    return argparse.Namespace(**common, dataset=data_root / entry["dataset"])
+
+
+def run_suite(args) -> int:
+    import json
+
+    from hqrs.evaluation.results import model_identity
+    from hqrs.evaluation.suite import (
+        SUITE_SCHEMA,
+        build_table,
+        entry_key,
+        format_table,
+        load_suite,
+        missing_inputs,
+    )
+
+    suite = load_suite(args.suite)
+    if not args.data_root.is_dir():
+        raise FileNotFoundError(f"--data-root {str(args.data_root)!r} is not a folder")
+    identity = model_identity(args.model)
+    out_dir = args.out_dir or Path("eval_results") / f"suite-{_slug(suite['name'])}-{_slug(identity['name'])}"
+    runners = {"zeroshot": run_zeroshot, "retrieval": run_retrieval, "selo": run_selo}
+    args.encoder = None
+    results: dict[str, dict] = {}
+    skipped: list[dict[str, str]] = []
+    failed = 0
+    n = len(suite["entries"])
+    for i, entry in enumerate(suite["entries"], 1):
+        name = entry["name"]
+        why = missing_inputs(entry, args.data_root)
+        if why:
+            print(f"[{i}/{n}] {name}: skipped, {why}")
+            skipped.append({"entry": name, "reason": why})
+            continue
+        out = out_dir / "entries" / f"{_slug(name)}.json"
+        key = entry_key(entry, args.data_root, identity["weights_sha256"])
+        if out.is_file() and not args.rerun:
+            try:
+                previous = json.loads(out.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                previous = {}
+            if (previous.get("details") or {}).get("suite_entry_key") == key:
+                print(f"[{i}/{n}] {name}: reused {out}")
+                results[name] = previous
+                continue
+        print(f"[{i}/{n}] {name}: {entry['task']} ...")
+        if args.encoder is None:
+            args.encoder = _encoder(argparse.Namespace(**{**vars(args), "encoder": None}))
+        try:
+            runners[entry["task"]](_entry_args(args, entry, args.data_root, out))
+        except (ValueError, OSError) as exc:
+            print(f"[{i}/{n}] {name}: failed, {exc}")
+            skipped.append({"entry": name, "reason": f"failed: {exc}"})
+            failed += 1
+            continue
+        result = json.loads(out.read_text(encoding="utf-8"))
+        result["details"]["suite_entry_key"] = key
+        out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        results[name] = result
+    table = build_table(suite, identity["name"], results)
+    print()
+    print(f"suite {suite['name']}: {len(results)} of {n} entries ({len(skipped)} skipped)")
+    print(format_table(table))
+    summary = {
+        "schema": SUITE_SCHEMA,
+        "suite": suite["name"],
+        "description": suite["description"],
+        "model": identity,
+        "data_root": str(args.data_root.resolve()),
+        "results": [results[e["name"]] for e in suite["entries"] if e["name"] in results],
+        "skipped": skipped,
+        "references": suite["references"],
+        "table": table,
+    }
+    path = out_dir / "suite.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"results: {path}")
+    return 1 if failed else 0
+
+
+def run_selo(args) -> int:
+    from hqrs.evaluation.results import make_result, write_result
+    from hqrs.evaluation.selo import DEFAULT, evaluate_selo, load_air_slt
+
+    data = load_air_slt(args.dataset)  # checked before the model loads
+    enc = _encoder(args)
+    res = evaluate_selo(enc, data)
+    name = args.dataset_name or "AIR-SLT"
+    out = _default_out(args, "selo", enc.name, name)
+    result = make_result(
+        "semantic-localization",
+        res["metrics"],
+        {
+            "name": name,
+            "type": _slug(name).lower(),
+            "split": "test",
+            "path": str(data.root.resolve()),
+            "num_images": data.num_images,
+            "num_texts": len(data.samples),
+        },
+        {
+            "reference": "Yuan et al., Learning to Evaluate Performance of Multi-modal Semantic Localization "
+            "(SemanticLocalizationMetrics); map generation as in the HQRS authors' SeLo_test_and_save.py",
+            "scales": list(DEFAULT.scales),
+            "tile_size": DEFAULT.tile_size,
+            "median_ksize": DEFAULT.median_ksize,
+            "rmi_weights": {"Rsu": 0.4, "1-Ras": 0.35, "Rda": 0.25},
+            "direction": {"Rsu": "higher", "Ras": "lower", "Rda": "higher", "Rmi": "higher"},
+            "range": "0..1",
+        },
+        _model_info(enc, args.model),
+        {"per_sample": res["per_sample"]},
+    )
+    write_result(result, out)
+    _print_metrics(
+        f"SeLo {enc.name} on {name} ({len(data.samples)} samples, {data.num_images} images)", res["metrics"]
+    )
+    print(f"results: {out}")
+    return 0
+
+
+def _generate_captions(args, entries) -> tuple[dict[str, str], str]:
     import torch
     from transformers import AutoModel, AutoProcessor
 
@@ -308,7 +536,7 @@ def _generate_captions(args, entries) -> dict[str, str]:
             f"the model generated an empty caption for {len(empty)} image(s), e.g. {empty[:5]}; check the "
             "checkpoint or its generation_config.json (min_new_tokens)"
         )
-    return preds
+    return preds, type(model).__name__
 
 
 def run_captions(args) -> int:
@@ -320,7 +548,7 @@ def run_captions(args) -> int:
         score_captions,
     )
     from hqrs.evaluation.data import load_karpathy
-    from hqrs.evaluation.results import make_result, write_result
+    from hqrs.evaluation.results import make_result, model_identity, write_result
 
     metrics = normalize_metrics(args.metrics)  # fails early on SPICE / unknown names
     model_info = None
@@ -331,8 +559,9 @@ def run_captions(args) -> int:
             raise ValueError("give either --model (caption first) or --predictions, not both")
         entries = load_karpathy(args.karpathy, None if args.split == "all" else args.split)
         refs = {e.filename: e.captions for e in entries}
-        preds = _generate_captions(args, entries)
-        model_info = {"name": args.model.name, "path": str(args.model.resolve()), "class": None}
+        preds, model_class = _generate_captions(args, entries)
+        model_info = model_identity(args.model)
+        model_info["class"] = model_class
         name = args.dataset_name or args.karpathy.stem
     else:
         if args.predictions is None or (args.references is None and args.karpathy is None):
@@ -389,7 +618,9 @@ def run_dataset(args) -> int:
     from hqrs.evaluation.plots import histogram_png
     from hqrs.evaluation.results import make_result, write_result
 
-    data = load_dataset_captions(args.path, args.caption_column, images=args.model is not None)
+    data = load_dataset_captions(
+        args.path, args.caption_column, images=args.model is not None, split=args.split, config=args.config
+    )
     encoder = _encoder(args) if args.model is not None else None
     model_info = _model_info(encoder, args.model) if encoder is not None else None
     res = evaluate_dataset(data, encoder)
@@ -420,7 +651,8 @@ def run_dataset(args) -> int:
         {
             "name": data.name,
             "type": "image-caption",
-            "split": None,
+            "split": data.split,
+            "config": data.config,
             "path": str(args.path.resolve()),
             "num_images": len({it.image_key for it in data.items}),
         },

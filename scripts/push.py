@@ -57,7 +57,11 @@ def run_model(args) -> int:
     from hqrs.hub_cards.cards import load_eval_results
     from hqrs.hub_cards.push import stage_model
 
-    results = load_eval_results(args.results) if args.results else None
+    results = (
+        load_eval_results(args.results, args.folder, allow_other_model=args.allow_other_model_results)
+        if args.results
+        else None
+    )
     training = Path(args.training).read_text(encoding="utf-8") if args.training else None
     with _staging_folder(args) as out:
         plan = stage_model(
@@ -94,18 +98,50 @@ def run_dataset(args) -> int:
 
 
 def register(subparsers, parents) -> None:
-    p = subparsers.add_parser("push", help="publish a model or dataset folder to the Hugging Face Hub")
+    p = subparsers.add_parser(
+        "push",
+        help="publish a model or dataset folder to the Hugging Face Hub",
+        description="Publish a model folder or a dataset built by `hqrs build` to the Hugging Face Hub. "
+        "Every push is staged first (--dry-run OUT keeps the staged folder and uploads nothing).",
+    )
     sub = p.add_subparsers(dest="push_command", metavar="KIND", required=True)
 
-    m = leaf_parser(sub, "model", parents, help="push an HQRS-CLIP or RS-CoCa model folder")
+    m = leaf_parser(
+        sub,
+        "model",
+        parents,
+        help="push an HQRS-CLIP or RS-CoCa model folder",
+        description="Stage a saved HQRS-CLIP or RS-CoCa folder (safetensors, config, processor, the "
+        "package's remote code), render its model card with `hqrs eval` results, check every staged "
+        "file for secrets and local paths, then upload it (or only stage it with --dry-run).",
+    )
     _common(m)
     m.add_argument("--base-model", default=None, help="Hub id of the model it was fine-tuned from")
     m.add_argument("--datasets", nargs="*", default=None, help="Hub ids of the training datasets")
-    m.add_argument("--results", nargs="*", default=None, help="`hqrs eval` result JSON files for model-index")
+    m.add_argument(
+        "--results",
+        nargs="*",
+        default=None,
+        help="`hqrs eval` result JSON files for model-index; each must have been measured on this folder "
+        "(same weights hash)",
+    )
+    m.add_argument(
+        "--allow-other-model-results",
+        action="store_true",
+        help="attach --results measured on another model (a warning names each)",
+    )
     m.add_argument("--training", default=None, help="a Markdown file describing the training recipe")
     m.set_defaults(func=run_model)
 
-    d = leaf_parser(sub, "dataset", parents, help="push a folder written by `hqrs build`")
+    d = leaf_parser(
+        sub,
+        "dataset",
+        parents,
+        help="push a folder written by `hqrs build`",
+        description="Stage a folder written by `hqrs build` (parquet shards, build report, plots), render "
+        "its dataset card from the build report and MpGI run manifest, check every staged file for "
+        "secrets and local paths, then upload it (or only stage it with --dry-run).",
+    )
     _common(d)
     d.add_argument("--stats", default=None, help="JSON written by `hqrs eval dataset`")
     d.add_argument(

@@ -281,4 +281,5 @@ def test_captions_cli_generates_with_rs_coca(models, parser, rs_real, tmp_path):
     result = json.loads(out.read_text())
     preds = result["details"]["predictions"]
     assert len(preds) == 63 and all(isinstance(v, str) and v for v in preds.values())
+    assert result["model"]["class"].startswith("RSCoCa") and len(result["model"]["weights_sha256"]) == 64
     assert {m["type"] for m in result["metrics"]} == {"BLEU_1", "BLEU_2", "BLEU_3", "BLEU_4", "ROUGE_L"}

@@ -34,15 +34,15 @@ def tiny_coca_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def results_json(tmp_path) -> Path:
-    from hqrs.evaluation.results import make_result, write_result
+def results_json(tmp_path, tiny_clip_dir) -> Path:
+    from hqrs.evaluation.results import make_result, model_identity, write_result
 
     result = make_result(
         "zero-shot-image-classification",
         {"top1_accuracy": 71.25, "top5_accuracy": 93.5},
         dataset={"name": "AID", "type": "aid", "split": "test", "path": str(tmp_path / "aid")},
         protocol={"templates": "clip_resisc45"},
-        model={"name": "tiny", "path": str(tmp_path / "model")},
+        model=model_identity(tiny_clip_dir),  # measured on the folder that is pushed
         details={"per_class": {"airport": 80.0}},
     )
     return write_result(result, tmp_path / "zeroshot.json")
@@ -118,7 +118,7 @@ def _has_rs_real() -> bool:
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda d: _edit_json(d / "config.json", token="hf_" + "a" * 34), "looks like a Hub token"),
+        (lambda d: _edit_json(d / "config.json", token="hf_" + "a" * 34), "a Hugging Face token"),
         (
             lambda d: _edit_json(d / "config.json", note=str(Path.home() / "models" / "x")),
             "local path or user name",
@@ -186,7 +186,7 @@ def test_dataset_dry_run_loads_with_load_dataset(built_dataset, tmp_path, capsys
     assert staged == sorted([*shards, "README.md", "build_report.json"])  # no MpGI run folder, no scenes
     card = DatasetCard.load(out / "README.md")
     assert {c["config_name"] for c in card.data.configs} == {"default", "full", "pairs"}
-    assert "| captions_per_image | 6.0 |" in card.text
+    assert "| captions_per_image | 6 |" in card.text  # whole numbers without ".0"
     assert "**recipe:** `offline`" in card.text
     # the published report keeps file names but not this machine's folders
     report = (out / "build_report.json").read_text()
@@ -205,8 +205,8 @@ def test_dataset_card_statistics_from_eval_dataset(built_dataset, tmp_path, caps
     stats = tmp_path / "q" / "dataset_quality.json"
     assert cli.main([*argv, str(tmp_path / "ok"), "--stats", str(stats)]) == 0
     text = DatasetCard.load(tmp_path / "ok" / "README.md").text
-    assert "| images | 16 |" in text and "| fact consistency rate | 100.0 |" in text
-    assert "| num captions | 96.0 |" in text
+    assert "| images | 16 |" in text and "| fact consistency rate | 100 |" in text
+    assert "| num captions | 96 |" in text and "96.0" not in text
 
     (tmp_path / "list.json").write_text("[1, 2]")
     (tmp_path / "sources.json").write_text('{"name": "DOTA"}')
