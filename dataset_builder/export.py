@@ -21,6 +21,7 @@ import logging
 import os
 import tarfile
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,8 @@ from .builder import (
 )
 from .parallel import bounded_map, make_pool
 from .planning import SPLITS, parse_ratios
-from .records import atomic_write_bytes
+from .records import atomic_write_bytes, check_image_id, inside
+from .sources import DUPLICATE_REASON
 from .sources.base import SkipReport
 from .sources.images import WEB_EXTENSIONS, image_cell_job
 
@@ -66,7 +68,7 @@ def _tmp_path(path: Path) -> Path:
 
 
 def _cell_args(doc: dict[str, Any], keep_original: bool) -> tuple[str, str, bool]:
-    return doc["record"]["image"], doc["record"]["image_id"], keep_original
+    return doc["record"]["image"], check_image_id(doc["record"]["image_id"]), keep_original
 
 
 def _needs_encoding(doc: dict[str, Any], keep_original: bool) -> bool:
@@ -162,13 +164,22 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def _member_name(image_id: Any, ext: str) -> str:
+    """``<id>.<ext>``: a plain member name (the id is checked: no ``/``, ``..`` or absolute names)."""
+    check_image_id(image_id, "webdataset member")
+    if not ext.isalnum():
+        raise ValueError(f"webdataset member: extension {ext!r} is not alphanumeric")
+    return f"{image_id}.{ext}"
+
+
 def _write_wds(task: _Task, tmp: Path, pool=None) -> int:
     n = 0
     with tarfile.open(tmp, "w") as tar:
         for doc, cell in _with_cells(task, pool):
-            image_id = doc["record"]["image_id"]
+            image_id = check_image_id(doc["record"]["image_id"], "webdataset member")
             captions = nonempty_captions(doc)
             ext = Path(cell["path"]).suffix.lstrip(".")
+            _member_name(image_id, ext)
             _add_bytes(tar, f"{image_id}.{ext}", cell["bytes"])
             _add_bytes(tar, f"{image_id}.txt", "\n".join(c["text"] for c in captions).encode())
             sample = json.dumps(_sample_json(doc, captions), ensure_ascii=False).encode()
@@ -180,13 +191,15 @@ def _write_wds(task: _Task, tmp: Path, pool=None) -> int:
 def _write_csv_part(task: _Task, tmp: Path, pool=None) -> int:
     import csv
 
-    images_dir = Path(task.out).parent.parent / "images"
+    root = Path(task.out).parent.parent  # OUT (the part files are OUT/.parts/*.tsv)
+    images_dir = inside(root, "images")  # a pre-planted OUT/images link to elsewhere is refused
     images_dir.mkdir(parents=True, exist_ok=True)
     n = 0
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
         for doc, cell in _with_cells(task, pool):
-            target = images_dir / cell["path"]
+            check_image_id(doc["record"]["image_id"], "open_clip CSV image")
+            target = inside(root, "images", cell["path"])
             if not target.exists():
                 atomic_write_bytes(target, cell["bytes"])
             for cap in nonempty_captions(doc):
@@ -343,6 +356,7 @@ def export_dataset(
     keep_original: bool = False,
     progress: bool = True,
     extra_report: dict[str, Any] | None = None,
+    allowed_roots: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Build HQRS-IT from one input and write it to ``out_dir``; returns the build report.
 
@@ -350,6 +364,12 @@ def export_dataset(
     for the layout. ``fmt``: ``parquet`` (hub-ready, all ``configs``), ``open_clip-csv`` (``images/`` +
     ``<split>.csv``, tab-separated ``filepath`` / ``caption``, one row per caption) or ``webdataset``
     (``<split>-XXXXX-of-YYYYY.tar`` with ``<id>.jpg|png``, ``<id>.txt`` captions, ``<id>.json`` metadata).
+    ``allowed_roots``: folders every input image must resolve inside (default: anywhere, but every image
+    is re-verified against its id, see :func:`~hqrs.dataset_builder.planning.verify_image`).
+
+    Raises:
+        ValueError: bad settings, an input that is not one, or an input that gives no image at all (the
+            build report with every skip and its reason is written first).
     """
     started = time.perf_counter()
     if fmt not in FORMATS:
@@ -381,8 +401,11 @@ def export_dataset(
         shard_size=shard_size,
         keep_original=bool(keep_original),
         progress=progress,
+        allowed_roots=tuple(str(r) for r in allowed_roots),
     )
+    # datasets' builder leaves a lock file in its cache folder: removed however the build ends
     with contextlib.ExitStack() as stack:
+        stack.callback(_remove_locks, out / ".cache")
         pool = make_pool(int(num_proc))
         if pool is not None:
             stack.enter_context(pool)
@@ -417,6 +440,7 @@ def export_dataset(
         "images": plan.stats["images"],
         "skipped": data["skipped"],
         "skipped_by_kind": data["skipped_by_kind"],
+        "exact_duplicates": report.count(DUPLICATE_REASON),
         "skipped_items": data["items"],
         "near_duplicates": plan.stats["near_duplicates"],
         "contamination": plan.stats["contamination"],
@@ -441,7 +465,22 @@ def export_dataset(
     atomic_write_bytes(
         out / "build_report.json", json.dumps(build_report, indent=1, ensure_ascii=False).encode()
     )
+    if not plan.stats["images"]:
+        reasons = Counter(i["reason"][:120] for i in data["items"])
+        top = "; ".join(f"{n}× {r}" for r, n in reasons.most_common(3)) or "the input holds no image"
+        raise ValueError(
+            f"the build read no usable image ({data['skipped']} item(s) skipped: {top}); see "
+            f"{out / 'build_report.json'} for every skip and its reason"
+        )
     return build_report
+
+
+def _remove_locks(cache: Path) -> None:
+    for lock in cache.glob("*.lock"):
+        with contextlib.suppress(OSError):
+            lock.unlink()
+    with contextlib.suppress(OSError):
+        cache.rmdir()  # only when empty
 
 
 def _join_csv_parts(out: Path, tasks: list[_Task]) -> None:
