@@ -230,7 +230,6 @@ class ImageRecord:
         if unknown:
             raise ValueError(f"ImageRecord: unknown field(s) {sorted(unknown)}")
         data = dict(data)
-        check_image_id(data.get("image_id"), f"record of image {str(data.get('image'))!r:.200}")
         data["objects"] = [
             o if isinstance(o, ObjectAnnotation) else ObjectAnnotation(**o) for o in data.get("objects", [])
         ]

@@ -82,10 +82,13 @@ def _set_id(doc: dict, image_id: str) -> None:
 def test_run_dir_image_id_cannot_write_outside_out(small_run, tmp_path, fmt, kind):
     target = tmp_path / "escaped" / "x"
     bad = "../../../escaped/x" if kind == "relative" else str(target)
-    run, _ = _tampered_run(small_run, tmp_path, lambda d: _set_id(d, bad))
-    with pytest.raises(ValueError, match="is not an image id"):
-        _build(tmp_path / "a" / "b" / "out", run_dir=str(run), fmt=fmt)
+    run, doc = _tampered_run(small_run, tmp_path, lambda d: _set_id(d, bad))
+    report = _build(tmp_path / "a" / "b" / "out", run_dir=str(run), fmt=fmt)
     assert not (tmp_path / "escaped").exists()  # before: escaped/x.png written, or tar members ../…
+    assert report["images"] == 2
+    (item,) = report["skipped_items"]
+    assert item["file"] == doc["metadata"]["record"]["image"] and f"image_id {bad!r}" in item["reason"]
+    assert "is not an image id" in item["reason"]
 
 
 def test_check_image_id_and_inside():
