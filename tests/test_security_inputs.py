@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shutil
 import tarfile
@@ -305,13 +306,24 @@ def test_lone_surrogate_caption_is_a_skip_not_a_crash(tmp_path):
     _png(data / "images" / "b.png", COLOURS[1])
     text = (
         '{"images": [{"filename": "a.png", "sentences": [{"raw": "bad \\ud800 text"}]},'
-        ' {"filename": "b.png", "sentences": [{"raw": "good text"}]}]}'
+        ' {"filename": "b.png", "sentences": [{"raw": "good text"}]},'
+        ' {"filename": "\\udcff.png", "sentences": [{"raw": "x"}]}]}'
     )
     (data / "d.json").write_text(text)
-    report = _build(tmp_path / "out", sources=[f"karpathy:{data / 'd.json'}"], configs=("default",))
+    # a file name that is not UTF-8 (Latin-1 bytes on disk) reads as a lone surrogate too
+    _png(Path(os.fsdecode(os.fsencode(tmp_path / "scenes" / "farm") + b"/caf\xe9.png")), COLOURS[2])
+    sources = [f"karpathy:{data / 'd.json'}", f"folder:{tmp_path / 'scenes'}"]
+    report = _build(tmp_path / "out", sources=sources, configs=("default",))
     assert report["images"] == 1  # before: TypeError from the JSON writer, nothing built
-    (item,) = report["skipped_items"]
-    assert item["file"].endswith("d.json#images[0]") and "lone surrogate" in item["reason"]
+    items = report["skipped_items"]
+    assert [i["file"].rsplit("/", 1)[1] for i in items] == [
+        "d.json#images[0]",
+        "d.json#images[2]",
+        "caf\\udce9.png",
+    ]
+    assert "lone surrogate" in items[0]["reason"] and "lone surrogate" in items[2]["reason"]
+    assert "image not found" in items[1]["reason"]
+    (tmp_path / "out" / "build_report.json").read_text(encoding="utf-8")  # valid UTF-8
 
 
 def test_malformed_coco_is_a_skip_naming_the_file_and_entry(tmp_path):

@@ -61,7 +61,8 @@ class SkipReport:
         self.records[source] += n
 
     def skip(self, file: str | Path, reason: str, *, kind: str = "image", source: str = "") -> None:
-        item = {"file": str(file), "reason": reason, "kind": kind, "source": source}
+        # file names and text from the input may hold lone surrogates: escaped so the report is valid UTF-8
+        item = {"file": _printable(str(file)), "reason": _printable(reason), "kind": kind, "source": source}
         self.items.append(item)
         logger.debug("skipped %s %s: %s", kind, file, reason)
 
@@ -83,6 +84,12 @@ class SkipReport:
             "skipped_by_kind": dict(Counter(i["kind"] for i in self.items)),
             "items": list(self.items),
         }
+
+
+def _printable(text: str) -> str:
+    """``text`` with characters UTF-8 cannot hold (lone surrogates, e.g. from non-UTF-8 file names)
+    written as ``\\udcXX`` escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # ------------------------------------------------------------------------------------ option parsing
