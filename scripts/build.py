@@ -10,9 +10,12 @@ from .cli import leaf_parser
 logger = logging.getLogger("hqrs.build")
 
 
-def register(subparsers, parents) -> None:
-    from ..dataset_builder.sources.adapters import SOURCE_KINDS
+# the kinds of hqrs.dataset_builder.sources.SOURCE_KINDS (not imported here: numpy / PIL would slow every
+# `hqrs` start by ~0.7 s); tests/test_security_inputs.py checks that the help lists every kind
+SOURCE_KIND_NAMES = ("folder", "images", "karpathy", "dota", "voc", "coco", "mask", "openclip-csv")
 
+
+def register(subparsers, parents) -> None:
     p = leaf_parser(
         subparsers,
         "build",
@@ -31,7 +34,7 @@ def register(subparsers, parents) -> None:
         action="append",
         default=None,
         metavar="SPEC",
-        help=f"KIND:PATH[?images=DIR&opt=val] (kinds: {' '.join(SOURCE_KINDS)}; PATH relative or absolute) or "
+        help=f"KIND:PATH[?images=DIR&opt=val] (kinds: {' '.join(SOURCE_KIND_NAMES)}; PATH relative or absolute) or "
         "a YAML list of sources; repeatable. Image files must resolve inside the source's folder unless "
         "the spec sets allow_outside_root=true",
     )

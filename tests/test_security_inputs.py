@@ -434,6 +434,9 @@ def test_zero_images_is_an_error_and_leaves_no_lock(tmp_path):
 def test_build_help_lists_every_source_kind(capsys):
     from hqrs.dataset_builder.sources import SOURCE_KINDS
     from hqrs.scripts import cli
+    from hqrs.scripts.build import SOURCE_KIND_NAMES
+
+    assert SOURCE_KIND_NAMES == tuple(SOURCE_KINDS)
 
     with pytest.raises(SystemExit):
         cli.main(["build", "--help"])
