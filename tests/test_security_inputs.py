@@ -298,6 +298,12 @@ def test_exact_duplicates_are_counted_on_every_path(tmp_path):
         (item,) = rep["skipped_items"]
         assert item["file"].endswith("a_copy.png") and item["reason"].startswith("same image bytes as")
         assert item["kind"] == "image"
+    # `hqrs mpgi run --source`: the same skip (the engine used to ignore the second copy unseen)
+    from hqrs.scripts.mpgi import iter_source_records
+
+    mpgi_report = SkipReport()
+    assert len(list(iter_source_records([str(tmp_path / "scenes")], mpgi_report))) == 2
+    assert mpgi_report.count("same image bytes as") == 1
 
 
 def test_lone_surrogate_caption_is_a_skip_not_a_crash(tmp_path):
