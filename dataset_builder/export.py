@@ -220,15 +220,15 @@ def _tasks(
         for k, file in enumerate(files):
             if fmt == "parquet":
                 for config in configs:
-                    target = out / "data" / config / f"{split}-{k:05d}-of-{total:05d}.parquet"
+                    target = inside(out, "data", config, f"{split}-{k:05d}-of-{total:05d}.parquet")
                     tasks.append(
                         _Task("parquet", config, split, k, total, [file], str(target), keep_original)
                     )
             elif fmt == "webdataset":
-                target = out / f"{split}-{k:05d}-of-{total:05d}.tar"
+                target = inside(out, f"{split}-{k:05d}-of-{total:05d}.tar")
                 tasks.append(_Task("wds", "default", split, k, total, [file], str(target), keep_original))
             else:
-                target = out / ".parts" / f"{split}-{k:05d}-of-{total:05d}.tsv"
+                target = inside(out, ".parts", f"{split}-{k:05d}-of-{total:05d}.tsv")
                 tasks.append(_Task("csv", "pairs", split, k, total, [file], str(target), keep_original))
     return tasks
 
@@ -249,6 +249,10 @@ def _drop_stale_shards(out: Path, tasks: list[_Task], stamp: dict[str, Any]) -> 
     wanted = {Path(t.out) for t in tasks}
     for pattern in _SHARD_GLOBS:
         for shard in out.glob(pattern):
+            try:
+                inside(out, str(shard.relative_to(out)))
+            except ValueError:  # reached through a link to another folder: not ours to delete
+                continue
             if not same or shard not in wanted:
                 shard.unlink()
     atomic_write_bytes(path, json.dumps(stamp).encode())
@@ -488,7 +492,7 @@ def _join_csv_parts(out: Path, tasks: list[_Task]) -> None:
         parts = [Path(t.out) for t in tasks if t.split == split]
         if not parts:
             continue
-        target = out / f"{split}.csv"
+        target = inside(out, f"{split}.csv")
         tmp = _tmp_path(target)
         with open(tmp, "w", encoding="utf-8") as f:
             f.write("filepath\tcaption\n")
