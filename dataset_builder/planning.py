@@ -33,7 +33,7 @@ from typing import Any
 
 from .records import MpGIResult, atomic_write_bytes, check_image_id, file_content_id
 from .sources import duplicate_reason
-from .sources.base import SkipReport
+from .sources.base import SkipReport, bad_text
 from .sources.images import SkipItem, file_perceptual_hash, hamming, pixel_limit
 
 logger = logging.getLogger("hqrs.planning")
@@ -386,11 +386,16 @@ def make_plan(
                     source=record.source,
                 )
                 continue
+            doc = result.to_dict()
+            bad = bad_text(doc)
+            if bad:  # a lone surrogate would abort the staging write below
+                report_local.skip(record.image, bad, kind="result", source=record.source)
+                continue
             seen[record.image_id] = record.image
             ids.append(record.image_id)
             hashes.append(int(phash, 16))
             sizes.append(size)
-            out.write(json.dumps(result.to_dict(), ensure_ascii=False, default=_json_default))
+            out.write(json.dumps(doc, ensure_ascii=False, default=_json_default))
             out.write("\n")
 
     groups = near_duplicate_groups(hashes, settings.near_dup_distance)

@@ -583,7 +583,7 @@ def test_every_single_type_mutation_of_every_json_adapter(tmp_path):
     time (before: ``"annotations": null`` or a list-valued id ended in a TypeError)."""
     valid = _valid_files(tmp_path)
     runs = 0
-    for kind, (spec, doc, name_key) in valid.items():
+    for spec, doc, name_key in valid.values():
         file = Path(spec.split(":", 1)[1].split("?", 1)[0])
         for path, _ in list(_paths(doc)):
             for value in HOSTILE_VALUES:
@@ -704,3 +704,22 @@ def test_fuzz_text_mutations_of_csv_dota_and_voc(tmp_path):
                 )
 
     check()
+
+
+def test_planning_skips_a_result_with_invalid_unicode(tmp_path):
+    """A result (e.g. a generated caption) with a lone surrogate is a skip, not a crash of the staging."""
+    from hqrs.dataset_builder.planning import SplitSettings, make_plan
+    from hqrs.dataset_builder.records import Caption, ImageRecord, MpGIResult
+
+    results = []
+    for i, text in enumerate(["fine caption", "bad \ud800 caption"]):
+        image = _png(tmp_path / f"{i}.png", COLOURS[i])
+        record = ImageRecord(
+            image_id=file_content_id(image), image=str(image), source="t", width=48, height=40
+        )
+        results.append(MpGIResult(record=record, rule_text="", captions=[Caption(text, "short")]))
+    report = SkipReport()
+    plan = make_plan(results, SplitSettings(ratios=(1, 0, 0)), tmp_path / "staging", "fp", report)
+    assert plan.stats["images"] == 1
+    (item,) = report.items
+    assert item["file"].endswith("1.png") and "lone surrogate" in item["reason"]
