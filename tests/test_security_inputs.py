@@ -723,3 +723,31 @@ def test_planning_skips_a_result_with_invalid_unicode(tmp_path):
     assert plan.stats["images"] == 1
     (item,) = report.items
     assert item["file"].endswith("1.png") and "lone surrogate" in item["reason"]
+
+
+@pytest.mark.parametrize("mode", ["color", "index"])
+def test_mask_palette_type_mutations_are_clear_errors(tmp_path, mode):
+    """Every hostile palette value is a ValueError naming the class (before: raw TypeError for index
+    palettes, and [-1, 0, 300] or 2**70 accepted as colours)."""
+    import numpy as np
+
+    (tmp_path / "m").mkdir()
+    _png(tmp_path / "m" / "a.png")
+    Image.fromarray(np.zeros((40, 48), np.uint8)).save(tmp_path / "m" / "a_mask.png")
+    for value in [*HOSTILE_VALUES, [-1, 0, 300], [1, 2, 3, 4], 2**70, [1.5, 2, 3]]:
+        if (mode == "index" and _is_plain_int(value) and value >= 0) or (
+            mode == "color" and value in ([1, 2, 3],)
+        ):
+            continue
+        valid = {"ship": [0, 0, 63], "water": [0, 0, 0]} if mode == "color" else {"ship": 2, "water": 0}
+        (tmp_path / "pal.json").write_text(json.dumps({**valid, "ship": value}))
+        with pytest.raises(ValueError, match="'ship'"):
+            list(
+                load_source(
+                    f"mask:{tmp_path / 'm'}?palette={tmp_path / 'pal.json'}&suffix=_mask.png&mode={mode}"
+                ).records()
+            )
+
+
+def _is_plain_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

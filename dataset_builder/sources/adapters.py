@@ -656,15 +656,28 @@ class MaskSource(Source):
             raise ValueError(f"mask source: mode must be 'color' or 'index', got {mode!r}")
         self.mode = mode
         self.classes = list(classes)
-        if mode == "color":
-            try:
-                keys = [int(r) << 16 | int(g) << 8 | int(b) for r, g, b in classes.values()]
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"mask source: color palette values must be [r, g, b], got {classes!r}"
-                ) from None
-        else:
-            keys = [int(v) for v in classes.values()]
+
+        def byte(v: Any) -> bool:
+            return _is_int(v) and 0 <= v <= 255
+
+        keys = []
+        for name, value in classes.items():
+            if not isinstance(name, str) or not name.strip():
+                raise ValueError(f"mask source: palette class names must be non-empty strings, got {name!r}")
+            if mode == "color":
+                if not (isinstance(value, (list, tuple)) and len(value) == 3 and all(map(byte, value))):
+                    raise ValueError(
+                        f"mask source: color palette value of {name!r} must be [r, g, b] with integers "
+                        f"0-255, got {value!r}"
+                    )
+                keys.append(value[0] << 16 | value[1] << 8 | value[2])
+            else:
+                if not (_is_int(value) and value >= 0):
+                    raise ValueError(
+                        f"mask source: index palette value of {name!r} must be a non-negative integer, "
+                        f"got {value!r}"
+                    )
+                keys.append(value)
         self.lookup = dict(zip(keys, range(len(self.classes))))
         self.suffix = self.options["suffix"] or preset.get("suffix") or ".png"
         inst = self.options["instances_suffix"]
