@@ -195,12 +195,10 @@ def iter_staged(files: list[str]) -> Iterator[dict[str, Any]]:
 def results_from_captions_csv(spec: str, report: SkipReport, pool=None) -> Iterator[MpGIResult]:
     """Results from a released caption CSV: the CSV captions are the final captions (image analysis in
     ``pool``'s workers if given)."""
-    from .sources import load_source
+    from .sources import captions_csv_spec, iter_records, load_source
 
-    source = load_source(
-        spec if ":" in spec.split("?", 1)[0] and not Path(spec).exists() else f"openclip-csv:{spec}"
-    )
-    for record in source.records(report, pool):
+    # the same duplicate check as the --source path (iter_records): one skip per exact duplicate
+    for record in iter_records([load_source(captions_csv_spec(spec)[0])], report, pool):
         captions = [
             Caption(text=t, length=caption_length(t), sources=["released"]) for t in record.references
         ]
@@ -237,6 +235,7 @@ class HQRSITConfig(datasets.BuilderConfig):
     shard_size: int | str = 2000
     keep_original: bool = False
     progress: bool = False
+    allowed_roots: tuple[str, ...] = ()  # folders the images of the input must resolve inside
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -259,6 +258,7 @@ class HQRSITConfig(datasets.BuilderConfig):
             contamination=self.contamination,
             contamination_distance=self.contamination_distance,
             shard_size=self.shard_size,
+            allowed_roots=tuple(self.allowed_roots),
         )
 
 
@@ -298,9 +298,10 @@ class HQRSIT(datasets.GeneratorBasedBuilder):
         elif cfg.run_dir:
             run_dir = Path(cfg.run_dir)
         elif cfg.captions_csv:
-            csv_path = Path(cfg.captions_csv.split(":", 1)[-1].split("?", 1)[0])
-            if Path(cfg.captions_csv).exists():
-                csv_path = Path(cfg.captions_csv)
+            from .sources import captions_csv_spec
+
+            # (not Path(spec).exists(): datasets patches this module's Path to read "kind:..." as a URL)
+            csv_path = captions_csv_spec(cfg.captions_csv)[1]
             return results_from_captions_csv(cfg.captions_csv, report, pool), [
                 "csv",
                 cfg.captions_csv,

@@ -21,6 +21,7 @@ import logging
 import os
 import tarfile
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,8 @@ from .builder import (
 )
 from .parallel import bounded_map, make_pool
 from .planning import SPLITS, parse_ratios
-from .records import atomic_write_bytes
+from .records import atomic_write_bytes, check_image_id, inside
+from .sources import DUPLICATE_REASON
 from .sources.base import SkipReport
 from .sources.images import WEB_EXTENSIONS, image_cell_job
 
@@ -66,7 +68,7 @@ def _tmp_path(path: Path) -> Path:
 
 
 def _cell_args(doc: dict[str, Any], keep_original: bool) -> tuple[str, str, bool]:
-    return doc["record"]["image"], doc["record"]["image_id"], keep_original
+    return doc["record"]["image"], check_image_id(doc["record"]["image_id"]), keep_original
 
 
 def _needs_encoding(doc: dict[str, Any], keep_original: bool) -> bool:
@@ -162,13 +164,22 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def _member_name(image_id: Any, ext: str) -> str:
+    """``<id>.<ext>``: a plain member name (the id is checked: no ``/``, ``..`` or absolute names)."""
+    check_image_id(image_id, "webdataset member")
+    if not ext.isalnum():
+        raise ValueError(f"webdataset member: extension {ext!r} is not alphanumeric")
+    return f"{image_id}.{ext}"
+
+
 def _write_wds(task: _Task, tmp: Path, pool=None) -> int:
     n = 0
     with tarfile.open(tmp, "w") as tar:
         for doc, cell in _with_cells(task, pool):
-            image_id = doc["record"]["image_id"]
+            image_id = check_image_id(doc["record"]["image_id"], "webdataset member")
             captions = nonempty_captions(doc)
             ext = Path(cell["path"]).suffix.lstrip(".")
+            _member_name(image_id, ext)
             _add_bytes(tar, f"{image_id}.{ext}", cell["bytes"])
             _add_bytes(tar, f"{image_id}.txt", "\n".join(c["text"] for c in captions).encode())
             sample = json.dumps(_sample_json(doc, captions), ensure_ascii=False).encode()
@@ -180,13 +191,15 @@ def _write_wds(task: _Task, tmp: Path, pool=None) -> int:
 def _write_csv_part(task: _Task, tmp: Path, pool=None) -> int:
     import csv
 
-    images_dir = Path(task.out).parent.parent / "images"
+    root = Path(task.out).parent.parent  # OUT (the part files are OUT/.parts/*.tsv)
+    images_dir = inside(root, "images")  # a pre-planted OUT/images link to elsewhere is refused
     images_dir.mkdir(parents=True, exist_ok=True)
     n = 0
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
         for doc, cell in _with_cells(task, pool):
-            target = images_dir / cell["path"]
+            check_image_id(doc["record"]["image_id"], "open_clip CSV image")
+            target = inside(root, "images", cell["path"])
             if not target.exists():
                 atomic_write_bytes(target, cell["bytes"])
             for cap in nonempty_captions(doc):
@@ -207,15 +220,15 @@ def _tasks(
         for k, file in enumerate(files):
             if fmt == "parquet":
                 for config in configs:
-                    target = out / "data" / config / f"{split}-{k:05d}-of-{total:05d}.parquet"
+                    target = inside(out, "data", config, f"{split}-{k:05d}-of-{total:05d}.parquet")
                     tasks.append(
                         _Task("parquet", config, split, k, total, [file], str(target), keep_original)
                     )
             elif fmt == "webdataset":
-                target = out / f"{split}-{k:05d}-of-{total:05d}.tar"
+                target = inside(out, f"{split}-{k:05d}-of-{total:05d}.tar")
                 tasks.append(_Task("wds", "default", split, k, total, [file], str(target), keep_original))
             else:
-                target = out / ".parts" / f"{split}-{k:05d}-of-{total:05d}.tsv"
+                target = inside(out, ".parts", f"{split}-{k:05d}-of-{total:05d}.tsv")
                 tasks.append(_Task("csv", "pairs", split, k, total, [file], str(target), keep_original))
     return tasks
 
@@ -236,6 +249,10 @@ def _drop_stale_shards(out: Path, tasks: list[_Task], stamp: dict[str, Any]) -> 
     wanted = {Path(t.out) for t in tasks}
     for pattern in _SHARD_GLOBS:
         for shard in out.glob(pattern):
+            try:
+                inside(out, str(shard.relative_to(out)))
+            except ValueError:  # reached through a link to another folder: not ours to delete
+                continue
             if not same or shard not in wanted:
                 shard.unlink()
     atomic_write_bytes(path, json.dumps(stamp).encode())
@@ -344,6 +361,7 @@ def export_dataset(
     keep_original: bool = False,
     progress: bool = True,
     extra_report: dict[str, Any] | None = None,
+    allowed_roots: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Build HQRS-IT from one input and write it to ``out_dir``; returns the build report.
 
@@ -351,6 +369,12 @@ def export_dataset(
     for the layout. ``fmt``: ``parquet`` (hub-ready, all ``configs``), ``open_clip-csv`` (``images/`` +
     ``<split>.csv``, tab-separated ``filepath`` / ``caption``, one row per caption) or ``webdataset``
     (``<split>-XXXXX-of-YYYYY.tar`` with ``<id>.jpg|png``, ``<id>.txt`` captions, ``<id>.json`` metadata).
+    ``allowed_roots``: folders every input image must resolve inside (default: anywhere, but every image
+    is re-verified against its id, see :func:`~hqrs.dataset_builder.planning.verify_image`).
+
+    Raises:
+        ValueError: bad settings, an input that is not one, or an input that gives no image at all (the
+            build report with every skip and its reason is written first).
     """
     started = time.perf_counter()
     if fmt not in FORMATS:
@@ -382,8 +406,11 @@ def export_dataset(
         shard_size=shard_size,
         keep_original=bool(keep_original),
         progress=progress,
+        allowed_roots=tuple(str(r) for r in allowed_roots),
     )
+    # datasets' builder leaves a lock file in its cache folder: removed however the build ends
     with contextlib.ExitStack() as stack:
+        stack.callback(_remove_locks, out / ".cache")
         pool = make_pool(int(num_proc))
         if pool is not None:
             stack.enter_context(pool)
@@ -418,6 +445,7 @@ def export_dataset(
         "images": plan.stats["images"],
         "skipped": data["skipped"],
         "skipped_by_kind": data["skipped_by_kind"],
+        "exact_duplicates": report.count(DUPLICATE_REASON),
         "skipped_items": data["items"],
         "near_duplicates": plan.stats["near_duplicates"],
         "contamination": plan.stats["contamination"],
@@ -442,7 +470,22 @@ def export_dataset(
     atomic_write_bytes(
         out / "build_report.json", json.dumps(build_report, indent=1, ensure_ascii=False).encode()
     )
+    if not plan.stats["images"]:
+        reasons = Counter(i["reason"][:120] for i in data["items"])
+        top = "; ".join(f"{n}× {r}" for r, n in reasons.most_common(3)) or "the input holds no image"
+        raise ValueError(
+            f"the build read no usable image ({data['skipped']} item(s) skipped: {top}); see "
+            f"{out / 'build_report.json'} for every skip and its reason"
+        )
     return build_report
+
+
+def _remove_locks(cache: Path) -> None:
+    for lock in cache.glob("*.lock"):
+        with contextlib.suppress(OSError):
+            lock.unlink()
+    with contextlib.suppress(OSError):
+        cache.rmdir()  # only when empty
 
 
 def _join_csv_parts(out: Path, tasks: list[_Task]) -> None:
@@ -450,7 +493,7 @@ def _join_csv_parts(out: Path, tasks: list[_Task]) -> None:
         parts = [Path(t.out) for t in tasks if t.split == split]
         if not parts:
             continue
-        target = out / f"{split}.csv"
+        target = inside(out, f"{split}.csv")
         tmp = _tmp_path(target)
         with open(tmp, "w", encoding="utf-8") as f:
             f.write("filepath\tcaption\n")

@@ -6,6 +6,10 @@ image (id, perceptual hash, byte size). Then:
 * **near-duplicates**: images whose 64-bit perceptual hashes differ in at most ``near_dup_distance``
   bits are joined into one group (union-find; candidate pairs come from a pigeonhole band index, so
   this is not quadratic). Exact duplicates (same image id = same bytes) are dropped as skips.
+* **re-verification**: a run directory is input. Every result's image id must be a content id (16 hex
+  characters), and its image must be a regular file (after following links) inside ``allowed_roots``
+  when they are given, whose bytes hash to that id and which opens as an image; anything else is a
+  skip with the reason (a record pointing at ``/etc/passwd`` is not embedded).
 * **splits**: every group goes to ``train`` / ``validation`` / ``test`` by the SHA-256 of
   ``seed + smallest image id of the group``, against the cumulative ``ratios``; so a group never
   straddles splits and an image keeps its split when other images are added.
@@ -27,9 +31,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .records import MpGIResult, atomic_write_bytes
-from .sources.base import SkipReport
-from .sources.images import SkipItem, file_perceptual_hash, hamming
+from .records import MpGIResult, atomic_write_bytes, check_image_id, file_content_id
+from .sources import duplicate_reason
+from .sources.base import SkipReport, bad_text
+from .sources.images import SkipItem, file_perceptual_hash, hamming, pixel_limit
 
 logger = logging.getLogger("hqrs.planning")
 
@@ -86,9 +91,11 @@ class SplitSettings:
     contamination: tuple[str, ...] = ()
     contamination_distance: int = 4
     shard_size: int | str = 2000
+    allowed_roots: tuple[str, ...] = ()  # images must resolve inside one of these folders ((): anywhere)
 
     def __post_init__(self) -> None:
         self.ratios = parse_ratios(self.ratios)
+        self.allowed_roots = tuple(str(Path(r).expanduser().resolve()) for r in self.allowed_roots)
         if not -1 <= int(self.near_dup_distance) <= 16:
             raise ValueError(
                 f"near_dup_distance must be in [-1, 16] (-1 disables), got {self.near_dup_distance!r}"
@@ -231,6 +238,47 @@ def load_eval_sets(specs: Iterable[str], report: SkipReport | None = None) -> Ev
     return out
 
 
+def verify_image(path: str | os.PathLike, image_id: str, allowed_roots: Iterable[str] = ()) -> int:
+    """Check one image a result points to before it is embedded; returns its size in bytes.
+
+    ``image_id`` must be a content id and ``path`` a regular file (symbolic links followed) inside one of
+    ``allowed_roots`` (when given) whose SHA-256 gives ``image_id`` and that opens as an image.
+
+    Raises:
+        ValueError / OSError / SkipItem: what is wrong, naming the path.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    check_image_id(image_id)
+    p = Path(path)
+    try:
+        real = p.resolve(strict=True)
+    except RuntimeError:
+        raise ValueError(f"{str(p)!r} is a symbolic link loop") from None
+    except OSError:
+        raise ValueError(f"{str(p)!r} does not exist (or is a dangling symbolic link)") from None
+    roots = [Path(r) for r in allowed_roots]
+    if roots and not any(real == r or real.is_relative_to(r) for r in roots):
+        raise ValueError(
+            f"{str(p)!r} resolves to {str(real)!r}, outside the allowed roots "
+            f"{', '.join(map(str, roots))} (add its folder with --allow-root)"
+        )
+    if not real.is_file():
+        raise ValueError(f"{str(real)!r} is not a regular file")
+    actual = file_content_id(real)
+    if actual != image_id:
+        raise ValueError(
+            f"the bytes of {str(real)!r} hash to {actual}, not to the record's image_id {image_id}: "
+            "the file changed since the run, or the record was altered"
+        )
+    try:
+        with pixel_limit(None), Image.open(real) as im:
+            im.size  # noqa: B018 - the header parsed
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"{str(real)!r} is not an image ({exc})") from None
+    return real.stat().st_size
+
+
 @dataclass
 class Plan:
     """The staged, split and sharded build input (``plan.json`` in the staging folder)."""
@@ -316,30 +364,38 @@ def make_plan(
             if record.image_id in seen:
                 report_local.skip(
                     record.image,
-                    f"same image bytes as {seen[record.image_id]} (image_id "
-                    f"{record.image_id}); kept the first",
-                    kind="result",
+                    duplicate_reason(seen[record.image_id], record.image_id),
+                    kind="image",
                     source=record.source,
                 )
                 continue
             phash = record.meta.get("phash")
             try:
-                size = os.path.getsize(record.image)
-                if not phash:
+                size = verify_image(record.image, record.image_id, settings.allowed_roots)
+                if (
+                    not isinstance(phash, str)
+                    or len(phash) != 16
+                    or not set(phash) <= set("0123456789abcdef")
+                ):
                     phash = file_perceptual_hash(record.image)
-            except (OSError, SkipItem) as exc:
+            except (OSError, SkipItem, ValueError) as exc:
                 report_local.skip(
                     record.image,
-                    f"image unreadable at build time ({exc})",
+                    f"image refused at build time: {exc}",
                     kind="result",
                     source=record.source,
                 )
+                continue
+            doc = result.to_dict()
+            bad = bad_text(doc)
+            if bad:  # a lone surrogate would abort the staging write below
+                report_local.skip(record.image, bad, kind="result", source=record.source)
                 continue
             seen[record.image_id] = record.image
             ids.append(record.image_id)
             hashes.append(int(phash, 16))
             sizes.append(size)
-            out.write(json.dumps(result.to_dict(), ensure_ascii=False, default=_json_default))
+            out.write(json.dumps(doc, ensure_ascii=False, default=_json_default))
             out.write("\n")
 
     groups = near_duplicate_groups(hashes, settings.near_dup_distance)
@@ -480,4 +536,5 @@ __all__ = [
     "parse_ratios",
     "parse_size",
     "split_of",
+    "verify_image",
 ]

@@ -44,6 +44,47 @@ def _umask() -> int:
     return mask
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
+def check_image_id(value: Any, where: str = "") -> str:
+    """``value`` if it is an image id as :func:`content_id` makes them (16 lowercase hex characters).
+
+    Image ids name output files and archive members; ids read back from run directories, staged files or
+    CSVs are input, and anything else (``../../tmp/x``, ``/tmp/x``) is refused here.
+
+    Raises:
+        ValueError: not a 16-character lowercase hex string; the message quotes the value.
+    """
+    if not (isinstance(value, str) and len(value) == ID_LENGTH and set(value) <= _HEX):
+        raise ValueError(
+            f"{where + ': ' if where else ''}image_id {value!r:.80} is not an image id "
+            f"({ID_LENGTH} lowercase hex characters of the image's SHA-256); the file was not written by hqrs "
+            "or was altered"
+        )
+    return value
+
+
+def inside(root: str | os.PathLike, *parts: str) -> Path:
+    """``root / parts`` after checking it resolves (symbolic links followed) inside ``root``.
+
+    Every writer builds its output paths through this, so no name read from input (an image id, a file
+    name) can place a file outside the output folder.
+
+    Raises:
+        ValueError: the path leaves ``root``; the message names both.
+    """
+    base = Path(root).resolve()
+    target = Path(root, *parts)
+    real = target.resolve()
+    if any(Path(p).is_absolute() for p in parts) or not (real == base or real.is_relative_to(base)):
+        raise ValueError(
+            f"refusing to write {str(target)!r}: it resolves to {str(real)!r}, outside the output folder "
+            f"{str(base)!r}"
+        )
+    return target
+
+
 def content_id(data: bytes) -> str:
     """Stable image id: the first 16 hex characters of the SHA-256 of the image file's bytes."""
     return hashlib.sha256(data).hexdigest()[:ID_LENGTH]

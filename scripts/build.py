@@ -10,6 +10,11 @@ from .cli import leaf_parser
 logger = logging.getLogger("hqrs.build")
 
 
+# the kinds of hqrs.dataset_builder.sources.SOURCE_KINDS (not imported here: numpy / PIL would slow every
+# `hqrs` start by ~0.7 s); tests/test_security_inputs.py checks that the help lists every kind
+SOURCE_KIND_NAMES = ("folder", "images", "karpathy", "dota", "voc", "coco", "mask", "openclip-csv")
+
+
 def register(subparsers, parents) -> None:
     p = leaf_parser(
         subparsers,
@@ -29,8 +34,9 @@ def register(subparsers, parents) -> None:
         action="append",
         default=None,
         metavar="SPEC",
-        help="KIND:PATH[?images=DIR&opt=val] (kinds: folder karpathy dota voc coco mask openclip-csv) or a "
-        "YAML list of sources; repeatable",
+        help=f"KIND:PATH[?images=DIR&opt=val] (kinds: {' '.join(SOURCE_KIND_NAMES)}; PATH relative or absolute) or "
+        "a YAML list of sources; repeatable. Image files must resolve inside the source's folder unless "
+        "the spec sets allow_outside_root=true",
     )
     src.add_argument(
         "--from-run", dest="from_run", default=None, metavar="DIR", help="a finished MpGI run directory"
@@ -39,7 +45,8 @@ def register(subparsers, parents) -> None:
         "--captions-csv",
         default=None,
         metavar="SPEC",
-        help="released caption CSV (path or openclip-csv:PATH?sep=...)",
+        help="released caption CSV or TSV (PATH, or openclip-csv:PATH?sep=...; the separator is detected "
+        "from the header when not given; PATH relative or absolute)",
     )
     src.add_argument(
         "--demo", action="store_true", help="generate the demo scene set into OUT/demo_scenes and build it"
@@ -61,6 +68,15 @@ def register(subparsers, parents) -> None:
     )
     p.add_argument(
         "--format", dest="fmt", choices=("parquet", "open_clip-csv", "webdataset"), default="parquet"
+    )
+    p.add_argument(
+        "--allow-root",
+        dest="allow_root",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="the input's images must resolve inside DIR (repeatable); checked for every image of "
+        "--from-run / --source / --captions-csv in addition to the image-id check",
     )
     p.add_argument("--strict", action="store_true", help="exit with status 3 when anything was skipped")
     p.add_argument(
@@ -136,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         contamination_distance=args.contamination_distance,
         keep_original=args.keep_original,
         progress=args.progress,
+        allowed_roots=tuple(args.allow_root or ()),
     )
     splits = ", ".join(f"{s} {v['images']}" for s, v in report["splits"].items())
     print(

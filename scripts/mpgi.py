@@ -72,16 +72,19 @@ def register(subparsers, parents) -> None:
 def iter_source_records(specs: list[str], report=None):
     """Records of ``specs``: source-adapter specs (``KIND:PATH?...``), a plain folder of images
     (→ ``images:PATH``), or a folder of class sub-folders (→ ``folder:PATH``)."""
-    from hqrs.dataset_builder.sources import SkipReport, load_source
+    from hqrs.dataset_builder.sources import SkipReport, iter_records, load_source
     from hqrs.dataset_builder.sources.images import IMAGE_EXTENSIONS
 
     report = report if report is not None else SkipReport()
+    sources = []
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
             flat = any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in path.iterdir())
             spec = f"{'images' if flat else 'folder'}:{spec}"
-        yield from load_source(spec).records(report)
+        sources.append(load_source(spec))
+    # iter_records: exact duplicates are counted skips here too (as in `hqrs build`), not dropped unseen
+    yield from iter_records(sources, report)
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -158,7 +158,7 @@ def test_contamination_guard_real(rs_real, tmp_path):
     out = tmp_path / "out"
     report = export_dataset(
         out,
-        captions_csv=str(tmp_path / "c.csv"),
+        captions_csv=f"openclip-csv:{tmp_path / 'c.csv'}?allow_outside_root=true",  # absolute paths
         split_ratios=(1, 0, 0),
         configs=("default",),
         contamination=(f"karpathy:{rs_real}/ucm_captions/dataset_ucm_subset.json?splits=test",),
@@ -171,7 +171,7 @@ def test_contamination_guard_real(rs_real, tmp_path):
     # the UCM TIFFs are embedded as lossless PNG
     report = export_dataset(
         tmp_path / "out2",
-        captions_csv=str(tmp_path / "c.csv"),
+        captions_csv=f"openclip-csv:{tmp_path / 'c.csv'}?allow_outside_root=true",  # absolute paths
         configs=("default",),
         split_ratios=(1, 0, 0),
         progress=False,
@@ -325,7 +325,7 @@ def test_image_bytes_kept_tiff_converted_and_num_proc_same(rs_real, tmp_path):
     def table(name, **kw):
         export_dataset(
             tmp_path / name,
-            captions_csv=str(tmp_path / "caps.csv"),
+            captions_csv=f"openclip-csv:{tmp_path / 'caps.csv'}?allow_outside_root=true",
             configs=("default",),
             split_ratios="1,0,0",
             progress=False,

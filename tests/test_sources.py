@@ -94,6 +94,35 @@ def test_folder_real(rs_real):
     assert len({r.labels[0] for r in recs}) == 30
 
 
+def test_same_images_twice_are_counted_duplicates_real(rs_real):
+    """The same real folder given twice (and through a link): every second copy is a counted skip."""
+    from hqrs.dataset_builder.sources import iter_records
+
+    report = SkipReport()
+    specs = [f"folder:{rs_real}/aid_classification", f"images:{rs_real}/aid_classification/Airport"]
+    recs = list(iter_records(load_sources(specs), report))
+    assert len(recs) == 150 and len({r.image_id for r in recs}) == 150
+    assert len(report) == 5 and report.count("same image bytes as") == 5  # the 5 Airport images
+    assert report.records == {"folder": 150, "images": 0}
+
+
+def test_openclip_tsv_separator_detected_and_paths_absolute_or_relative(rs_real, tmp_path, monkeypatch):
+    """A TSV in the layout `--format open_clip-csv` writes reads without sep=; PATH absolute or relative."""
+    images = sorted((rs_real / "rsicd").rglob("*.jpg"))[:3]
+    (tmp_path / "images").mkdir()
+    for f in images:
+        (tmp_path / "images" / f.name).symlink_to(f)  # a link inside the root to a file outside it
+    rows = "".join(f"images/{f.name}\ta caption, with a comma\n" for f in images)
+    (tmp_path / "train.csv").write_text("filepath\tcaption\n" + rows)
+    monkeypatch.chdir(tmp_path)
+    for spec in (f"openclip-csv:{tmp_path}/train.csv", "openclip-csv:train.csv?sep=tab"):
+        recs, report = _records(spec + ("&" if "?" in spec else "?") + "allow_outside_root=true")
+        assert len(recs) == 3 and len(report) == 0
+        assert recs[0].references == ["a caption, with a comma"]
+    recs, report = _records(f"openclip-csv:{tmp_path}/train.csv")  # the links leave the root
+    assert recs == [] and len(report) == 3 and "resolves to" in report.items[0]["reason"]
+
+
 # ------------------------------------------------------------------------------------ generated cases
 
 

@@ -12,6 +12,7 @@ adapter class in :mod:`.adapters` for its own), or given as a mapping ``{kind, p
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,15 @@ from .images import (
 )
 
 __all__ = [
+    "DUPLICATE_REASON",
     "IMAGE_EXTENSIONS",
     "SOURCE_KINDS",
     "ImageSettings",
     "SkipItem",
     "SkipReport",
     "Source",
+    "captions_csv_spec",
+    "duplicate_reason",
     "file_perceptual_hash",
     "iter_records",
     "load_image",
@@ -109,7 +113,44 @@ def _from_yaml(path: Path) -> list[Source]:
     return [load_source(item, base_dir=path.parent) for item in data]
 
 
+DUPLICATE_REASON = "same image bytes as"  # start of the skip reason of an exact duplicate image
+
+
+def duplicate_reason(first: str, image_id: str) -> str:
+    """The skip reason of an image whose bytes equal those of ``first`` (the same on every build path)."""
+    return f"{DUPLICATE_REASON} {first} (image_id {image_id}); kept the first"
+
+
 def iter_records(sources: Iterable[Source], report: SkipReport, pool=None) -> Iterator[ImageRecord]:
-    """All records of several sources, in order (image analysis in ``pool``'s workers if given)."""
+    """All records of several sources, in order (image analysis in ``pool``'s workers if given).
+
+    Exact duplicates (a second image with the same bytes, i.e. the same ``image_id``, in any of the
+    sources) are skipped with :func:`duplicate_reason`, counted in ``report`` like every other skip."""
+    seen: dict[str, str] = {}
     for source in sources:
-        yield from source.records(report, pool)
+        for record in source.records(report, pool):
+            first = seen.get(record.image_id)
+            if first is not None:
+                report.records[record.source] -= 1  # counted as read by the source; a skip instead
+                report.skip(
+                    record.image, duplicate_reason(first, record.image_id), kind="image", source=record.source
+                )
+                continue
+            seen[record.image_id] = record.image
+            yield record
+
+
+def captions_csv_spec(value: str) -> tuple[str, Path]:
+    """A ``--captions-csv`` value as a source spec and the CSV file it reads.
+
+    ``PATH`` (relative or absolute) becomes ``openclip-csv:PATH``; ``KIND:PATH[?opt=val]`` (any source kind,
+    relative or absolute PATH) is kept. Raises ``ValueError`` for an unknown kind."""
+    text = str(value)
+    head = text.split("?", 1)[0]
+    kind = head.split(":", 1)[0].strip().lower() if ":" in head else ""
+    # "C:\\data\\x.csv" (a drive letter) and plain paths are files, not KIND:PATH specs
+    if kind and len(kind) > 1 and (kind in SOURCE_KINDS or kind in KIND_ALIASES or not os.path.exists(head)):
+        _kind_class(kind)
+        _, path, _ = parse_spec(text)
+        return text, Path(path).expanduser()
+    return f"openclip-csv:{text}", Path(head).expanduser()

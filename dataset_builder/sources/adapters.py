@@ -10,11 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+import defusedxml.ElementTree as SafeET
 import numpy as np
+from defusedxml import DefusedXmlException
 from PIL import Image
 
 from ..records import ImageRecord, MaskSummary, ObjectAnnotation
-from .base import SkipReport, Source, parse_bool, parse_list
+from .base import SkipReport, Source, _missing, parse_bool, parse_list
 from .images import IMAGE_EXTENSIONS, SkipItem, pixel_limit
 
 # Class lists of the detection datasets (their annotations are exhaustive for these classes).
@@ -147,9 +149,16 @@ class FolderSource(Source):
     def _records(self, report: SkipReport) -> Iterator[ImageRecord]:
         if not self.path.is_dir():
             raise ValueError(f"folder source: PATH {str(self.path)!r} must be a directory of class folders")
+        for entry in sorted(self.path.iterdir()):
+            if entry.is_symlink() and not entry.exists() and not entry.name.startswith("."):
+                self.skip(report, entry, f"image not found ({_missing(entry)})")
         for class_dir in sorted(p for p in self.path.iterdir() if p.is_dir() and not p.name.startswith(".")):
             for file in sorted(class_dir.rglob("*")):
-                if not file.is_file() or file.name.startswith("."):
+                if file.name.startswith("."):
+                    continue
+                if not file.is_file():
+                    if file.is_symlink():  # dangling or looping: counted, not dropped unseen
+                        self.skip(report, file, f"image not found ({_missing(file)})")
                     continue
                 if file.suffix.lower() not in IMAGE_EXTENSIONS:
                     self.skip(report, file, f"not an image file extension ({file.suffix or 'none'})")
@@ -173,7 +182,11 @@ class ImagesSource(Source):
     def _records(self, report: SkipReport) -> Iterator[ImageRecord]:
         if not self.path.is_dir():
             raise ValueError(f"images source: PATH {str(self.path)!r} must be a directory of image files")
-        for file in sorted(p for p in self.path.iterdir() if p.is_file() and not p.name.startswith(".")):
+        for file in sorted(p for p in self.path.iterdir() if not p.name.startswith(".")):
+            if not file.is_file():
+                if file.is_symlink():  # dangling or looping: counted, not dropped unseen
+                    self.skip(report, file, f"image not found ({_missing(file)})")
+                continue
             if file.suffix.lower() not in IMAGE_EXTENSIONS:
                 self.skip(report, file, f"not an image file extension ({file.suffix or 'none'})")
                 continue
@@ -260,6 +273,10 @@ class KarpathySource(Source):
             return {}
         path = self._resolve(path, self.path.parent)
         column = self.options["label_column"]
+        if not path.is_file():
+            raise ValueError(
+                f"karpathy labels={str(path)!r} is not a file (a CSV with 'filename' and {column!r})"
+            )
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             if "filename" not in (reader.fieldnames or []) or column not in (reader.fieldnames or []):
@@ -390,8 +407,17 @@ class VocSource(Source):
         classes = self.options["classes"]
         for file in _files(self.path, (".xml",)):
             try:
-                root = ET.parse(file).getroot()
-            except (ET.ParseError, OSError) as exc:
+                # defusedxml: entity declarations (billion laughs) and external entities are refused
+                root = SafeET.parse(file).getroot()
+            except DefusedXmlException as exc:  # (a ValueError: caught first)
+                self.skip(
+                    report,
+                    file,
+                    f"XML refused: {exc!r} (entity declarations and external entities are not read)",
+                    kind="file",
+                )
+                continue
+            except (ET.ParseError, OSError, ValueError) as exc:
                 self.skip(report, file, f"malformed XML ({exc})", kind="file")
                 continue
             objects = []
@@ -479,19 +505,38 @@ class CocoSource(Source):
             return
         try:
             data = json.loads(text)
+            if not isinstance(data, dict):
+                raise TypeError(f"the top level is a {type(data).__name__}, not an object")
             images, annotations = data["images"], data.get("annotations", [])
-            categories = {int(c["id"]): str(c["name"]) for c in data["categories"]}
+            for key, value in (("images", images), ("annotations", annotations)):
+                if not isinstance(value, list):
+                    raise TypeError(f"{key!r} must be a list, got {_json_type(value)}")
+            if not isinstance(data["categories"], list):
+                raise TypeError(f"'categories' must be a list, got {_json_type(data['categories'])}")
+            categories = {}
+            for c in data["categories"]:
+                if not isinstance(c, dict) or not _is_id(c.get("id")) or not isinstance(c.get("name"), str):
+                    raise TypeError(f"category {c!r} needs an integer 'id' and a 'name' string"[:300])
+                categories[int(c["id"])] = c["name"]
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             self.skip(report, self.path, f"malformed COCO JSON ({type(exc).__name__}: {exc})", kind="file")
             return
         by_image: dict[Any, list[ObjectAnnotation]] = {}
-        image_ids = {img.get("id") for img in images if isinstance(img, dict)}
+        image_ids = {img.get("id") for img in images if isinstance(img, dict) and _is_id(img.get("id"))}
         for index, ann in enumerate(annotations):
             where = f"{self.path}#annotations[{index}]"
             try:
+                if not isinstance(ann, dict):
+                    raise TypeError(f"annotation is a {_json_type(ann)}, not an object")
+                if not isinstance(ann["bbox"], list):
+                    raise TypeError(f"'bbox' must be a list [x, y, w, h], got {_json_type(ann['bbox'])}")
                 x, y, w, h = (float(v) for v in ann["bbox"])
+                if not _is_id(ann["category_id"]):
+                    raise TypeError(f"'category_id' must be an integer, got {ann['category_id']!r}"[:200])
                 cat = int(ann["category_id"])
                 img_id = ann["image_id"]
+                if not _is_id(img_id):
+                    raise TypeError(f"'image_id' must be an integer or a string, got {img_id!r}"[:200])
             except (KeyError, TypeError, ValueError) as exc:
                 self.skip(report, where, f"malformed annotation ({type(exc).__name__}: {exc})", kind="object")
                 continue
@@ -516,19 +561,42 @@ class CocoSource(Source):
         root = self.images_root()
         for index, img in enumerate(images):
             where = f"{self.path}#images[{index}]"
-            if not isinstance(img, dict) or not isinstance(img.get("file_name"), str):
-                self.skip(report, where, "image entry without 'file_name'", kind="row")
+            if not isinstance(img, dict) or not isinstance(img.get("file_name"), str) or not img["file_name"]:
+                self.skip(report, where, "image entry without a 'file_name' string", kind="row")
+                continue
+            if not _is_id(img.get("id")):
+                self.skip(
+                    report,
+                    where,
+                    f"image {img['file_name']!r}: 'id' must be an integer or a string, got {img.get('id')!r}"[
+                        :300
+                    ],
+                    kind="row",
+                )
                 continue
             size = (img.get("width"), img.get("height"))
             yield from self.emit(
                 report,
                 root / img["file_name"],
                 annotation_file=where,
-                objects=by_image.get(img.get("id"), []),
-                expected_size=size if all(isinstance(v, int) for v in size) else None,
+                objects=by_image.get(img["id"], []),
+                expected_size=size if all(_is_int(v) and v > 0 for v in size) else None,
                 exhaustive_classes=sorted(categories.values()),
-                meta={"file": img["file_name"], "coco_id": img.get("id")},
+                meta={"file": img["file_name"], "coco_id": img["id"]},
             )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_id(value: Any) -> bool:
+    """COCO ids are integers (or, in some exports, strings); lists, objects, floats, booleans are not."""
+    return _is_int(value) or (isinstance(value, str) and bool(value))
+
+
+def _json_type(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
 
 
 # -------------------------------------------------------------------------------------------- mask
@@ -588,15 +656,28 @@ class MaskSource(Source):
             raise ValueError(f"mask source: mode must be 'color' or 'index', got {mode!r}")
         self.mode = mode
         self.classes = list(classes)
-        if mode == "color":
-            try:
-                keys = [int(r) << 16 | int(g) << 8 | int(b) for r, g, b in classes.values()]
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"mask source: color palette values must be [r, g, b], got {classes!r}"
-                ) from None
-        else:
-            keys = [int(v) for v in classes.values()]
+
+        def byte(v: Any) -> bool:
+            return _is_int(v) and 0 <= v <= 255
+
+        keys = []
+        for name, value in classes.items():
+            if not isinstance(name, str) or not name.strip():
+                raise ValueError(f"mask source: palette class names must be non-empty strings, got {name!r}")
+            if mode == "color":
+                if not (isinstance(value, (list, tuple)) and len(value) == 3 and all(map(byte, value))):
+                    raise ValueError(
+                        f"mask source: color palette value of {name!r} must be [r, g, b] with integers "
+                        f"0-255, got {value!r}"
+                    )
+                keys.append(value[0] << 16 | value[1] << 8 | value[2])
+            else:
+                if not (_is_int(value) and value >= 0):
+                    raise ValueError(
+                        f"mask source: index palette value of {name!r} must be a non-negative integer, "
+                        f"got {value!r}"
+                    )
+                keys.append(value)
         self.lookup = dict(zip(keys, range(len(self.classes))))
         self.suffix = self.options["suffix"] or preset.get("suffix") or ".png"
         inst = self.options["instances_suffix"]
@@ -762,18 +843,36 @@ def _separator(value: Any) -> str:
     return text
 
 
-class OpenClipCsvSource(Source):
-    """open_clip CSV: one row per (image, caption), rows of one image grouped into one record.
+_SEPARATORS = (",", "\t", ";", "|")
 
-    Options: ``sep`` (default ``,``; ``tab`` for open_clip's own default), ``img_key`` (default
-    ``filepath``), ``caption_key`` (default ``caption``; open_clip's default is ``title``),
-    ``label_key`` (optional). Relative file paths are resolved against ``images=DIR``, else the CSV's
-    folder. The captions become the record's ``references``.
+
+def _sniff_separator(header_line: str, keys: tuple[str, ...]) -> str | None:
+    """The separator that splits ``header_line`` into fields holding every name in ``keys``."""
+    for sep in _SEPARATORS:
+        fields_ = next(csv.reader([header_line], delimiter=sep), [])
+        if all(k in fields_ for k in keys):
+            return sep
+    return None
+
+
+class OpenClipCsvSource(Source):
+    """open_clip CSV / TSV: one row per (image, caption), rows of one image grouped into one record.
+
+    Options: ``sep`` (default: detected from the header line among ``,`` tab ``;`` ``|``, so the
+    tab-separated files ``hqrs build --format open_clip-csv`` writes read back as they are; ``tab`` for
+    open_clip's own default), ``img_key`` (default ``filepath``), ``caption_key`` (default ``caption``;
+    open_clip's default is ``title``), ``label_key`` (optional). Relative file paths are resolved against
+    ``images=DIR``, else the CSV's folder; absolute paths, or paths that leave that folder, need
+    ``allow_outside_root=true``. The captions become the record's ``references``.
+
+    A quote that opens a field and never closes makes the csv module read every following line into
+    that one field: such a row (a quoted field running over lines that hold the separator) is reported
+    as damaged, one ``row`` skip per physical line it swallowed, with the line numbers.
     """
 
     kind = "openclip-csv"
     OPTIONS: ClassVar = {
-        "sep": (_separator, ","),
+        "sep": (_separator, None),
         "img_key": (str, "filepath"),
         "caption_key": (str, "caption"),
         "label_key": (str, ""),
@@ -788,14 +887,15 @@ class OpenClipCsvSource(Source):
             self.skip(report, self.path, f"cannot read CSV ({exc})", kind="file")
             return
         with f:
-            reader = csv.DictReader(f, delimiter=self.options["sep"], restkey="__extra__")
             try:
-                header = reader.fieldnames or []
+                header_line = f.readline()
             except UnicodeDecodeError as exc:
                 self.skip(
                     report, self.path, f"not UTF-8 text ({exc}); re-encode the CSV as UTF-8", kind="file"
                 )
                 return
+            sep = self.options["sep"] or _sniff_separator(header_line, (img_key, cap_key)) or ","
+            header = next(csv.reader([header_line], delimiter=sep), [])
             missing = [k for k in (img_key, cap_key) if k not in header]
             if missing:
                 self.skip(
@@ -805,42 +905,58 @@ class OpenClipCsvSource(Source):
                     kind="file",
                 )
                 return
+            reader = csv.reader(f, delimiter=sep)
+            last_line = 1  # the header's; physical line numbers, blank lines and multi-line rows included
             while True:
                 try:
-                    row = next(reader)
+                    fields_ = next(reader)
                 except StopIteration:
                     break
                 except csv.Error as exc:
                     self.skip(
-                        report, f"{self.path}:{reader.line_num}", f"malformed CSV row ({exc})", kind="row"
+                        report, f"{self.path}:{last_line + 1}", f"malformed CSV row ({exc})", kind="row"
                     )
+                    last_line = reader.line_num + 1
                     continue
                 except UnicodeDecodeError as exc:
                     self.skip(
                         report,
-                        f"{self.path}:{reader.line_num}",
+                        f"{self.path}:{last_line}",
                         f"not UTF-8 text ({exc}); rows after this line were not read: re-encode the CSV as UTF-8",
                         kind="file",
                     )
                     break
-                where = f"{self.path}:{reader.line_num}"
-                if "__extra__" in row or any(v is None for v in row.values()):
+                first, last_line = last_line + 1, reader.line_num + 1  # reader counts from the body
+                where = f"{self.path}:{first}"
+                if not fields_:
+                    continue  # a blank line
+                if self._swallowed(fields_, sep):
+                    for line in range(first, last_line + 1):
+                        self.skip(
+                            report,
+                            f"{self.path}:{line}",
+                            f"damaged row: a quote opened on line {first} does not close before line "
+                            f"{last_line}, so lines {first}-{last_line} were read as one field; close or "
+                            'escape the quote ("")',
+                            kind="row",
+                        )
+                    continue
+                if len(fields_) != len(header):
                     self.skip(
                         report,
                         where,
-                        f"row has {len(header) + len(row.get('__extra__', []))} fields where the "
-                        f"header has {len(header)}"
-                        if "__extra__" in row
-                        else "row has too few fields",
+                        f"row has {len(fields_)} field(s) where the header has {len(header)}"
+                        + (" (too few)" if len(fields_) < len(header) else ""),
                         kind="row",
                     )
                     continue
+                row = dict(zip(header, fields_))
                 path, caption = (row[img_key] or "").strip(), (row[cap_key] or "").strip()
                 if not path or not caption:
                     self.skip(report, where, f"empty {img_key if not path else cap_key!r}", kind="row")
                     continue
                 captions, label, line = groups.setdefault(
-                    path, ([], (row.get(label_key) or "").strip() if label_key else "", reader.line_num)
+                    path, ([], (row.get(label_key) or "").strip() if label_key else "", first)
                 )
                 captions.append(caption)
         root = self.images_dir or self.path.parent
@@ -854,6 +970,18 @@ class OpenClipCsvSource(Source):
                 labels=[label] if label else [],
                 meta={"file": path},
             )
+
+    @staticmethod
+    def _swallowed(fields_: list[str], sep: str) -> bool:
+        """A field spanning lines whose continuation lines look like rows (hold the separator), or one
+        that runs to the end of the file."""
+        for value in fields_:
+            if "\n" not in value and "\r" not in value:
+                continue
+            lines = value.splitlines()[1:]
+            if any(sep in line for line in lines) or value.endswith(("\n", "\r")):
+                return True
+        return False
 
 
 SOURCE_KINDS: dict[str, type[Source]] = {

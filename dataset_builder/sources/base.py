@@ -4,7 +4,10 @@ A source is written ``KIND:PATH?opt=val&opt=val``; ``images=DIR`` names the imag
 format keeps images apart from annotations. Options common to every kind:
 
 ``images``, ``name`` (the ``source`` value of the records; default the kind or the dataset's own name),
-``splits`` (keep only records whose source split is listed, e.g. ``splits=test``), and the
+``splits`` (keep only records whose source split is listed, e.g. ``splits=test``),
+``allow_outside_root`` (default ``false``: an image file must resolve, after following symbolic links,
+inside the source's root, i.e. the ``images`` folder or the folder of ``PATH``; anything else is a
+skip with the reason; ``true`` lets e.g. an open_clip CSV name absolute paths anywhere), and the
 :class:`~.images.ImageSettings` fields ``max_pixels``, ``verify``, ``large``, ``max_side``,
 ``tile_size``, ``tile_overlap``, ``min_clip_fraction``, ``bands``, ``stretch``, ``cache_dir``, ``phash``.
 Anything else must be an option of that kind, or it is an error that lists the known ones.
@@ -13,6 +16,7 @@ Anything else must be an option of that kind, or it is an error that lists the k
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
@@ -57,9 +61,14 @@ class SkipReport:
         self.records[source] += n
 
     def skip(self, file: str | Path, reason: str, *, kind: str = "image", source: str = "") -> None:
-        item = {"file": str(file), "reason": reason, "kind": kind, "source": source}
+        # file names and text from the input may hold lone surrogates: escaped so the report is valid UTF-8
+        item = {"file": _printable(str(file)), "reason": _printable(reason), "kind": kind, "source": source}
         self.items.append(item)
         logger.debug("skipped %s %s: %s", kind, file, reason)
+
+    def count(self, prefix: str) -> int:
+        """How many skipped items have a reason starting with ``prefix``."""
+        return sum(1 for i in self.items if i["reason"].startswith(prefix))
 
     def extend(self, other: SkipReport) -> None:
         self.records.update(other.records)
@@ -75,6 +84,12 @@ class SkipReport:
             "skipped_by_kind": dict(Counter(i["kind"] for i in self.items)),
             "items": list(self.items),
         }
+
+
+def _printable(text: str) -> str:
+    """``text`` with characters UTF-8 cannot hold (lone surrogates, e.g. from non-UTF-8 file names)
+    written as ``\\udcXX`` escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # ------------------------------------------------------------------------------------ option parsing
@@ -155,6 +170,53 @@ class _Pending:
     fields: dict[str, Any]
 
 
+def _missing(image_path: Path | str | None) -> str:
+    """Why ``image_path`` is not a readable file, for the skip reason."""
+    if image_path is None:
+        return "no matching file"
+    path = Path(image_path)
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:
+            return f"{path} is a symbolic link loop"
+        except OSError:
+            return f"{path} is a dangling symbolic link to {os.readlink(path)}"
+    if path.exists():
+        return f"{path} is not a regular file"
+    return str(path)
+
+
+def bad_text(value: Any, where: str = "") -> str | None:
+    """Why ``value`` (strings in nested lists / dicts) cannot be stored as UTF-8 text, or ``None``.
+
+    A lone surrogate (``"\\ud800"``, from a JSON escape) is valid in a Python string but not in UTF-8:
+    it would abort the JSON / parquet writers later, so the record is skipped with this reason.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return (
+                f"{where or 'text'} {value[max(exc.start - 20, 0) : exc.end + 20]!r} holds an invalid "
+                f"Unicode character (lone surrogate {value[exc.start]!r} at position {exc.start}); fix the text"
+            )
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            bad = bad_text(k, where) or bad_text(v, f"{where}.{k}" if where else str(k))
+            if bad:
+                return bad
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            bad = bad_text(v, f"{where}[{i}]")
+            if bad:
+                return bad
+    elif isinstance(value, ObjectAnnotation):
+        return bad_text(value.category, f"{where}.category")
+    return None
+
+
 def _remote(item: Any) -> bool:
     # mask summaries close over the decoded mask: those images are analysed here, not pickled out
     return isinstance(item, _Pending) and item.mask_fn is None
@@ -191,6 +253,9 @@ class Source:
         self.name = str(options.pop("name", "") or "")
         splits = options.pop("splits", None)
         self.splits = set(parse_list(splits)) if splits else None
+        self.allow_outside_root = self._parse(
+            "allow_outside_root", options.pop("allow_outside_root", False), parse_bool
+        )
         image_kwargs = {}
         own: dict[str, Any] = {key: default for key, (_, default) in self.OPTIONS.items()}
         for key, value in options.items():
@@ -199,7 +264,9 @@ class Source:
             elif key in self.OPTIONS:
                 own[key] = self._parse(key, value, self.OPTIONS[key][0])
             else:
-                known = sorted({"images", "name", "splits", *_IMAGE_OPTION_PARSERS, *self.OPTIONS})
+                known = sorted(
+                    {"images", "name", "splits", "allow_outside_root", *_IMAGE_OPTION_PARSERS, *self.OPTIONS}
+                )
                 raise ValueError(
                     f"source '{self.kind}:{path}': unknown option {key!r}; known: {', '.join(known)}"
                 )
@@ -273,6 +340,36 @@ class Source:
                     return base / self.default_images
         return self.path if self.path.is_dir() else self.path.parent
 
+    def roots(self) -> list[Path]:
+        """The folders this source's image files must resolve inside (see ``allow_outside_root``)."""
+        roots = [self.images_root(), self.path if self.path.is_dir() else self.path.parent]
+        if self.images_dir is not None:
+            roots.append(self.images_dir)
+        out: list[Path] = []
+        for root in roots:
+            try:
+                real = root.resolve(strict=False)
+            except (OSError, RuntimeError):  # a symlink loop in the root itself
+                continue
+            if real not in out:
+                out.append(real)
+        return out
+
+    def _escape(self, image_path: Path) -> str | None:
+        """Why ``image_path`` may not be read (resolves outside the roots), or ``None``."""
+        if self.allow_outside_root:
+            return None
+        real = image_path.resolve()
+        roots = self.roots()
+        if any(real == root or real.is_relative_to(root) for root in roots):
+            return None
+        plain = Path(os.path.normpath(image_path.absolute()))
+        how = f" (resolves to {real})" if real != plain else ""
+        return (
+            f"image {str(image_path)!r}{how} resolves outside the source root "
+            f"{' / '.join(str(r) for r in roots)}; move it inside, or set allow_outside_root=true"
+        )
+
     def find_image(self, stem: str, root: Path | None = None) -> Path | None:
         """An image file named ``stem`` plus any known extension (case-insensitive) under ``root``."""
         root = root or self.images_root()
@@ -322,11 +419,19 @@ class Source:
             return  # another split (splits=...): not read, not analysed, not reported
         where = str(annotation_file or image_path)
         if image_path is None or not Path(image_path).is_file():
-            self.skip(report, where, f"image not found ({image_path or 'no matching file'})")
+            self.skip(report, where, f"image not found ({_missing(image_path)})")
             return
-        pending = _Pending(
-            Path(image_path), self.image_settings, where, list(objects), mask_fn, expected_size, fields_
-        )
+        image_path = Path(image_path)
+        escape = self._escape(image_path)
+        if escape:
+            self.skip(report, where, escape)
+            return
+        objects = list(objects)
+        bad = bad_text({**fields_, "objects": objects})
+        if bad:
+            self.skip(report, where, bad, kind="image")
+            return
+        pending = _Pending(image_path, self.image_settings, where, objects, mask_fn, expected_size, fields_)
         if getattr(self, "_deferred", False):
             yield pending  # type: ignore[misc]
         else:
