@@ -5,17 +5,28 @@ What an adapter does with an image file, in order:
 1. **Guard.** A 0-byte file, a file Pillow cannot identify, a scene with more than ``max_pixels``
    pixels (decompression-bomb guard, checked from the header before decoding) and, with
    ``verify=True``, truncated or corrupt pixel data are *skipped with a reason*, never raised.
-2. **Convert to 8-bit.** 8-bit grayscale / palette / RGB / RGBA JPEG, PNG, TIFF, BMP and WebP files
-   are used as they are (the record points to the original file and the image id is the hash of its
-   bytes). Anything else is converted to an 8-bit RGB PNG written to ``cache_dir``:
+2. **Convert to 8-bit, one rule for every format.** 8-bit grayscale / palette / RGB JPEG, PNG, TIFF, BMP
+   and WebP files are used as they are (the record points to the original file and the image id is the
+   hash of its bytes). Anything else is converted to an 8-bit PNG written to ``cache_dir``:
 
-   * more than 8 bits per sample (16-bit, 32-bit integer or float): each band is stretched linearly
-     between its ``stretch`` percentiles (2 % and 98 % by default) onto 0–255;
-   * more than 3 bands (e.g. RGB + near-infrared): the bands listed in ``bands`` (1-based, default
-     the first three) are kept; 2 bands keep the first one as grayscale; CMYK goes through Pillow.
+   * bands: ``bands`` (1-based) picks the bands of every multi-band image; by default the first three
+     become RGB (two bands: the first, grayscale). This holds for every sample count, bit depth,
+     photometric tag (RGB, MINISBLACK, MINISWHITE, palette, extra samples tagged alpha as NAIP ships
+     its NIR) and format (an RGBA PNG's alpha is its 4th band). A single band stays grayscale;
+   * more than 8 bits per sample (16-bit TIFF or PNG, 32-bit integer or float): each chosen band is
+     stretched linearly between its ``stretch`` percentiles (2 % and 98 % by default) onto 0–255.
+     Integers of up to 16 bits go through an exact histogram and a lookup table, TIFFs are read strip by
+     strip / tile by tile (:func:`_tiff_raster`), so the peak is the 8-bit output plus Pillow's copy of
+     it (~7 bytes/pixel for RGB, ``bench/image_memory.py``); a conversion that would not fit in the
+     available memory (or ``max_memory``) is skipped up front with the fix.
 
-   TIFFs are read with ``tifffile`` (which reads any band count / sample type); other formats with
-   Pillow.
+   TIFFs are read with ``tifffile`` + ``imagecodecs`` (every compression they know), 16-bit PNGs with
+   ``imagecodecs`` (Pillow keeps only the high byte of 16-bit RGB), other formats with Pillow.
+
+   **Orientation.** Pixels, ``width`` / ``height`` and boxes stay in the *stored* frame (what annotation
+   devkits and GDAL read); an EXIF / XMP Orientation other than 1 (which ``datasets`` and browsers would
+   apply) is removed: set to 1 in place in a JPEG (:func:`jpeg_without_orientation`, no re-encoding),
+   other formats become a lossless PNG of the stored pixels.
 3. **Large scenes** (longer side above ``max_side``): ``large="keep"`` leaves them whole,
    ``"resize"`` scales them down to ``max_side`` (boxes and gsd follow), ``"tile"`` cuts them into
    ``tile_size`` tiles overlapping by ``tile_overlap`` as the DOTA devkit does, clipping every box to
@@ -535,7 +546,7 @@ def _tiff_raster(tif: Any, page: Any) -> _Raster:
 
         def blocks():
             for segment, (s, _d, y, x, _), shape in page.segments(
-                maxworkers=1, sort=True, buffersize=32 << 20, _fullsize=False
+                maxworkers=1, sort=True, buffersize=8 << 20, _fullsize=False
             ):
                 if segment is None:
                     segment = np.full(shape, nodata, dtype=dtype)
