@@ -16,7 +16,7 @@ writes it; ``lzw``: LZW + horizontal predictor in 256-row strips as GDAL writes 
 
 Usage::
 
-    python bench/image_memory.py [--side 4000] [--tmp DIR]
+    python bench/image_memory.py [--side 4000] [--tmp DIR] [--modes baseline,hqrs] [--layouts plain,lzw]
 """
 
 from __future__ import annotations
@@ -88,13 +88,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--side", type=int, default=4000, help="scene side in pixels (default 4000: 16 MP)")
     ap.add_argument("--tmp", default=None, help="folder for the scenes (default: a temporary folder)")
+    ap.add_argument(
+        "--modes", default="baseline,hqrs", help="runs, comma-separated (baseline needs ~60 B/px)"
+    )
+    ap.add_argument("--layouts", default="plain,lzw", help="scene layouts, comma-separated")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         results = {}
-        for layout in ("plain", "lzw"):
+        for layout in args.layouts.split(","):
             scene = Path(tmp) / f"scene-{layout}.tif"
             _scene(scene, args.side, layout)
-            for mode in ("baseline", "hqrs"):
+            for mode in args.modes.split(","):
                 proc = subprocess.run(
                     [sys.executable, "-c", CHILD, mode, str(scene), str(Path(tmp) / "cache")],
                     capture_output=True,

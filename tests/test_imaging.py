@@ -117,6 +117,19 @@ def test_every_orientation_is_dropped_and_pixels_stay_in_the_stored_frame(tmp_pa
         assert len(data) == len(src) and sum(a != b for a, b in zip(data, src)) == 1
 
 
+def test_tiff_orientation_tag_is_dropped_too(tmp_path):
+    rgb = _scene(30, 20)
+    tifffile.imwrite(tmp_path / "o.tif", rgb, photometric="rgb", extratags=[(274, "H", 1, 6, True)])
+    with Image.open(tmp_path / "o.tif") as im:
+        assert im.getexif().get(ORIENTATION) == 6 and _datasets_decode(
+            (tmp_path / "o.tif").read_bytes()
+        ).size == (20, 30)
+    loaded = load_image(tmp_path / "o.tif", _settings(tmp_path))
+    assert (loaded.width, loaded.height) == (30, 20) and "Orientation=6 dropped" in loaded.converted
+    data = loaded.path.read_bytes()
+    assert np.array_equal(np.asarray(_datasets_decode(data)), rgb)
+
+
 def test_untagged_and_orientation_1_files_are_used_as_they_are(tmp_path):
     plain = tmp_path / "plain.jpg"
     Image.fromarray(_scene(48, 32)).save(plain)
@@ -366,3 +379,55 @@ def test_conversion_that_would_not_fit_is_refused_up_front_naming_the_file(tmp_p
     reasons = {Path(i["file"]).name: i["reason"] for i in report.items}
     assert set(reasons) == {"big16.tif", "big16.png"}
     assert all("out of memory" in r and "max_memory" in r and "gdal_translate" in r for r in reasons.values())
+
+
+def test_multiband_and_16bit_files_through_build_and_load_dataset(tmp_path):
+    """NAIP RGBN, MINISBLACK RGBN, 16-bit LZW GeoTIFF and 16-bit PNG through `hqrs build` and back."""
+    import json
+
+    import imagecodecs
+
+    from hqrs.scripts.cli import main
+
+    rgbn, rgbn_mb = _data("uint8", (40, 60, 4), seed=11), _data("uint8", (40, 60, 4), seed=13)
+    rgbn16, rgb16 = _data("uint16", (40, 60, 4), seed=12), _data("uint16", (40, 60, 3), seed=14)
+    root = tmp_path / "scenes"
+    for label in ("naip", "minisblack", "lzw", "png"):
+        (root / label).mkdir(parents=True)
+    tifffile.imwrite(root / "naip" / "n.tif", rgbn, photometric="rgb", extrasamples=["unassalpha"])
+    tifffile.imwrite(root / "minisblack" / "m.tif", rgbn_mb, photometric="minisblack", planarconfig="contig")
+    tifffile.imwrite(root / "lzw" / "g.tif", rgbn16, photometric="minisblack", planarconfig="contig",
+                     compression="lzw", predictor=2, tile=(16, 16))  # fmt: skip
+    (root / "png" / "p.png").write_bytes(imagecodecs.png_encode(rgb16))
+    cases = {
+        (): {
+            "naip": rgbn[..., :3],
+            "minisblack": rgbn_mb[..., :3],
+            "lzw": _reference(rgbn16),
+            "png": _reference(rgb16),
+        },  # fmt: skip
+        ("bands=4,3,2",): {
+            "naip": rgbn[..., [3, 2, 1]],
+            "minisblack": rgbn_mb[..., [3, 2, 1]],
+            "lzw": _reference(rgbn16, (4, 3, 2)),
+        },  # fmt: skip
+    }
+    for options, expected in cases.items():
+        out = tmp_path / f"out{len(options)}"
+        spec = f"folder:{root}?cache_dir={tmp_path / 'cache'}" + "".join(f"&{o}" for o in options)
+        assert main(["build", "--source", spec, "--out", str(out), "--no-progress"]) == 0
+        rows = [r for split in datasets.load_dataset(str(out)).values() for r in split]
+        got = {r["label"]: r for r in rows}
+        assert set(got) == set(expected)
+        for label, pixels in expected.items():
+            row = got[label]
+            assert row["image"].mode == "RGB" and (row["width"], row["height"]) == row["image"].size == (
+                60,
+                40,
+            )
+            assert np.array_equal(np.asarray(row["image"]), pixels), (options, label)
+        report = json.loads((out / "build_report.json").read_text())
+        skipped = [
+            i for i in report.get("skipped_items", report.get("skips", [])) if "p.png" in json.dumps(i)
+        ]
+        assert report["skipped"] == (1 if options else 0) and (not options or skipped)

@@ -582,6 +582,9 @@ def _read_tiff(
                 return width, height, None, None
             raster = _tiff_raster(tif, page)
             what = raster.what
+            orientation = page.tags.valueof(274, 1)
+            if orientation != 1:  # tifffile reads the stored frame; the PNG carries no Orientation
+                what += f" (Orientation={orientation} dropped: stored frame kept)"
             image = _raster_to_image(raster, settings)
     except SkipItem:
         raise
@@ -871,6 +874,11 @@ def load_image(path: str | Path, settings: ImageSettings, *, keep_pixels: bool =
                     raise SkipItem(f"truncated or corrupt image data ({exc})") from None
                 except Image.DecompressionBombError as exc:
                     raise SkipItem(f"decompression-bomb guard: {exc}") from None
+                except MemoryError:
+                    raise SkipItem(
+                        f"out of memory decoding this {width}×{height} {im.mode} image; free memory, or lower "
+                        "max_pixels to skip such scenes, or crop / downscale it first"
+                    ) from None
                 pixels = _to_pil_rgb8(im, settings) if converted_image is None else converted_image
                 if pixels is im and full:
                     pixels = im.copy()
