@@ -374,8 +374,14 @@ def _describe_image(value: Any) -> str:
 
 
 def decode_image(value: Any) -> PILImage.Image:
-    """An RGB PIL image from a ``datasets.Image(decode=False)`` cell, raw bytes, a path or a PIL image."""
-    from PIL import Image
+    """An RGB PIL image from a ``datasets.Image(decode=False)`` cell, raw bytes, a path or a PIL image.
+
+    Decodes exactly as ``datasets.Image`` does: an EXIF Orientation tag is applied
+    (``ImageOps.exif_transpose``), so training, evaluation and ``load_dataset`` see the same pixels.
+    Datasets built by ``hqrs build`` carry no Orientation other than 1 (their pixels, ``width`` /
+    ``height`` and boxes are all in the stored frame), so for them this is the stored frame.
+    """
+    from PIL import Image, ImageOps
 
     if isinstance(value, Image.Image):
         image = value
@@ -393,6 +399,8 @@ def decode_image(value: Any) -> PILImage.Image:
     else:
         raise ValueError(f"unsupported image value of type {type(value).__name__}")
     image.load()
+    if image.getexif().get(0x0112) is not None:  # the test datasets.Image.decode_example makes
+        image = ImageOps.exif_transpose(image)
     return image.convert("RGB")
 
 

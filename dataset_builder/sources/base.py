@@ -9,7 +9,8 @@ format keeps images apart from annotations. Options common to every kind:
 inside the source's root, i.e. the ``images`` folder or the folder of ``PATH``; anything else is a
 skip with the reason; ``true`` lets e.g. an open_clip CSV name absolute paths anywhere), and the
 :class:`~.images.ImageSettings` fields ``max_pixels``, ``verify``, ``large``, ``max_side``,
-``tile_size``, ``tile_overlap``, ``min_clip_fraction``, ``bands``, ``stretch``, ``cache_dir``, ``phash``.
+``tile_size``, ``tile_overlap``, ``min_clip_fraction``, ``bands``, ``stretch``, ``cache_dir``, ``phash``,
+``max_memory``.
 Anything else must be an option of that kind, or it is an error that lists the known ones.
 """
 
@@ -132,6 +133,7 @@ _IMAGE_OPTION_PARSERS: dict[str, Callable[[Any], Any]] = {
     "stretch": _parse_float_tuple,
     "cache_dir": str,
     "phash": parse_bool,
+    "max_memory": lambda v: int(float(v)),
 }
 assert set(_IMAGE_OPTION_PARSERS) == {f.name for f in fields(ImageSettings)}
 

@@ -5,17 +5,28 @@ What an adapter does with an image file, in order:
 1. **Guard.** A 0-byte file, a file Pillow cannot identify, a scene with more than ``max_pixels``
    pixels (decompression-bomb guard, checked from the header before decoding) and, with
    ``verify=True``, truncated or corrupt pixel data are *skipped with a reason*, never raised.
-2. **Convert to 8-bit.** 8-bit grayscale / palette / RGB / RGBA JPEG, PNG, TIFF, BMP and WebP files
-   are used as they are (the record points to the original file and the image id is the hash of its
-   bytes). Anything else is converted to an 8-bit RGB PNG written to ``cache_dir``:
+2. **Convert to 8-bit, one rule for every format.** 8-bit grayscale / palette / RGB JPEG, PNG, TIFF, BMP
+   and WebP files are used as they are (the record points to the original file and the image id is the
+   hash of its bytes). Anything else is converted to an 8-bit PNG written to ``cache_dir``:
 
-   * more than 8 bits per sample (16-bit, 32-bit integer or float): each band is stretched linearly
-     between its ``stretch`` percentiles (2 % and 98 % by default) onto 0–255;
-   * more than 3 bands (e.g. RGB + near-infrared): the bands listed in ``bands`` (1-based, default
-     the first three) are kept; 2 bands keep the first one as grayscale; CMYK goes through Pillow.
+   * bands: ``bands`` (1-based) picks the bands of every multi-band image; by default the first three
+     become RGB (two bands: the first, grayscale). This holds for every sample count, bit depth,
+     photometric tag (RGB, MINISBLACK, MINISWHITE, palette, extra samples tagged alpha as NAIP ships
+     its NIR) and format (an RGBA PNG's alpha is its 4th band). A single band stays grayscale;
+   * more than 8 bits per sample (16-bit TIFF or PNG, 32-bit integer or float): each chosen band is
+     stretched linearly between its ``stretch`` percentiles (2 % and 98 % by default) onto 0–255.
+     Integers of up to 16 bits go through an exact histogram and a lookup table, TIFFs are read strip by
+     strip / tile by tile (:func:`_tiff_raster`), so the peak is the 8-bit output plus Pillow's copy of
+     it (~7 bytes/pixel for RGB, ``bench/image_memory.py``); a conversion that would not fit in the
+     available memory (or ``max_memory``) is skipped up front with the fix.
 
-   TIFFs are read with ``tifffile`` (which reads any band count / sample type); other formats with
-   Pillow.
+   TIFFs are read with ``tifffile`` + ``imagecodecs`` (every compression they know), 16-bit PNGs with
+   ``imagecodecs`` (Pillow keeps only the high byte of 16-bit RGB), other formats with Pillow.
+
+   **Orientation.** Pixels, ``width`` / ``height`` and boxes stay in the *stored* frame (what annotation
+   devkits and GDAL read); an EXIF / XMP Orientation other than 1 (which ``datasets`` and browsers would
+   apply) is removed: set to 1 in place in a JPEG (:func:`jpeg_without_orientation`, no re-encoding),
+   other formats become a lossless PNG of the stored pixels.
 3. **Large scenes** (longer side above ``max_side``): ``large="keep"`` leaves them whole,
    ``"resize"`` scales them down to ``max_side`` (boxes and gsd follow), ``"tile"`` cuts them into
    ``tile_size`` tiles overlapping by ``tile_overlap`` as the DOTA devkit does, clipping every box to
@@ -33,7 +44,9 @@ import contextlib
 import io
 import math
 import os
+import re
 import struct
+import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -76,6 +89,8 @@ class ImageSettings:
         cache_dir: where converted images and tiles are written (default ``$HQRS_CACHE/images`` or
             ``~/.cache/hqrs/images``).
         phash: compute the perceptual hash (from the same single decode as ``verify``).
+        max_memory: bytes a conversion to 8-bit may use (default: the memory available to the process,
+            cgroup limits included); a scene whose conversion would need more is skipped up front.
     """
 
     max_pixels: int = 400_000_000
@@ -89,6 +104,7 @@ class ImageSettings:
     stretch: tuple[float, float] = (2.0, 98.0)
     cache_dir: str | None = None
     phash: bool = True
+    max_memory: int | None = None
 
     def __post_init__(self) -> None:
         if int(self.max_pixels) <= 0:
@@ -119,6 +135,10 @@ class ImageSettings:
         if not 0.0 <= lo < hi <= 100.0:
             raise ValueError(f"stretch must be two percentiles 0 <= low < high <= 100, got {self.stretch!r}")
         self.stretch = (lo, hi)
+        if self.max_memory is not None:
+            if int(self.max_memory) <= 0:
+                raise ValueError(f"max_memory must be a positive number of bytes, got {self.max_memory!r}")
+            self.max_memory = int(self.max_memory)
 
     def cache_path(self) -> Path:
         if self.cache_dir:
@@ -207,87 +227,463 @@ class LoadedImage:
     pixels: Image.Image | None = None  # decoded 8-bit image, kept only while tiling/resizing
 
 
-def _stretch_to_uint8(array: np.ndarray, stretch: tuple[float, float]) -> np.ndarray:
-    array = np.asarray(array, dtype=np.float64)
-    if array.ndim == 2:
-        array = array[..., None]
-    out = np.empty(array.shape, dtype=np.uint8)
-    for band in range(array.shape[2]):
-        values = array[..., band]
-        finite = values[np.isfinite(values)]
-        if finite.size == 0:
-            out[..., band] = 0
-            continue
-        lo, hi = np.percentile(finite, stretch)
-        if hi <= lo:
-            hi = lo + 1.0
-        scaled = (np.nan_to_num(values, nan=lo) - lo) * (255.0 / (hi - lo))
-        out[..., band] = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+def _default_bands(samples: int) -> tuple[int, ...]:
+    return (1, 2, 3) if samples >= 3 else (1,)
+
+
+def _bands_for(samples: int, settings: ImageSettings, where: str) -> tuple[int, ...]:
+    """The 1-based bands kept from an image with ``samples`` bands (``settings.bands`` or the default)."""
+    if samples == 1:
+        return (1,)  # a single band is the grayscale image whatever ``bands`` asks of multi-band ones
+    bands = settings.bands or _default_bands(samples)
+    if max(bands) > samples:
+        raise SkipItem(
+            f"bands={','.join(map(str, bands))} asks for band {max(bands)} but {where} has {samples} "
+            f"(set bands= to at most {samples})"
+        )
+    return bands
+
+
+_BLOCK_PIXELS = 1 << 20  # rows are processed in blocks of about this many pixels
+
+
+@dataclass
+class _Raster:
+    """A multi-band raster read block by block (``blocks()`` may be called more than once).
+
+    ``blocks()`` yields ``(first_band, y, x, block)`` with ``block`` of shape (rows, cols, bands).
+    """
+
+    width: int
+    height: int
+    samples: int
+    dtype: np.dtype
+    what: str  # e.g. "4-band uint16 TIFF"
+    blocks: Any
+    decoded_bytes: int = 0  # bytes held decoded while converting (whole arrays, largest strip / tile)
+
+    @classmethod
+    def of_array(cls, array: np.ndarray, what: str) -> _Raster:
+        if array.ndim == 2:
+            array = array[..., None]
+        rows = max(1, _BLOCK_PIXELS // max(1, array.shape[1]))
+
+        def blocks():
+            for y in range(0, array.shape[0], rows):
+                yield 0, y, 0, array[y : y + rows]
+
+        return cls(array.shape[1], array.shape[0], array.shape[2], array.dtype, what, blocks, array.nbytes)
+
+
+def _small_int_keys(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """Order-preserving non-negative integer keys of ≤16-bit integer values, and the number of keys."""
+    if values.dtype.kind == "i":
+        unsigned = np.dtype(f"u{values.dtype.itemsize}").newbyteorder(values.dtype.byteorder)
+        values = values.view(unsigned) ^ np.array(1 << (8 * values.dtype.itemsize - 1), unsigned)
+    return values, 1 << (8 * values.dtype.itemsize)
+
+
+def _histogram_percentiles(counts: np.ndarray, qs: tuple[float, float]) -> tuple[float, float] | None:
+    """``np.percentile(values, qs)`` (linear method) from the values' histogram ``counts``."""
+    n = int(counts.sum())
+    if n == 0:
+        return None
+    cum = np.cumsum(counts)
+    out = []
+    for q in qs:
+        pos = q / 100.0 * (n - 1)
+        k = math.floor(pos)
+        a = float(np.searchsorted(cum, k, side="right"))
+        b = float(np.searchsorted(cum, min(k + 1, n - 1), side="right"))
+        t = pos - k
+        out.append(a + (b - a) * t if t < 0.5 else b - (b - a) * (1 - t))
+    return out[0], out[1]
+
+
+def _stretch_lut(lo: float, hi: float, size: int) -> np.ndarray:
+    if hi <= lo:
+        hi = lo + 1.0
+    keys = np.arange(size, dtype=np.float64)
+    return np.clip(np.rint((keys - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+
+
+def _picked(first: int, block: np.ndarray, picks: list[int]):
+    """``(j, values)`` for every output band ``j`` whose source band is inside ``block``."""
+    for j, p in enumerate(picks):
+        if first <= p < first + block.shape[2]:
+            yield j, block[..., p - first]
+
+
+def _convert_raster(raster: _Raster, settings: ImageSettings) -> np.ndarray:
+    """The bands of ``raster`` chosen by ``settings.bands`` (default: the first three, or the first of
+    one / two) as an 8-bit (height, width) or (height, width, 3) array.
+
+    8-bit data are copied as they are; other data are stretched linearly per band between the
+    ``settings.stretch`` percentiles onto 0–255 (NaN → the low value). Integers of up to 16 bits go
+    through an exact histogram and a lookup table, so the peak memory is the 8-bit output plus one block.
+    """
+    bands = _bands_for(raster.samples, settings, raster.what)
+    picks = [b - 1 for b in bands]
+    out = np.empty((raster.height, raster.width, len(picks)), dtype=np.uint8)
+    kind = raster.dtype.kind
+    if kind == "b" or raster.dtype == np.uint8:
+        for first, y, x, block in raster.blocks():
+            for j, values in _picked(first, block, picks):
+                dest = out[y : y + values.shape[0], x : x + values.shape[1], j]
+                if kind == "b":
+                    np.multiply(values, 255, out=dest, casting="unsafe")
+                else:
+                    dest[...] = values
+    elif kind in "iu" and raster.dtype.itemsize <= 2:
+        size = 1 << (8 * raster.dtype.itemsize)
+        counts = np.zeros((len(picks), size), dtype=np.int64)
+        for first, _y, _x, block in raster.blocks():
+            for j, values in _picked(first, block, picks):
+                counts[j] += np.bincount(_small_int_keys(values)[0].ravel(), minlength=size)
+        luts = []
+        for j in range(len(picks)):
+            limits = _histogram_percentiles(counts[j], settings.stretch)
+            luts.append(np.zeros(size, np.uint8) if limits is None else _stretch_lut(*limits, size))
+        del counts
+        for first, y, x, block in raster.blocks():
+            for j, values in _picked(first, block, picks):
+                out[y : y + values.shape[0], x : x + values.shape[1], j] = luts[j][_small_int_keys(values)[0]]
+    else:  # 32/64-bit integers and floats: exact percentiles over each whole band
+        data = np.empty((raster.height, raster.width, len(picks)), dtype=raster.dtype)
+        for first, y, x, block in raster.blocks():
+            for j, values in _picked(first, block, picks):
+                data[y : y + values.shape[0], x : x + values.shape[1], j] = values
+        rows = max(1, _BLOCK_PIXELS // max(1, raster.width))
+        for j in range(len(picks)):
+            band = data[..., j]
+            finite = band[np.isfinite(band)] if kind == "f" else band.ravel().copy()
+            if finite.size == 0:
+                out[..., j] = 0
+                continue
+            lo, hi = (float(v) for v in np.percentile(finite, settings.stretch, overwrite_input=True))
+            del finite
+            if hi <= lo:
+                hi = lo + 1.0
+            for y in range(0, raster.height, rows):
+                chunk = np.nan_to_num(band[y : y + rows].astype(np.float64), nan=lo)
+                chunk -= lo
+                chunk *= 255.0 / (hi - lo)
+                out[y : y + rows, :, j] = np.clip(np.rint(chunk), 0, 255)
+        del data
     return out[..., 0] if out.shape[2] == 1 else out
 
 
-def _select_bands(array: np.ndarray, bands: tuple[int, ...] | None, where: str) -> np.ndarray:
-    if array.ndim == 2:
-        return array
-    n = array.shape[2]
-    if bands is None:
-        bands = (1, 2, 3) if n >= 3 else (1,)
-    if max(bands) > n:
-        raise SkipItem(f"bands={','.join(map(str, bands))} asks for band {max(bands)} but {where} has {n}")
-    picked = array[..., [b - 1 for b in bands]]
-    return picked[..., 0] if picked.shape[2] == 1 else picked
+def _conversion_bytes(raster: _Raster, settings: ImageSettings) -> int:
+    """Peak memory :func:`_convert_raster` + the 8-bit Pillow image need for ``raster`` (an estimate)."""
+    pixels = raster.width * raster.height
+    channels = 1 if raster.samples == 1 else len(settings.bands or _default_bands(raster.samples))
+    need = pixels * (channels + (4 if channels == 3 else 1))  # the 8-bit array + Pillow's copy of it
+    if not (raster.dtype.kind == "b" or (raster.dtype.kind in "iu" and raster.dtype.itemsize <= 2)):
+        need += pixels * (channels + 1) * raster.dtype.itemsize  # the chosen bands + one band's values
+    return need + 3 * raster.decoded_bytes + 64 * _BLOCK_PIXELS
 
 
-def _array_to_image(array: np.ndarray, settings: ImageSettings, where: str) -> Image.Image:
-    array = _select_bands(array, settings.bands, where)
-    if array.dtype != np.uint8:
-        array = _stretch_to_uint8(array, settings.stretch)
-    return Image.fromarray(array, mode="L" if array.ndim == 2 else "RGB")
+def _available_memory() -> int | None:
+    """Bytes this process may still allocate: ``MemAvailable``, lowered by a cgroup v2 / v1 limit."""
+    limits = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    limits.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError):
+        pass
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        try:
+            limit = Path(limit_file).read_text().strip()
+            usage = int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 1 << 60:
+            limits.append(max(0, int(limit) - usage))
+        break
+    return min(limits) if limits else None
 
 
-def _to_pil_rgb8(im: Image.Image) -> Image.Image:
-    if im.mode in _PLAIN_MODES:
+def _check_memory(raster: _Raster, settings: ImageSettings) -> None:
+    need = _conversion_bytes(raster, settings)
+    available = settings.max_memory if settings.max_memory is not None else _available_memory()
+    if available is not None and need > available:
+        raise SkipItem(
+            f"out of memory: converting this {raster.width}×{raster.height} {raster.what} to 8-bit needs "
+            f"about {need / 2**30:.2f} GiB, only {available / 2**30:.2f} GiB available"
+            f"{' (max_memory)' if settings.max_memory is not None else ''}; free memory or raise "
+            "max_memory, or convert / crop the scene first (e.g. gdal_translate -ot Byte -scale)"
+        )
+
+
+def _raster_to_image(raster: _Raster, settings: ImageSettings) -> Image.Image:
+    _check_memory(raster, settings)
+    try:
+        array = _convert_raster(raster, settings)
+        image = Image.fromarray(array, mode="L" if array.ndim == 2 else "RGB")
+    except MemoryError:
+        need = _conversion_bytes(raster, settings)
+        raise SkipItem(
+            f"out of memory converting this {raster.width}×{raster.height} {raster.what} to 8-bit "
+            f"(needs about {need / 2**30:.2f} GiB); free memory or convert / crop the scene first"
+        ) from None
+    return image
+
+
+_PIL_SAMPLES = {"1": 1, "L": 1, "P": 3, "RGB": 3, "LA": 2, "RGBA": 4}
+
+
+def _pil_array(im: Image.Image) -> np.ndarray:
+    """The pixels of a decoded Pillow image as a (height, width[, bands]) array of its sample type."""
+    if im.mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+        im = im.convert("RGB")
+    elif im.mode == "1":
+        im = im.convert("L")
+    elif im.mode in ("P", "PA"):
+        im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")
+    elif im.mode in ("La", "RGBa"):
+        im = im.convert(im.mode.upper())
+    return np.asarray(im)
+
+
+def _is_plain(im: Image.Image, settings: ImageSettings) -> bool:
+    """Whether a Pillow image already is the 8-bit image hqrs would make of it."""
+    samples = _PIL_SAMPLES.get(im.mode)
+    if im.mode not in ("1", "L", "P", "RGB"):
+        return False
+    return samples == 1 or settings.bands is None or settings.bands == _default_bands(samples)
+
+
+def _to_pil_rgb8(im: Image.Image, settings: ImageSettings | None = None) -> Image.Image:
+    """The 8-bit image hqrs makes of a decoded Pillow image: plain L / P / 1 / RGB images as they are,
+    others through the same band selection and stretch as TIFFs (:func:`_convert_raster`)."""
+    settings = settings or ImageSettings()
+    if _is_plain(im, settings):
         return im
-    if im.mode == "CMYK" or im.mode == "YCbCr":
-        return im.convert("RGB")
-    return Image.fromarray(_stretch_to_uint8(np.asarray(im), (2.0, 98.0)))
+    array = _pil_array(im)
+    samples = array.shape[2] if array.ndim == 3 else 1
+    return _raster_to_image(
+        _Raster.of_array(array, f"{samples}-band {im.mode} {im.format or 'image'}"), settings
+    )
+
+
+_PIL_TIFF_COMPRESSIONS = {1, 2, 3, 4, 5, 7, 8, 32773, 32946}  # none, CCITT, LZW, JPEG, deflate, packbits
+_PHOTOMETRIC_NAMES = {0: "MINISWHITE", 1: "MINISBLACK", 2: "RGB", 3: "PALETTE", 5: "SEPARATED", 6: "YCBCR"}
+
+
+def _tiff_is_plain(page: Any, settings: ImageSettings) -> bool:
+    """Whether Pillow reads this TIFF page as the 8-bit image hqrs would make of it (no conversion)."""
+    separate, depth, _h, _w, _c = page.shaped
+    samples, photometric = page.samplesperpixel, int(page.photometric)
+    layout = (
+        (samples == 1 and photometric in (0, 1, 3))
+        or (samples == 3 and photometric in (2, 6) and separate == 1)
+        or (samples == 4 and photometric == 5 and separate == 1 and settings.bands is None)
+    )
+    return (
+        layout
+        and page.dtype in (np.uint8, np.bool_)
+        and depth == 1
+        and int(page.compression) in _PIL_TIFF_COMPRESSIONS
+        and page.tags.valueof(274, 1) == 1  # no Orientation: Pillow's and tifffile's frames are the same
+        and (samples == 1 or settings.bands is None or settings.bands == _default_bands(samples))
+    )
+
+
+def _tiff_raster(tif: Any, page: Any) -> _Raster:
+    """The pixels of a TIFF page, read strip by strip / tile by tile (uncompressed ones row block by row
+    block), never as one whole decoded array."""
+    separate, depth, height, width, contig = page.shaped
+    if depth != 1:
+        raise SkipItem(f"3-D TIFF (image depth {depth}) is not a 2-D image")
+    dtype, photometric = np.dtype(page.dtype), int(page.photometric)
+    samples = separate * contig
+    colormap = None
+    if photometric == 3 and samples == 1 and page.colormap is not None:
+        colormap = np.asarray(page.colormap)
+        colormap = (colormap // 257 if colormap.max() > 255 else colormap).astype(np.uint8).T  # (n, 3)
+    nodata = page.nodata if page.nodata is not None else 0
+
+    def fix(block: np.ndarray) -> np.ndarray:
+        if colormap is not None:
+            return colormap[np.minimum(block[..., 0], len(colormap) - 1)]
+        if photometric == 0:  # MINISWHITE: 0 is white
+            if block.dtype.kind == "b":
+                return ~block
+            if block.dtype.kind == "u":
+                return np.iinfo(block.dtype).max - block
+            return -block
+        return block
+
+    contiguous = page.is_contiguous
+    if (
+        contiguous
+        and int(page.compression) == 1
+        and page.fillorder == 1
+        and dtype.kind != "b"
+        and page.bitspersample == 8 * dtype.itemsize
+    ):
+        offset = page.dataoffsets[0]
+        file_dtype = dtype.newbyteorder(tif.byteorder)
+        rows = max(1, _BLOCK_PIXELS // width)
+
+        def blocks():
+            fh = tif.filehandle
+            for s in range(separate):
+                for y in range(0, height, rows):
+                    n = min(rows, height - y)
+                    with fh.lock:
+                        fh.seek(offset + (s * height + y) * width * contig * dtype.itemsize)
+                        block = fh.read_array(file_dtype, count=n * width * contig)
+                    yield s, y, 0, fix(block.reshape(n, width, contig))
+
+        decoded = 0
+    else:
+
+        def blocks():
+            for segment, (s, _d, y, x, _), shape in page.segments(
+                maxworkers=1, sort=True, buffersize=8 << 20, _fullsize=False
+            ):
+                if segment is None:
+                    segment = np.full(shape, nodata, dtype=dtype)
+                yield s * contig, y, x, fix(segment[0, : height - y, : width - x])
+
+        decoded = math.prod(page.chunks) * dtype.itemsize
+    name = _PHOTOMETRIC_NAMES.get(photometric, f"photometric={photometric}")
+    if colormap is not None:
+        samples, dtype = 3, np.dtype(np.uint8)
+    return _Raster(width, height, samples, dtype, f"{samples}-band {dtype} {name} TIFF", blocks, decoded)
 
 
 def _read_tiff(
     path: Path | io.BytesIO, settings: ImageSettings
 ) -> tuple[int, int, Image.Image | None, str | None]:
-    """Size of a TIFF and, when it is not plain 8-bit 1/3-band data, its converted 8-bit image."""
+    """Size of a TIFF and, when Pillow would not read it as the 8-bit image hqrs makes of it, that image.
+
+    tifffile reads every sample count, bit depth, photometric tag and compression (imagecodecs
+    decodes LZW, deflate, zstd, JPEG, JPEG 2000, WebP, LERC ...).
+    """
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
-            shape, dtype = page.shape, page.dtype
-            samples = page.samplesperpixel
-            planar = page.planarconfig == 2 and samples > 1
-            if planar:  # (bands, h, w)
-                height, width = shape[-2], shape[-1]
-            else:
-                height, width = shape[0], shape[1]
+            _s, _d, height, width, _c = page.shaped
             if width * height > settings.max_pixels:
                 raise SkipItem(
                     f"decompression-bomb guard: {width}×{height} = {width * height:,} pixels > "
                     f"max_pixels={settings.max_pixels:,} (raise max_pixels or use large=tile on a smaller copy)"
                 )
-            plain = dtype == np.uint8 and samples in (1, 3, 4) and not planar
-            if plain:
+            if _tiff_is_plain(page, settings):
                 return width, height, None, None
-            array = page.asarray()
+            raster = _tiff_raster(tif, page)
+            what = raster.what
+            orientation = page.tags.valueof(274, 1)
+            if orientation != 1:  # tifffile reads the stored frame; the PNG carries no Orientation
+                what += f" (Orientation={orientation} dropped: stored frame kept)"
+            image = _raster_to_image(raster, settings)
     except SkipItem:
         raise
-    except Exception as exc:  # tifffile raises many types for corrupt files
+    except Exception as exc:  # tifffile / imagecodecs raise many types for corrupt or unknown files
         raise SkipItem(f"unreadable TIFF ({type(exc).__name__}: {exc})") from None
-    if planar:
-        array = np.moveaxis(array, 0, -1)
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[..., 0]
-    why = f"{samples}-band {dtype} TIFF → 8-bit {'RGB' if samples >= 3 else 'grayscale'}"
-    return width, height, _array_to_image(array, settings, f"TIFF with {samples} bands"), why
+    return width, height, image, f"{what} → 8-bit {'RGB' if image.mode == 'RGB' else 'grayscale'}"
+
+
+def _png_header(head: bytes) -> tuple[int, int, int, int] | None:
+    """(width, height, bit depth, colour type) from a PNG's first 26 bytes, None if not a PNG."""
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    width, height, depth, colour = struct.unpack(">IIBB", head[16:26])
+    return width, height, depth, colour
+
+
+def _read_png16(data: bytes, header: tuple[int, int, int, int], settings: ImageSettings) -> Image.Image:
+    """A 16-bit PNG at its full precision (Pillow keeps only the high byte of 16-bit RGB / RGBA)."""
+    import imagecodecs
+
+    width, height, _depth, colour = header
+    samples = {0: 1, 2: 3, 4: 2, 6: 4}.get(colour, 1)
+    estimate = _Raster(width, height, samples, np.dtype(np.uint16), "", None, width * height * samples * 2)
+    estimate.what = f"{samples}-band uint16 PNG"
+    _check_memory(estimate, settings)
+    try:
+        array = imagecodecs.png_decode(data)
+    except Exception as exc:
+        raise SkipItem(f"truncated or corrupt image data ({type(exc).__name__}: {exc})") from None
+    raster = _Raster.of_array(array, estimate.what)
+    del array
+    return _raster_to_image(raster, settings)
+
+
+_ORIENTATION = 0x0112  # the EXIF / TIFF Orientation tag
+
+
+def _orientation(im: Image.Image) -> int | None:
+    """The Orientation that ``datasets`` (and browsers) would apply to ``im``, None when untagged."""
+    try:
+        value = im.getexif().get(_ORIENTATION)
+    except Exception:  # a broken EXIF block: Pillow's own exif_transpose would fail the same way
+        return None
+    return None if value in (None, 1) else value
+
+
+def _patch_exif_orientation(buf: bytearray, start: int, end: int) -> bool:
+    """Set the Orientation entry of the EXIF (TIFF-structured) block ``buf[start:end]`` to 1, in place."""
+    order = {b"II": "<", b"MM": ">"}.get(bytes(buf[start : start + 2]))
+    if order is None or end - start < 8:
+        return False
+    ifd = start + struct.unpack(order + "I", buf[start + 4 : start + 8])[0]
+    if ifd + 2 > end:
+        return False
+    (count,) = struct.unpack(order + "H", buf[ifd : ifd + 2])
+    for k in range(count):
+        entry = ifd + 2 + 12 * k
+        if entry + 12 > end:
+            return False
+        tag, kind = struct.unpack(order + "HH", buf[entry : entry + 4])
+        if tag == _ORIENTATION and kind == 3:  # SHORT, value stored in the entry itself
+            buf[entry + 8 : entry + 10] = struct.pack(order + "H", 1)
+            return True
+    return False
+
+
+_XMP_ORIENTATION = re.compile(rb'tiff:Orientation(="|>)([0-9])')  # what Pillow's getexif() reads
+
+
+def jpeg_without_orientation(data: bytes) -> bytes | None:
+    """The JPEG ``data`` with its EXIF and XMP Orientation set to 1 (no rotation), every other byte
+    unchanged (no re-encoding); None when the marker structure is not understood."""
+    buf = bytearray(data)
+    if buf[:2] != b"\xff\xd8":
+        return None
+    i, changed = 2, False
+    while i + 4 <= len(buf):
+        if buf[i] != 0xFF:
+            return None
+        marker = buf[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xDA, 0xD9):  # start of scan / end of image: no metadata after this
+            break
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            i += 2
+            continue
+        end = i + 2 + int.from_bytes(buf[i + 2 : i + 4], "big")
+        if marker == 0xE1:
+            if buf[i + 4 : i + 10] == b"Exif\x00\x00":
+                changed |= _patch_exif_orientation(buf, i + 10, min(end, len(buf)))
+            elif buf[i + 4 : i + 33] == b"http://ns.adobe.com/xap/1.0/\x00":
+                segment = bytes(buf[i + 4 : end])
+                patched = _XMP_ORIENTATION.sub(lambda m: b"tiff:Orientation" + m[1] + b"1", segment)
+                if patched != segment:
+                    buf[i + 4 : end], changed = patched, True
+        i = end
+    return bytes(buf) if changed else None
 
 
 def png_bytes(image: Image.Image, compress_level: int = 6) -> bytes:
@@ -349,16 +745,39 @@ def image_cell_job(args: tuple[str, str, bool]) -> dict[str, Any]:
 
 
 def store_converted(image: Image.Image, settings: ImageSettings, stem: str) -> tuple[Path, str]:
-    """Write ``image`` as PNG into the cache (once); returns its path and content id."""
-    data = png_bytes(image)
+    """Write ``image`` as PNG into the cache (once); returns its path and content id.
+
+    The PNG is written straight to a temporary file (never held whole in memory) and renamed.
+    """
+    cache = settings.cache_path()
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{stem}.", suffix=".png.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG", compress_level=6)
+        image_id = file_content_id(tmp)
+        path = cache / f"{stem}-{image_id}.png"
+        if path.exists():
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path, image_id
+
+
+def _store_bytes(data: bytes, settings: ImageSettings, stem: str, suffix: str) -> tuple[Path, str]:
     image_id = content_id(data)
-    path = settings.cache_path() / f"{stem}-{image_id}.png"
+    path = settings.cache_path() / f"{stem}-{image_id}{suffix}"
     if not path.exists():
         atomic_write_bytes(path, data)
     return path, image_id
 
 
 _READ_WHOLE_LIMIT = 256 << 20  # files up to this size are read once into memory (id + decode)
+_READ_WHOLE_TIFF = 16 << 20  # TIFFs above this are read block by block (conversion memory stays bounded)
 
 
 def load_image(path: str | Path, settings: ImageSettings, *, keep_pixels: bool = False) -> LoadedImage:
@@ -369,7 +788,7 @@ def load_image(path: str | Path, settings: ImageSettings, *, keep_pixels: bool =
     are needed for tiling / resizing / conversion).
 
     Raises:
-        SkipItem: the file cannot be used; the reason names what is wrong with it.
+        SkipItem: the file cannot be used; the reason names what is wrong with it and the fix.
     """
     path = Path(path)
     try:
@@ -380,7 +799,10 @@ def load_image(path: str | Path, settings: ImageSettings, *, keep_pixels: bool =
         raise SkipItem("image file not found")
     if size == 0:
         raise SkipItem("empty file (0 bytes)")
-    if size <= _READ_WHOLE_LIMIT:
+    suffix = path.suffix.lower()
+    is_tiff = suffix in (".tif", ".tiff")
+    data: bytes | None = None
+    if size <= (_READ_WHOLE_TIFF if is_tiff else _READ_WHOLE_LIMIT):
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -390,9 +812,30 @@ def load_image(path: str | Path, settings: ImageSettings, *, keep_pixels: bool =
         image_id, stream = file_content_id(path), path
     converted_image: Image.Image | None = None
     why: str | None = None
+    patched_jpeg: bytes | None = None
     with pixel_limit(settings.max_pixels):
-        if path.suffix.lower() in (".tif", ".tiff"):
+        if is_tiff:
             width, height, converted_image, why = _read_tiff(stream, settings)
+            if isinstance(stream, io.BytesIO):
+                stream.seek(0)
+        else:
+            if data is not None:
+                head = data[:26]
+            else:
+                with open(path, "rb") as f:
+                    head = f.read(26)
+            header = _png_header(head)
+            if header is not None and header[2] == 16:
+                width, height = header[:2]
+                if width * height > settings.max_pixels:
+                    raise SkipItem(
+                        f"decompression-bomb guard: {width}×{height} = {width * height:,} pixels > "
+                        f"max_pixels={settings.max_pixels:,}"
+                    )
+                converted_image = _read_png16(
+                    data if data is not None else path.read_bytes(), header, settings
+                )
+                why = f"{ {0: 1, 2: 3, 4: 2, 6: 4}.get(header[3], 1) }-band 16-bit PNG → 8-bit {converted_image.mode}"
         try:
             im = Image.open(stream) if converted_image is None else converted_image
         except UnidentifiedImageError:
@@ -410,11 +853,20 @@ def load_image(path: str | Path, settings: ImageSettings, *, keep_pixels: bool =
                 )
             large = max(width, height) > settings.max_side and settings.large != "keep"
             full = large or keep_pixels
-            if converted_image is None and im.mode not in _PLAIN_MODES:
-                why = f"{im.mode} → 8-bit"
+            if converted_image is None:
+                orientation = _orientation(im)
+                if not _is_plain(im, settings):
+                    why = f"{im.mode} {im.format} → 8-bit"
+                elif orientation is not None:
+                    # one frame everywhere: the stored pixels; the tag that would rotate them goes
+                    patched_jpeg = jpeg_without_orientation(data) if im.format == "JPEG" and data else None
+                    if patched_jpeg is not None and _orientation(Image.open(io.BytesIO(patched_jpeg))):
+                        patched_jpeg = None  # an Orientation left somewhere the patch does not reach
+                    how = "set to 1 in the JPEG" if patched_jpeg is not None else "dropped (lossless PNG)"
+                    why = f"EXIF Orientation={orientation} {how}: pixels, size and boxes stay in the stored frame"
             needs_pixels = settings.verify or settings.phash or full or why is not None
             if needs_pixels:
-                if not full and why is None:
+                if not full and (why is None or patched_jpeg is not None):
                     _draft_for_phash(im)  # only the hash looks at these pixels
                 try:
                     im.load()
@@ -422,12 +874,20 @@ def load_image(path: str | Path, settings: ImageSettings, *, keep_pixels: bool =
                     raise SkipItem(f"truncated or corrupt image data ({exc})") from None
                 except Image.DecompressionBombError as exc:
                     raise SkipItem(f"decompression-bomb guard: {exc}") from None
-                pixels = _to_pil_rgb8(im) if converted_image is None else converted_image
+                except MemoryError:
+                    raise SkipItem(
+                        f"out of memory decoding this {width}×{height} {im.mode} image; free memory, or lower "
+                        "max_pixels to skip such scenes, or crop / downscale it first"
+                    ) from None
+                pixels = _to_pil_rgb8(im, settings) if converted_image is None else converted_image
                 if pixels is im and full:
                     pixels = im.copy()
                 phash = perceptual_hash(pixels) if settings.phash else None
             else:
                 pixels = phash = None
+    if patched_jpeg is not None:
+        new_path, image_id = _store_bytes(patched_jpeg, settings, path.stem, ".jpg")
+        return LoadedImage(new_path, image_id, width, height, phash, why, pixels if full else None)
     if why is not None:
         if pixels.mode not in ("L", "RGB"):
             pixels = pixels.convert("RGB")
