@@ -188,7 +188,7 @@ def _chosen_leaf(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argpar
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config-file", type=Path, default=None)
     config_file = pre.parse_known_args(argv)[0].config_file
     leaf = _chosen_leaf(parser, argv) if config_file is not None else None
