@@ -64,10 +64,10 @@ def test_errors_name_the_bad_key(patch, message):
 def test_recipe_file_and_env(tmp_path, monkeypatch):
     (tmp_path / "mine.jinja").write_text("Describe {{ perspective }} of site {{ record.image_id }}.")
     (tmp_path / "r.yaml").write_text(
-        "name: mine\nbackends:\n  m: {server: endpoint, endpoint_url: '${MY_URL:-http://127.0.0.1:1}', model: x}\n"
+        "name: mine\nbackends:\n  m: {server: endpoint, endpoint_url: '${HQRS_MPGI_ENDPOINT:-http://127.0.0.1:1}', model: x}\n"
         "generators:\n  - {name: g, backend: m, perspective: scene, prompt: mine.jinja}\n"
     )
-    monkeypatch.setenv("MY_URL", "http://127.0.0.1:4242")
+    monkeypatch.setenv("HQRS_MPGI_ENDPOINT", "http://127.0.0.1:4242")
     recipe = load_recipe(tmp_path / "r.yaml")
     assert recipe.backends["m"].endpoint_url == "http://127.0.0.1:4242"
     assert (

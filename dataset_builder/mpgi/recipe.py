@@ -381,25 +381,39 @@ def _build(cls, data: Any, where: str):
         raise RecipeError(f"{where}: missing required key {missing[0] if missing else ''!r} ({e})") from None
 
 
-_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ENV_RE = re.compile(r"\$\{([^}:]*)(?::-([^}]*))?\}")
+# The only environment variables a recipe may read: non-secret settings of shipped recipes. API keys come
+# from ``api_key_env`` (read inside the task, never written anywhere); any other ``${VAR}`` is an error,
+# so that ``model: "${HF_TOKEN}"`` cannot copy a secret into recipe.json, manifests, logs and requests.
+ENV_ALLOWLIST = ("HQRS_MPGI_ENDPOINT", "HQRS_MPGI_MODEL")
 
 
-def _expand_env(value: Any) -> Any:
-    """``${VAR}`` / ``${VAR:-default}`` in string values come from the environment."""
+def _expand_env(value: Any, where: str = "") -> Any:
+    """``${VAR}`` / ``${VAR:-default}`` in string values, for the variables of :data:`ENV_ALLOWLIST` only."""
     if isinstance(value, str):
 
         def sub(m: re.Match) -> str:
-            if m.group(1) in os.environ:
-                return os.environ[m.group(1)]
+            name = m.group(1)
+            if name not in ENV_ALLOWLIST:
+                raise RecipeError(
+                    f"{where or 'recipe'}: ${{{name}}} is not allowed: a recipe may only read the non-secret "
+                    f"settings {', '.join(ENV_ALLOWLIST)} from the environment (an API key is named by "
+                    "backends.<name>.api_key_env and never copied into the recipe); write the value itself or "
+                    "pass it with --set"
+                )
+            if os.environ.get(name):
+                return os.environ[name]
             if m.group(2) is not None:
                 return m.group(2)
-            raise RecipeError(f"environment variable {m.group(1)} is not set and has no default in {value!r}")
+            raise RecipeError(
+                f"{where or 'recipe'}: environment variable {name} is not set and has no default"
+            )
 
         return _ENV_RE.sub(sub, value)
     if isinstance(value, dict):
-        return {k: _expand_env(v) for k, v in value.items()}
+        return {k: _expand_env(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand_env(v) for v in value]
+        return [_expand_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
     return value
 
 
