@@ -22,7 +22,9 @@ def test_shipped_recipes_load():
     assert not offline.uses_models and offline.integrator.n_captions == 6
     tiny = load_recipe("cpu-tiny", overrides=["backends.local.endpoint_url=http://127.0.0.1:9999"])
     assert tiny.backends["local"].endpoint_url == "http://127.0.0.1:9999"
-    assert load_recipe("cpu-tiny").hash() != tiny.hash()
+    # the endpoint is operational (#13.2): same content, same hash; the model is content
+    assert load_recipe("cpu-tiny").hash() == tiny.hash()
+    assert load_recipe("cpu-tiny", overrides=["backends.local.model=other"]).hash() != tiny.hash()
 
 
 @pytest.mark.parametrize(

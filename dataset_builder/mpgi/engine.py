@@ -61,6 +61,78 @@ class MpGIRunError(RuntimeError):
     """A stage stopped (e.g. its server never became ready); finished work is kept, rerun to resume."""
 
 
+def check_optional_backends(recipe: Recipe, executor: str) -> None:
+    """Every optional package the run needs is importable here, else one :class:`MpGIRunError` listing
+    them all (before any pass starts). vllm/sglang are checked for the local executor only (Slurm and
+    Ray tasks run in their own environments)."""
+    import importlib.util
+
+    missing = []
+    used = set(recipe.generator_backends()) | {recipe.integrator.backend}
+    for name in sorted(used & set(recipe.backends)):
+        server = recipe.backends[name].server
+        if executor == "local" and server in ("vllm", "sglang") and importlib.util.find_spec(server) is None:
+            missing.append(f"{server} (backends.{name}.server; pip install {server})")
+    if executor == "ray" and importlib.util.find_spec("ray") is None:
+        missing.append("ray (--executor ray; pip install 'ray[default]')")
+    if executor == "slurm" and shutil.which("sbatch") is None:
+        missing.append("sbatch (--executor slurm runs where Slurm's sbatch is on PATH)")
+    if missing:
+        raise MpGIRunError(
+            f"recipe {recipe.name!r} needs what is not installed here: {'; '.join(missing)}; install it, or use "
+            "another recipe/executor (e.g. an 'endpoint' backend with a running server)"
+        )
+
+
+def check_endpoint(recipe: Recipe, name: str, attempts: int = 3) -> None:
+    """``GET <root>/v1/models`` of an ``endpoint`` backend; a server that does not answer (or rejects the
+    API key) is one :class:`MpGIRunError` naming the endpoint, the error and the fix, before a stage
+    starts. Any other HTTP answer counts as up."""
+    import urllib.error
+    import urllib.request
+
+    spec = recipe.backends[name]
+    if spec.server != "endpoint":
+        return
+    headers = {}
+    if spec.api_key_env and os.environ.get(spec.api_key_env):
+        headers["Authorization"] = f"Bearer {os.environ[spec.api_key_env]}"
+    request = urllib.request.Request(f"{spec.server_root}/v1/models", headers=headers)
+    error = None
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(request, timeout=min(spec.request_timeout, 10.0)):  # noqa: S310
+                return
+        except urllib.error.HTTPError as e:
+            if e.code in (401, 403):
+                raise MpGIRunError(
+                    f"endpoint {spec.server_root} (backends.{name}) rejected the API key (HTTP {e.code}): set the "
+                    f"environment variable named by backends.{name}.api_key_env ({spec.api_key_env}) to a valid key"
+                ) from None
+            return
+        except (urllib.error.URLError, OSError) as e:
+            error = getattr(e, "reason", e)
+            if attempt + 1 < attempts:
+                time.sleep(1.0)
+    raise MpGIRunError(
+        f"endpoint {spec.server_root} (backends.{name}) is not reachable: {error}; is the server running? start "
+        f"it or point the recipe at it (--set backends.{name}.endpoint_url=URL), then rerun"
+    )
+
+
+def _operational_error(exc: BaseException) -> BaseException | None:
+    """The :class:`EndpointUnavailable` behind ``exc`` (also through a worker pool), if any."""
+    from .datatrove_compat import EndpointUnavailable
+
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, EndpointUnavailable):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
 @dataclass
 class RunReport:
     """What one ``run_mpgi`` call did (counts are over the records it was given, after ``limit``)."""
@@ -164,6 +236,8 @@ def stage_pipeline(recipe: Recipe, stage: Stage, input_folder: str, stage_dir: P
         records_per_chunk=recipe.execution.records_per_chunk,
         metadata_key=stage.key,
         api_key_env=recipe.backends[stage.backend].api_key_env,
+        circuit_breaker=recipe.backends[stage.backend].circuit_breaker,
+        backend=stage.backend,
     )
     return [reader, runner]
 
@@ -512,10 +586,15 @@ def _run_pass(
             job_name=f"mpgi-{pass_dir.name}-{i}-{stage.folder}",
         )
         input_folder = str(stage_dir / "output")
+    for name in dict.fromkeys(s.backend for s in stages if s.backend is not None):
+        check_endpoint(recipe, name)
     try:
         with _ProgressBar(folders if executor == "local" else [], records, progress and executor == "local"):
             previous.run()
     except Exception as e:
+        down = _operational_error(e)
+        if down is not None:
+            raise MpGIRunError(f"MpGI pass {pass_dir.name} stopped: {down}") from None
         logs = ", ".join(str(pass_dir / "stages" / s.folder / "logs") for s in stages)
         raise MpGIRunError(
             f"MpGI pass {pass_dir.name} stopped: {type(e).__name__}: {str(e)[:500]}. Finished records are kept; "
@@ -580,16 +659,26 @@ def run_mpgi(
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit!r}")
     started = time.perf_counter()
+    from .datatrove_compat import check_version
+
+    try:
+        check_version()
+    except RuntimeError as e:
+        raise MpGIRunError(str(e)) from None
+    check_optional_backends(recipe, executor)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     recipe_hash = recipe.hash()
     manifest_path = run_dir / "manifest.json"
     manifest = _read_json(manifest_path)
+    if manifest is not None and manifest.get("recipe_hash") == recipe.hash(legacy=True):
+        manifest["recipe_hash"] = recipe_hash  # a run directory made before operational keys left the hash
     if manifest is not None and manifest.get("recipe_hash") != recipe_hash:
         raise ValueError(
             f"run directory {str(run_dir)!r} was made with recipe {manifest.get('recipe')!r} "
             f"(hash {manifest.get('recipe_hash', '?')[:12]}), not with this recipe {recipe.name!r} "
-            f"(hash {recipe_hash[:12]}): use another --out, or the same recipe"
+            f"(hash {recipe_hash[:12]}): models, prompts, sampling, perspectives or the integrator differ; use "
+            "another --out, or the same recipe (endpoint, timeouts, concurrency, retries and executor may change)"
         )
     if manifest is None:
         manifest = {
@@ -650,7 +739,15 @@ def run_mpgi(
         partial = pass_dir.with_name(f".{pass_dir.name}.partial")
         shutil.rmtree(partial, ignore_errors=True)
         n_shards = _write_pass_input(partial, todo, tasks)
-        _write_json(partial / "pass.json", {"records": len(todo), "tasks": n_shards, "created": _now()})
+        _write_json(
+            partial / "pass.json",
+            {
+                "records": len(todo),
+                "tasks": n_shards,
+                "records_per_chunk": recipe.execution.records_per_chunk,
+                "created": _now(),
+            },
+        )
         partial.rename(pass_dir)
         report.new_pass = index
         _execute_pass(pass_dir, recipe, executor, workers, progress, manifest, manifest_path)
@@ -690,11 +787,20 @@ def _execute_pass(
 ) -> None:
     index = int(pass_dir.name)
     info = _read_json(pass_dir / "pass.json")
+    chunk = info.get("records_per_chunk", recipe.execution.records_per_chunk)
+    if (
+        chunk != recipe.execution.records_per_chunk
+    ):  # datatrove's checkpoints of this pass count in its chunks
+        from dataclasses import replace
+
+        recipe = replace(recipe, execution=replace(recipe.execution, records_per_chunk=chunk))
     entry = next((e for e in manifest["passes"] if e.get("pass") == index), None)
     if entry is None:
         entry = {"pass": index, "records": info["records"], "executor": executor}
         manifest["passes"].append(entry)
-    entry.setdefault("attempts", []).append({"started": _now()})
+    entry.setdefault("attempts", []).append(
+        {"started": _now(), "executor": executor, "workers": workers, "settings": recipe.operational()}
+    )
     _write_json(manifest_path, manifest)
     t0 = time.perf_counter()
     complete = _run_pass(pass_dir, recipe, executor, info["tasks"], info["records"], workers, progress)

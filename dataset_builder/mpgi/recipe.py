@@ -37,6 +37,22 @@ SERVER_TYPES = ("vllm", "sglang", "endpoint")
 FACT_FILTER_MODES = ("off", "drop", "regenerate")
 LENGTHS = ("short", "medium", "long")
 TEMPLATE_INTEGRATOR = "template"
+# backend keys that change how requests are sent, not what the captions are (not part of the recipe hash)
+OPERATIONAL_BACKEND_KEYS = (
+    "server",
+    "endpoint_url",
+    "api_key_env",
+    "max_concurrent",
+    "request_timeout",
+    "retries",
+    "retry_backoff",
+    "tp",
+    "dp",
+    "pp",
+    "server_ready_attempts",
+    "server_ready_delay",
+    "circuit_breaker",
+)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -88,6 +104,8 @@ class BackendSpec:
         max_context, tp, dp, pp, model_kwargs: passed to datatrove's ``InferenceConfig``
             (``model_kwargs`` become server flags, e.g. ``{max-model-len: 16384}``).
         server_ready_attempts, server_ready_delay: readiness polling of the server (``/v1/models``).
+        circuit_breaker: after this many consecutive connection failures (refused, reset, timed out) the
+            stage stops (unfinished records stay pending) instead of timing out every record.
         max_image_side: images are downscaled so that their longer side is at most this (pixels).
     """
 
@@ -106,6 +124,7 @@ class BackendSpec:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     server_ready_attempts: int = 120
     server_ready_delay: float = 5.0
+    circuit_breaker: int = 5
     max_image_side: int = 1024
 
     @property
@@ -145,6 +164,7 @@ class BackendSpec:
             "dp",
             "pp",
             "server_ready_attempts",
+            "circuit_breaker",
             "max_image_side",
         ):
             _positive_int(getattr(self, name), f"{where}.{name}")
@@ -347,11 +367,37 @@ class Recipe:
         data.pop("source_path")
         return data
 
-    def hash(self) -> str:
-        """SHA-256 of the canonical JSON of the recipe plus the text of every template it uses."""
+    def content(self) -> dict[str, Any]:
+        """What determines the captions: models, prompts, sampling, perspectives, integrator, caption spec.
+
+        Operational settings (:data:`OPERATIONAL_BACKEND_KEYS`: endpoint, timeouts, concurrency, retries,
+        parallelism; ``execution``: executor options) and the name/description are left out: they may change
+        between runs of one run directory and are recorded per run in its manifest.
+        """
+        data = self.to_dict()
+        for backend in data["backends"].values():
+            for key in OPERATIONAL_BACKEND_KEYS:
+                backend.pop(key, None)
+        for key in ("execution", "name", "description"):
+            data.pop(key)
+        return data
+
+    def operational(self) -> dict[str, Any]:
+        """The settings :meth:`content` leaves out (recorded per run in the manifest; never a key)."""
+        return {
+            "backends": {
+                name: {key: getattr(b, key) for key in OPERATIONAL_BACKEND_KEYS}
+                for name, b in self.backends.items()
+            },
+            "execution": asdict(self.execution),
+        }
+
+    def hash(self, legacy: bool = False) -> str:
+        """SHA-256 of the canonical JSON of :meth:`content` plus the text of every template it uses
+        (``legacy``: of the whole recipe, as run directories made before 0.x recorded it)."""
         from .prompts import template_source
 
-        payload = self.to_dict()
+        payload = self.to_dict() if legacy else self.content()
         templates = {gen.prompt for gen in self.generators}
         if self.integrator.backend != TEMPLATE_INTEGRATOR:
             templates |= {self.integrator.prompt, self.integrator.repair_prompt}

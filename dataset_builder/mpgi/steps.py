@@ -27,11 +27,13 @@ from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.inference.checkpointing import CheckpointManager, RequestCache
 from datatrove.pipeline.inference.run_inference import InferenceRunner
-from datatrove.pipeline.inference.types import InferenceError, InferenceResult, ServerError
+from datatrove.pipeline.inference.types import InferenceError, InferenceResult
 from loguru import logger
 
 from ..records import Caption, Perspective
 from ..rules import RuleFacts
+from . import datatrove_compat
+from .datatrove_compat import CircuitBreaker, EndpointUnavailable, RequestError
 from .integrate import (
     IntegrationError,
     extract_json,
@@ -42,6 +44,8 @@ from .integrate import (
 )
 from .prompts import chat_payload, image_data_url, prompt_id, render
 from .recipe import BackendSpec, Recipe
+
+datatrove_compat.install_log_filter()
 
 GEN_KEY_PREFIX = "gen:"
 INTEGRATION_KEY = "integration"
@@ -166,9 +170,18 @@ class MpGIInferenceRunner(InferenceRunner):
 
     read_batch = 256  # documents fetched from the reader per thread hop
 
-    def __init__(self, *args, api_key_env: str | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        api_key_env: str | None = None,
+        circuit_breaker: int = 5,
+        backend: str = "<name>",
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
+        self.backend = backend
         self.api_key_env = api_key_env
+        self.circuit_breaker = circuit_breaker
         old = self.checkpoint_manager
         self.request_cache = WalRequestCache(old.checkpoints_local_dir)
         self.checkpoint_manager = SyncCheckpointManager(
@@ -192,8 +205,30 @@ class MpGIInferenceRunner(InferenceRunner):
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
+    async def run_async(self, data_gen, rank: int = 0) -> None:
+        """datatrove's loop; when the circuit breaker trips, the documents in flight all end with
+        :class:`EndpointUnavailable`: one is raised, the others are not "never retrieved" noise."""
+        loop = asyncio.get_running_loop()
+
+        def handler(loop, context):
+            if not isinstance(context.get("exception"), EndpointUnavailable):
+                loop.default_exception_handler(context)
+
+        loop.set_exception_handler(handler)
+        await super().run_async(data_gen, rank)
+
+    async def _send_request(self, server, payload: dict, semaphore: asyncio.Semaphore) -> InferenceResult:
+        """One attempt with truthful error kinds and the circuit breaker (see ``datatrove_compat``)."""
+        return await datatrove_compat.send_request(self, server, payload, semaphore)
+
     def _init_server(self, rank: int):
         server = super()._init_server(rank)
+        self.breaker = CircuitBreaker(
+            endpoint=getattr(server, "endpoint_url", None) or f"{self.config.server_type} server",
+            threshold=self.circuit_breaker,
+            request_timeout=self.config.request_timeout,
+            backend=self.backend,
+        )
         client = getattr(server, "client", None)
         if client is not None:
             client.base_url = server.endpoint_url.rstrip("/") + "/v1"
@@ -205,6 +240,8 @@ class MpGIInferenceRunner(InferenceRunner):
                         f"{self.api_key_env} (named by the recipe's api_key_env) where the tasks run"
                     )
                 client.api_key = key
+            # one attempt per call: retries, Retry-After and the circuit breaker are MpGI's
+            server.client = client.with_options(max_retries=0, timeout=self.config.request_timeout + 5)
         return server
 
 
@@ -220,11 +257,14 @@ def _usage_add(total: dict[str, int], usage: dict | None) -> None:
 async def request_with_retries(
     generate, payload: dict[str, Any], backend: BackendSpec, usage: dict[str, int], counters: dict[str, int]
 ) -> InferenceResult:
-    """Send ``payload`` through datatrove's generate callback with a timeout and bounded retries.
+    """Send ``payload`` through datatrove's generate callback with bounded retries.
 
-    Retries on timeouts, HTTP 5xx, connection errors, unparsable HTTP bodies and empty answers; each
-    retry carries a different ``seed`` (so that it is a new request, also for the request cache).
-    HTTP 400 fails at once. A server that never became ready raises ``ServerError`` (stage abort).
+    Each attempt is bounded by ``request_timeout`` (in :func:`datatrove_compat.send_request`). Retries
+    timeouts, refused or reset connections, HTTP 408/429/5xx (waiting ``Retry-After`` when the server sends
+    it, at most 10 minutes), unparsable bodies and empty answers; each retry carries a different ``seed``
+    (a new request, also for the request cache). Other HTTP errors (400, 401, 404...) fail at once. A
+    tripped circuit breaker (:class:`EndpointUnavailable`) or a server that never became ready
+    (``ServerError``) aborts the stage.
     """
     last_error = "no attempt"
     base_seed = int(payload.get("seed", 0) or 0)
@@ -234,25 +274,27 @@ async def request_with_retries(
             body["seed"] = base_seed + attempt
             counters["retries"] = counters.get("retries", 0) + 1
         counters["requests"] = counters.get("requests", 0) + 1
+        delay = backend.retry_backoff * 2**attempt
         try:
-            result = await asyncio.wait_for(generate(body), timeout=backend.request_timeout)
-        except asyncio.TimeoutError:
-            last_error = f"no answer within request_timeout={backend.request_timeout:g}s"
-        except InferenceError as e:
-            last_error = str(e.error)
-            if "BadRequestError" in last_error:
-                raise RequestFailed(f"the server rejected the request: {last_error[:300]}") from None
-        except ServerError as e:
+            result = await generate(body)
+        except RequestError as e:
             last_error = str(e)
-            if "InternalServerError" not in last_error:  # server down for good: abort the stage
-                raise
+            counters[f"error:{e.kind}"] = counters.get(f"error:{e.kind}", 0) + 1
+            if not e.retryable:
+                raise RequestFailed(f"the server rejected the request: {last_error[:300]}") from None
+            if e.retry_after is not None:
+                delay = min(e.retry_after, 600.0)
+        except EndpointUnavailable:
+            raise
+        except InferenceError as e:  # a 400 answered earlier, replayed from datatrove's request cache
+            raise RequestFailed(f"the server rejected the request: {str(e.error)[:300]}") from None
         else:
             _usage_add(usage, result.usage)
             if result.text.strip():
                 return result
             last_error = f"empty answer (finish_reason={result.finish_reason!r})"
-        if attempt < backend.retries and backend.retry_backoff:
-            await asyncio.sleep(backend.retry_backoff * 2**attempt)
+        if attempt < backend.retries and delay:
+            await asyncio.sleep(delay)
     raise RequestFailed(f"{last_error[:300]} (after {backend.retries + 1} attempts)")
 
 

@@ -1,0 +1,257 @@
+"""MpGI in production (#13.1-#13.4): fail fast on a dead or absent endpoint (circuit breaker, one
+``hqrs: error:`` line), truthful error labels and ``Retry-After``, resume across operational changes,
+checked model answers, portable and clean run directories. Real HTTP servers on loopback, no mocks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hqrs.dataset_builder.mpgi import iter_results, run_mpgi, run_status
+from hqrs.dataset_builder.mpgi.engine import MpGIRunError
+from hqrs.dataset_builder.mpgi.loopback import LoopbackServer
+from hqrs.dataset_builder.mpgi.recipe import recipe_from_dict
+from tests.test_mpgi_engine import index_images, loop_recipe, make_records, site_of
+
+
+@pytest.fixture(autouse=True)
+def _loopback_and_unix_sockets():
+    from pytest_socket import socket_allow_hosts
+
+    socket_allow_hosts(["127.0.0.1", "::1"], allow_unix_socket=True)
+    yield
+
+
+def gen_only(url: str, **backend) -> dict:
+    data = loop_recipe(url, **backend)
+    data["generators"] = data["generators"][:1]
+    data["integrator"] = {"backend": "template"}
+    return data
+
+
+def write_recipe(path: Path, data: dict) -> Path:
+    path.write_text(json.dumps(data))
+    return path
+
+
+def cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "hqrs.scripts.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
+
+
+def assert_one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("hqrs: error:")]
+    assert len(lines) == 1 and "Traceback" not in stderr and "CancelledError" not in stderr, stderr[-4000:]
+    return lines[0]
+
+
+# --------------------------------------------------------------------------- #
+# 13.1 a dead or absent server
+# --------------------------------------------------------------------------- #
+
+
+def test_server_dying_mid_run_stops_the_stage_fast_and_leaves_records_pending(tmp_path):
+    """Before: 28 records timed out one by one (127 s with request_timeout 5, retries 2, 4 in flight) and
+    ended in a traceback. Now the circuit breaker stops the stage within about one request_timeout."""
+    make_records(tmp_path / "img", 40)
+    server = LoopbackServer(latency=0.05).__enter__()
+    recipe = write_recipe(tmp_path / "r.json", gen_only(server.url, request_timeout=20, max_concurrent=4))
+    args = [
+        "mpgi",
+        "run",
+        "--recipe",
+        str(recipe),
+        "--source",
+        str(tmp_path / "img"),
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hqrs.scripts.cli", *args, "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while server.total_answered < 10 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    url = server.url
+    server.__exit__(None, None, None)
+    died = time.monotonic()
+    _, err = proc.communicate(timeout=120)
+    elapsed = time.monotonic() - died
+    assert proc.returncode == 1
+    line = assert_one_error_line(err)
+    assert url in line and "connection refused" in line and "rerun" in line and "backends.m" in line
+    assert elapsed < 20, elapsed  # one request_timeout; before: every record timed out after its retries
+    status = run_status(tmp_path / "run")
+    gen = status["passes"][0]["stages"]["gen:m"]
+    assert gen["failed"] == 0 and gen["done"] >= 10 and gen["pending"] == 40 - gen["done"]
+    # the server comes back on another port: the same run directory resumes (#13.2) and finishes
+    with LoopbackServer() as again:
+        out = cli(
+            *args[:-2],
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            f"backends.m.endpoint_url={again.url}/v1",
+            "--no-progress",
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert sum(again.received.values()) == 40 - gen["done"]
+    assert sum(r.status == "ok" for r in iter_results(tmp_path / "run")) == 40
+
+
+def test_absent_server_is_one_line_before_anything_runs(tmp_path):
+    make_records(tmp_path / "img", 3)
+    recipe = write_recipe(tmp_path / "r.yaml", gen_only("http://127.0.0.1:9"))
+    out = cli(
+        "mpgi",
+        "run",
+        "--recipe",
+        str(recipe),
+        "--source",
+        str(tmp_path / "img"),
+        "--out",
+        str(tmp_path / "run"),
+    )
+    assert out.returncode == 1
+    line = assert_one_error_line(out.stderr)
+    assert "http://127.0.0.1:9" in line and "not reachable" in line and "is the server running?" in line
+    assert not list((tmp_path / "run").rglob("output/*.jsonl"))  # no stage ran
+
+
+def test_hung_server_trips_the_breaker_after_about_one_request_timeout(tmp_path):
+    records = make_records(tmp_path / "img", 20)
+    with LoopbackServer(hold_after=2) as server:
+        recipe = recipe_from_dict(gen_only(server.url, request_timeout=2, max_concurrent=8, retries=3))
+        started = time.monotonic()
+        with pytest.raises(
+            MpGIRunError, match=r"no answer within request_timeout=2s.*raise backends\.m\.request_timeout"
+        ):
+            run_mpgi(records, recipe, tmp_path / "run", progress=False)
+        elapsed = time.monotonic() - started
+    # before: 18 records x 4 attempts x 2 s / 8 in flight = at least 18 s
+    assert elapsed < 12, elapsed
+    assert run_status(tmp_path / "run")["passes"][0]["stages"]["gen:m"]["failed"] == 0
+
+
+def test_error_labels_are_truthful_and_retry_after_is_honoured(tmp_path):
+    records = make_records(tmp_path / "img", 4)
+    index_images(records)
+    faults = {0: "reset", 1: "503", 2: "sleep:3", 3: "429:2"}
+
+    def plan(payload, attempt):
+        return faults[site_of(payload)]
+
+    with LoopbackServer(plan=plan) as server:
+        recipe = recipe_from_dict(gen_only(server.url, retries=1, circuit_breaker=100))
+        report = run_mpgi(records, recipe, tmp_path / "run", progress=False)
+        assert report.failed == 4
+        times = [t for t, p in server.arrivals if site_of(p) == 3]
+    errors = {r.record.labels[0]: r.error for r in iter_results(tmp_path / "run")}
+    assert "connection reset" in errors["site0"] and "timeout" not in errors["site0"]
+    assert "HTTP 503" in errors["site1"] and "unrecoverable" not in errors["site1"]
+    assert "after 2 attempts" in errors["site1"]
+    assert "no answer within request_timeout=1s" in errors["site2"]
+    assert "HTTP 429" in errors["site3"]
+    assert len(times) == 2 and times[1] - times[0] >= 1.9  # Retry-After: 2 (the backoff is 0.01 s)
+
+
+@pytest.mark.parametrize(
+    ("server", "executor", "missing"), [("vllm", "local", "vllm"), ("sglang", "local", "sglang")]
+)
+def test_missing_optional_backends_are_one_line_before_the_pass(tmp_path, server, executor, missing):
+    import importlib.util
+
+    if importlib.util.find_spec(missing) is not None:
+        pytest.skip(f"{missing} is installed here")
+    make_records(tmp_path / "img", 1)
+    data = {
+        "name": "g",
+        "backends": {"m": {"server": server, "model": "x"}},
+        "generators": [{"name": "g", "backend": "m", "perspective": "scene"}],
+    }
+    recipe = write_recipe(tmp_path / "r.yaml", data)
+    out = cli(
+        "mpgi",
+        "run",
+        "--recipe",
+        str(recipe),
+        "--source",
+        str(tmp_path / "img"),
+        "--out",
+        str(tmp_path / "run"),
+        "--executor",
+        executor,
+    )
+    line = assert_one_error_line(out.stderr)
+    assert out.returncode == 1 and f"pip install {missing}" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_ray_is_reported_before_the_pass(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is not None:
+        pytest.skip("ray is installed here")
+    with pytest.raises(MpGIRunError, match=r"ray \(--executor ray; pip install"):
+        run_mpgi(
+            make_records(tmp_path / "img", 1),
+            recipe_from_dict({"name": "o"}),
+            tmp_path / "run",
+            executor="ray",
+            progress=False,
+        )
+    assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------- #
+# 13.2 resume survives operational changes
+# --------------------------------------------------------------------------- #
+
+
+def test_operational_changes_resume_content_changes_refuse(tmp_path):
+    records = make_records(tmp_path / "img", 4)
+    index_images(records)
+    with LoopbackServer(plan=lambda p, a: "sleep:2" if site_of(p) == 0 else None) as server:
+        data = gen_only(server.url, request_timeout=0.5, retries=0)
+        first = run_mpgi(records, recipe_from_dict(data), tmp_path / "run", progress=False)
+        assert (first.ok, first.failed) == (3, 1)
+        # a longer timeout, localhost for 127.0.0.1, /v1, other concurrency and retries: same run directory
+        changed = json.loads(json.dumps(data))
+        changed["backends"]["m"].update(
+            endpoint_url=server.url.replace("127.0.0.1", "localhost") + "/v1",
+            request_timeout=5,
+            max_concurrent=2,
+            retries=1,
+            circuit_breaker=3,
+        )
+        changed["execution"] = {"records_per_chunk": 7}
+        again = run_mpgi(records, recipe_from_dict(changed), tmp_path / "run", progress=False)
+        assert (again.ok, again.failed, again.skipped, again.processed) == (4, 0, 3, 1)
+        for key, value in [("model", "other"), ("max_image_side", 64)]:
+            other = json.loads(json.dumps(data))
+            other["backends"]["m"][key] = value
+            with pytest.raises(
+                ValueError, match="models, prompts, sampling, perspectives or the integrator differ"
+            ):
+                run_mpgi(records, recipe_from_dict(other), tmp_path / "run", progress=False)
+        other = json.loads(json.dumps(data))
+        other["generators"][0]["sampling"] = {"temperature": 0.1}
+        with pytest.raises(ValueError, match="differ"):
+            run_mpgi(records, recipe_from_dict(other), tmp_path / "run", progress=False)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    attempts = [a for p in manifest["passes"] for a in p["attempts"]]
+    assert [a["settings"]["backends"]["m"]["request_timeout"] for a in attempts] == [0.5, 5.0]
+    assert attempts[1]["settings"]["backends"]["m"]["endpoint_url"].startswith("http://localhost:")
