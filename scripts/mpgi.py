@@ -130,6 +130,9 @@ def status_command(args: argparse.Namespace) -> int:
         f"{status['run_dir']}: recipe {status['recipe']} ({(status['recipe_hash'] or '?')[:12]}), "
         f"{status['records']} records: {status['ok']} ok, {status['failed']} failed, {status['pending']} pending"
     )
+    if status.get("failed_by_reason"):
+        print("  failed by reason: " + ", ".join(f"{k} {v}" for k, v in status["failed_by_reason"].items()))
+        print("  rerun `hqrs mpgi run` with the same --out to retry them")
     for p in status["passes"]:
         state = "complete" if p["complete"] else "unfinished"
         print(f"  pass {p['pass']} ({p['records']} records, {state})")

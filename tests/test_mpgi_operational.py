@@ -14,7 +14,7 @@ import pytest
 
 from hqrs.dataset_builder.mpgi import iter_results, run_mpgi, run_status
 from hqrs.dataset_builder.mpgi.engine import MpGIRunError
-from hqrs.dataset_builder.mpgi.loopback import LoopbackServer
+from hqrs.dataset_builder.mpgi.loopback import LoopbackServer, prompt_text
 from hqrs.dataset_builder.mpgi.recipe import recipe_from_dict
 from tests.test_mpgi_engine import index_images, loop_recipe, make_records, site_of
 
@@ -255,3 +255,100 @@ def test_operational_changes_resume_content_changes_refuse(tmp_path):
     attempts = [a for p in manifest["passes"] for a in p["attempts"]]
     assert [a["settings"]["backends"]["m"]["request_timeout"] for a in attempts] == [0.5, 5.0]
     assert attempts[1]["settings"]["backends"]["m"]["endpoint_url"].startswith("http://localhost:")
+
+
+# --------------------------------------------------------------------------- #
+# 13.3 model answers are checked, not trusted
+# --------------------------------------------------------------------------- #
+
+
+def test_model_answers_are_checked_counted_and_retried(tmp_path, capsys):
+    from hqrs.dataset_builder.mpgi.loopback import echo_responder
+    from hqrs.scripts.cli import main
+
+    records = make_records(tmp_path / "img", 6)
+    huge = " ".join(["field"] * 200_000)
+    wordy = " ".join(["field"] * 200)  # a "long" caption is 30-90 words (112 with the tolerance)
+
+    def plan(payload, attempt):
+        site, text = site_of(payload), prompt_text(payload)
+        integration = '"captions"' in text
+        if site == 0 and not integration:
+            return "text:" + huge  # a 1.2 MB perspective for max_tokens 256
+        if site == 1 and not integration:
+            return "text:I'm sorry, but I can't help with that request."
+        if site == 2 and not integration:
+            return "finish:length:An aerial view of fields and"
+        if site in (3, 4) and integration:
+            caps = json.loads(echo_responder(payload))["captions"]
+            for k, cap in enumerate(caps):
+                if cap["length"] == "long" and (site == 4 or k == len(caps) - 1):
+                    cap["text"] = wordy
+                if site == 4:
+                    cap["text"] = wordy
+            return "text:" + json.dumps({"captions": caps})
+        return None
+
+    with LoopbackServer(plan=plan) as server:
+        data = loop_recipe(server.url)
+        data["generators"] = data["generators"][:1]
+        report = run_mpgi(records, recipe_from_dict(data), tmp_path / "run", progress=False)
+        assert (report.ok, report.failed) == (2, 4), report.errors
+        by_site = {r.record.labels[0]: r for r in iter_results(tmp_path / "run")}
+        assert "answer too long: 1199999 characters for max_tokens=256" in by_site["site0"].error
+        assert "refusal" in by_site["site1"].error and "after 3 attempts" in by_site["site1"].error
+        assert "truncated answer (finish_reason=length" in by_site["site2"].error
+        assert by_site["site3"].status == "ok" and len(by_site["site3"].captions) == 5
+        assert all(len(c.text.split()) <= 90 * 1.25 for c in by_site["site3"].captions)
+        assert "outside the caption word ranges" in by_site["site4"].error
+        assert all(p.text != huge for r in by_site.values() for p in r.perspectives)
+        status = run_status(tmp_path / "run")
+        assert status["failed_by_reason"] == {
+            "too long": 1,
+            "refusal": 1,
+            "truncated": 1,
+            "caption length": 1,
+        }
+        assert main(["mpgi", "status", str(tmp_path / "run")]) == 0
+        assert "failed by reason:" in capsys.readouterr().out
+        # the server behaves again: the rerun retries exactly the four failed records
+        server.plan = None
+        again = run_mpgi(records, recipe_from_dict(data), tmp_path / "run", progress=False)
+        assert (again.ok, again.failed, again.processed) == (6, 0, 4)
+
+
+@pytest.mark.parametrize(
+    ("mode", "server_type", "sent"),
+    [("json_schema", None, True), ("auto", None, False), ("off", None, False)],
+)
+def test_structured_output_sends_the_captions_schema(tmp_path, mode, server_type, sent):
+    records = make_records(tmp_path / "img", 1)
+    with LoopbackServer() as server:
+        data = loop_recipe(server.url)
+        data["generators"] = data["generators"][:1]
+        data["integrator"]["structured_output"] = mode
+        data["integrator"]["sampling"] = {"max_tokens": 512, "response_format": {"type": "json_object"}}
+        report = run_mpgi(records, recipe_from_dict(data), tmp_path / "run", progress=False)
+        assert report.ok == 1, report.errors
+        formats = [p.get("response_format") for p in server.payloads if '"captions"' in prompt_text(p)]
+    if sent:
+        fmt = formats[0]
+        assert fmt["type"] == "json_schema"
+        schema = fmt["json_schema"]["schema"]
+        assert schema["required"] == ["captions"]
+        assert schema["properties"]["captions"]["items"]["properties"]["sources"]["items"]["enum"] == [
+            "rule",
+            "relay",
+        ]
+    else:
+        assert formats == [{"type": "json_object"}]  # the recipe's own setting, for servers without schemas
+
+
+def test_auto_structured_output_is_json_schema_for_vllm():
+    from hqrs.dataset_builder.mpgi.steps import captions_response_format
+
+    fmt = captions_response_format({"short": 2, "long": 0}, ["rule", "g"])
+    assert fmt["json_schema"]["schema"]["properties"]["captions"]["items"]["properties"]["length"] == {
+        "enum": ["short"]
+    }
+    assert fmt["json_schema"]["schema"]["properties"]["captions"]["maxItems"] == 2

@@ -426,10 +426,39 @@ def _stage_ids(stage_dir: Path) -> tuple[set[str], set[str]]:
     return done, failed
 
 
-def run_status(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Done / failed / pending counts per stage of every pass, and overall.
+_REASONS = (
+    ("refusal", "refusal"),
+    ("truncated", "truncated answer"),
+    ("too long", "answer too long"),
+    ("caption length", "outside the caption word ranges"),
+    ("empty answer", "empty answer"),
+    ("invalid JSON", "invalid integration answer"),
+    ("too few captions", "valid captions (min_captions"),
+    ("timeout", "no answer within request_timeout"),
+    ("connection reset", "connection reset"),
+    ("connection refused", "connection refused"),
+    ("rejected request", "the server rejected the request"),
+    ("unreadable image", "cannot read image"),
+)
 
-    Returns ``{"run_dir", "recipe", "recipe_hash", "records", "ok", "failed", "pending", "passes":
+
+def failure_reason(error: str | None) -> str:
+    """A short reason of a failed record's error (for counts in ``hqrs mpgi status``)."""
+    import re
+
+    error = error or ""
+    for reason, needle in _REASONS:
+        if needle in error:
+            return reason
+    m = re.search(r"HTTP (\d{3})", error)
+    return f"HTTP {m.group(1)}" if m else "other"
+
+
+def run_status(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Done / failed / pending counts per stage of every pass, and overall, and failures per reason.
+
+    Returns ``{"run_dir", "recipe", "recipe_hash", "records", "ok", "failed", "pending", "failed_by_reason",
+    "passes":
     [{"pass", "records", "complete", "stages": {stage: {"done", "failed", "pending"}}}]}``.
     """
     run_dir = Path(run_dir)
@@ -460,10 +489,14 @@ def run_status(run_dir: str | os.PathLike) -> dict[str, Any]:
             all_ids.add(doc["id"])
     ok = failed = 0
     finished = set()
+    reasons: dict[str, int] = {}
     for result in iter_results(run_dir):
         finished.add(result.image_id)
         ok += result.status == "ok"
         failed += result.status != "ok"
+        if result.status != "ok":
+            reason = failure_reason(result.error)
+            reasons[reason] = reasons.get(reason, 0) + 1
     return {
         "run_dir": str(run_dir),
         "recipe": recipe.name,
@@ -472,6 +505,7 @@ def run_status(run_dir: str | os.PathLike) -> dict[str, Any]:
         "ok": ok,
         "failed": failed,
         "pending": len(all_ids - finished),
+        "failed_by_reason": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
         "passes": passes,
     }
 

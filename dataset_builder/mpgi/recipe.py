@@ -37,6 +37,7 @@ SERVER_TYPES = ("vllm", "sglang", "endpoint")
 FACT_FILTER_MODES = ("off", "drop", "regenerate")
 LENGTHS = ("short", "medium", "long")
 TEMPLATE_INTEGRATOR = "template"
+STRUCTURED_OUTPUT = ("auto", "json_schema", "off")
 # backend keys that change how requests are sent, not what the captions are (not part of the recipe hash)
 OPERATIONAL_BACKEND_KEYS = (
     "server",
@@ -229,6 +230,12 @@ class IntegratorSpec:
             are dropped.
         min_captions: fewer valid captions than this marks the image failed.
         sampling: request parameters of the integration requests.
+        length_tolerance: a caption's word count may miss its ``words`` range by this fraction of the
+            bounds (0.25: a ``[30, 90]`` long caption may have 23 to 112 words); others are rejected
+            (regenerated like fact-filter rejects, or dropped).
+        structured_output: ``auto`` sends the captions JSON schema as ``response_format``
+            (``json_schema``) to vllm/sglang servers, which then generate valid JSON; ``json_schema``
+            sends it to any server; ``off`` never does (the repair prompt handles invalid JSON).
     """
 
     backend: str = TEMPLATE_INTEGRATOR
@@ -243,6 +250,8 @@ class IntegratorSpec:
     max_regenerations: int = 1
     min_captions: int = 1
     sampling: dict[str, Any] = field(default_factory=lambda: {"temperature": 0.7, "max_tokens": 1024})
+    length_tolerance: float = 0.25
+    structured_output: str = "auto"
 
     @property
     def n_captions(self) -> int:
@@ -283,6 +292,54 @@ class IntegratorSpec:
             )
         if not isinstance(self.sampling, dict):
             raise RecipeError(f"{where}.sampling: expected a mapping, got {self.sampling!r}")
+        self.length_tolerance = _positive_float(
+            self.length_tolerance, f"{where}.length_tolerance", allow_zero=True
+        )
+        if self.structured_output not in STRUCTURED_OUTPUT:
+            raise RecipeError(
+                f"{where}.structured_output: {self.structured_output!r} is not one of {', '.join(STRUCTURED_OUTPUT)}"
+            )
+
+
+DEFAULT_REFUSAL_PATTERNS = [
+    r"^\W*(?:I'?m|I am) (?:so |very )?sorry\b.{0,80}\b(?:can(?:no|')t|unable|not able|won'?t)\b",
+    r"^\W*(?:I|We) (?:can(?:no|')t|am unable to|'m unable to|am not able to|won'?t) "
+    r"(?:help|assist|comply|provide|describe|do that|fulfil)",
+    r"^\W*(?:Sorry|Unfortunately),? (?:but )?I (?:can(?:no|')t|am unable|'m unable)",
+    r"^\W*As an AI(?: language model)?\b",
+]
+
+
+@dataclass
+class AnswerChecks:
+    """How model answers are checked before they are stored (a failed check is retried with another seed,
+    then the record is failed and retried on the next run).
+
+    Args:
+        refusal_patterns: case-insensitive regular expressions matched at the start of an answer.
+        chars_per_token: an answer longer than ``max_tokens`` x this many characters is rejected (a server
+            that ignores ``max_tokens``).
+        max_chars: the longest perspective accepted when the request sets no ``max_tokens``.
+    """
+
+    refusal_patterns: list[str] = field(default_factory=lambda: list(DEFAULT_REFUSAL_PATTERNS))
+    chars_per_token: float = 8.0
+    max_chars: int = 20000
+
+    def validate(self, where: str) -> None:
+        if not isinstance(self.refusal_patterns, list) or not all(
+            isinstance(p, str) for p in self.refusal_patterns
+        ):
+            raise RecipeError(f"{where}.refusal_patterns: expected a list of regular expressions")
+        for i, pattern in enumerate(self.refusal_patterns):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise RecipeError(
+                    f"{where}.refusal_patterns[{i}]: {pattern!r} is not a regular expression: {e}"
+                ) from None
+        self.chars_per_token = _positive_float(self.chars_per_token, f"{where}.chars_per_token")
+        _positive_int(self.max_chars, f"{where}.max_chars")
 
 
 @dataclass
@@ -316,6 +373,7 @@ class Recipe:
     backends: dict[str, BackendSpec] = field(default_factory=dict)
     generators: list[GeneratorSpec] = field(default_factory=list)
     integrator: IntegratorSpec = field(default_factory=IntegratorSpec)
+    checks: AnswerChecks = field(default_factory=AnswerChecks)
     execution: ExecutionSpec = field(default_factory=ExecutionSpec)
     source_path: str | None = None  # where it was loaded from (not part of the hash)
 
@@ -347,6 +405,7 @@ class Recipe:
                 f"integrator.backend: {self.integrator.backend!r} is neither 'template' nor defined under "
                 f"backends (defined: {sorted(self.backends) or 'none'})"
             )
+        self.checks.validate("checks")
         self.execution.validate("execution")
 
     # ------------------------------------------------------------------ #
@@ -532,6 +591,7 @@ def recipe_from_dict(data: dict[str, Any], source_path: str | None = None) -> Re
             backends={k: _build(BackendSpec, v, f"backends.{k}") for k, v in backends_raw.items()},
             generators=[_build(GeneratorSpec, g, f"generators[{i}]") for i, g in enumerate(gens_raw)],
             integrator=_build(IntegratorSpec, data.get("integrator") or {}, "integrator"),
+            checks=_build(AnswerChecks, data.get("checks") or {}, "checks"),
             execution=_build(ExecutionSpec, data.get("execution") or {}, "execution"),
             source_path=source_path,
         )

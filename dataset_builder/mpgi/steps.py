@@ -13,9 +13,11 @@ later ``run_mpgi`` retries it). Only an unreachable server aborts a stage (``Ser
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import itertools
 import os
+import re
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +37,7 @@ from ..rules import RuleFacts
 from . import datatrove_compat
 from .datatrove_compat import CircuitBreaker, EndpointUnavailable, RequestError
 from .integrate import (
+    CAPTIONS_SCHEMA,
     IntegrationError,
     extract_json,
     filter_captions,
@@ -43,7 +46,7 @@ from .integrate import (
     validate_captions,
 )
 from .prompts import chat_payload, image_data_url, prompt_id, render
-from .recipe import BackendSpec, Recipe
+from .recipe import AnswerChecks, BackendSpec, Recipe
 
 datatrove_compat.install_log_filter()
 
@@ -254,8 +257,32 @@ def _usage_add(total: dict[str, int], usage: dict | None) -> None:
         total[key] = total.get(key, 0) + int((usage or {}).get(key) or 0)
 
 
+def answer_problem(result: InferenceResult, payload: dict[str, Any], checks: AnswerChecks) -> str | None:
+    """Why an answer must not be stored (``None`` if it may): truncated, longer than ``max_tokens`` allows,
+    empty, or a refusal (``checks.refusal_patterns``)."""
+    text = result.text.strip()
+    if not text:
+        return f"empty answer (finish_reason={result.finish_reason!r})"
+    max_tokens = payload.get("max_tokens") or payload.get("max_completion_tokens")
+    if result.finish_reason == "length":
+        return f"truncated answer (finish_reason=length at max_tokens={max_tokens})"
+    limit = int(max_tokens * checks.chars_per_token) if isinstance(max_tokens, int) else checks.max_chars
+    if len(text) > limit:
+        return f"answer too long: {len(text)} characters for max_tokens={max_tokens} (at most {limit})"
+    head = text[:300]
+    for pattern in checks.refusal_patterns:
+        if re.search(pattern, head, re.IGNORECASE):
+            return f"refusal: {head[:80]!r}"
+    return None
+
+
 async def request_with_retries(
-    generate, payload: dict[str, Any], backend: BackendSpec, usage: dict[str, int], counters: dict[str, int]
+    generate,
+    payload: dict[str, Any],
+    backend: BackendSpec,
+    usage: dict[str, int],
+    counters: dict[str, int],
+    checks: AnswerChecks | None = None,
 ) -> InferenceResult:
     """Send ``payload`` through datatrove's generate callback with bounded retries.
 
@@ -264,8 +291,10 @@ async def request_with_retries(
     it, at most 10 minutes), unparsable bodies and empty answers; each retry carries a different ``seed``
     (a new request, also for the request cache). Other HTTP errors (400, 401, 404...) fail at once. A
     tripped circuit breaker (:class:`EndpointUnavailable`) or a server that never became ready
-    (``ServerError``) aborts the stage.
+    (``ServerError``) aborts the stage. Answers that fail :func:`answer_problem` (``checks``) are retried
+    like errors and never returned.
     """
+    checks = checks if checks is not None else AnswerChecks()
     last_error = "no attempt"
     base_seed = int(payload.get("seed", 0) or 0)
     for attempt in range(backend.retries + 1):
@@ -290,9 +319,12 @@ async def request_with_retries(
             raise RequestFailed(f"the server rejected the request: {str(e.error)[:300]}") from None
         else:
             _usage_add(usage, result.usage)
-            if result.text.strip():
+            problem = answer_problem(result, body, checks)
+            if problem is None:
                 return result
-            last_error = f"empty answer (finish_reason={result.finish_reason!r})"
+            last_error = problem
+            kind = problem.split(":")[0].split(" (")[0].replace(" ", "-")
+            counters[f"rejected:{kind}"] = counters.get(f"rejected:{kind}", 0) + 1
         if attempt < backend.retries and delay:
             await asyncio.sleep(delay)
     raise RequestFailed(f"{last_error[:300]} (after {backend.retries + 1} attempts)")
@@ -412,7 +444,9 @@ class GenerationRollout:
                 sampling["seed"] = int(sampling.get("seed", 0) or 0) + 1000 * k
             payload = chat_payload(text, image_url if gen.image else None, sampling)
             try:
-                result = await request_with_retries(generate, payload, spec, usage, counters)
+                result = await request_with_retries(
+                    generate, payload, spec, usage, counters, self.recipe.checks
+                )
             except RequestFailed as e:
                 return None, f"{name}: {e}"
             persp = Perspective(
@@ -453,6 +487,32 @@ def collect_perspectives(meta: dict[str, Any], recipe: Recipe) -> tuple[list[dic
         if res.get("status") != "ok":
             errors.append(res.get("error") or f"{backend}: failed")
     return perspectives, errors
+
+
+def check_caption_lengths(captions: list[Caption], spec) -> tuple[list[Caption], list[str]]:
+    """Captions whose word count fits their length's ``words`` range (within ``length_tolerance``), and
+    one problem line per rejected caption."""
+    good, problems = [], []
+    for cap in captions:
+        low, high = spec.words.get(cap.length, (1, 10**9))
+        n = len(cap.text.split())
+        if low * (1 - spec.length_tolerance) <= n <= high * (1 + spec.length_tolerance):
+            good.append(cap)
+        else:
+            problems.append(f"a {cap.length} caption must have {low} to {high} words, not {n}")
+    return good, problems
+
+
+def captions_response_format(wanted: dict[str, int], names: list[str]) -> dict[str, Any]:
+    """``response_format`` of type ``json_schema`` for servers with structured output (vLLM, sglang):
+    :data:`CAPTIONS_SCHEMA` narrowed to the lengths asked for and the perspectives' names."""
+    schema = copy.deepcopy(CAPTIONS_SCHEMA)
+    item = schema["properties"]["captions"]["items"]
+    item["properties"]["length"] = {"enum": [k for k, v in wanted.items() if v > 0]}
+    item["properties"]["sources"] = {"type": "array", "items": {"enum": list(names)}}
+    item["required"] = ["text", "length", "sources"]
+    schema["properties"]["captions"]["maxItems"] = max(1, sum(wanted.values()))
+    return {"type": "json_schema", "json_schema": {"name": "captions", "schema": schema}}
 
 
 @dataclass
@@ -511,7 +571,11 @@ class IntegrationRollout:
             messages = [{"role": "user", "content": prompt}]
             for repair in range(spec.max_repairs + 1):
                 payload = {"messages": list(messages), **spec.sampling}
-                result = await request_with_retries(generate, payload, backend, usage, counters)
+                if structured:
+                    payload["response_format"] = captions_response_format(captions_wanted, names)
+                result = await request_with_retries(
+                    generate, payload, backend, usage, counters, self.recipe.checks
+                )
                 try:
                     return validate_captions(extract_json(result.text), names)
                 except IntegrationError as e:
@@ -535,17 +599,27 @@ class IntegrationRollout:
                     ]
             raise AssertionError("unreachable")
 
+        structured = spec.structured_output == "json_schema" or (
+            spec.structured_output == "auto" and backend.server in ("vllm", "sglang")
+        )
+        stats["length_rejected"] = 0
         try:
             captions = await ask(dict(spec.captions), None)
             kept: list[Caption] = []
             rounds = 0
             while True:
+                captions, bad_length = check_caption_lengths(captions, spec)
+                stats["length_rejected"] += len(bad_length)
                 good, rejected = (
                     filter_captions(captions, facts) if spec.fact_filter != "off" else (captions, [])
                 )
                 stats["fact_rejected"] += len(rejected)
                 kept, missing = select_captions(kept + good, spec)
-                if not rejected or spec.fact_filter != "regenerate" or rounds >= spec.max_regenerations:
+                if (
+                    not (rejected or bad_length)
+                    or spec.fact_filter != "regenerate"
+                    or rounds >= spec.max_regenerations
+                ):
                     stats["fact_dropped"] += len(rejected)
                     break
                 wanted = {k: v for k, v in missing.items() if v > 0}
@@ -553,7 +627,9 @@ class IntegrationRollout:
                     break
                 rounds += 1
                 stats["regenerations"] += 1
-                problems = "; ".join(dict.fromkeys(p for _, chk in rejected for p in chk.problems))
+                problems = "; ".join(
+                    dict.fromkeys([p for _, chk in rejected for p in chk.problems] + bad_length)
+                )
                 captions = await ask(wanted, problems)
         except RequestFailed as e:
             self._progress.write(document.id, usage, False)
@@ -566,9 +642,14 @@ class IntegrationRollout:
             }
         if len(kept) < spec.min_captions:
             self._progress.write(document.id, usage, False)
+            why = (
+                f" ({stats['length_rejected']} outside the caption word ranges)"
+                if stats["length_rejected"]
+                else ""
+            )
             return {
                 "status": "failed",
-                "error": f"integration: only {len(kept)} valid captions (min_captions={spec.min_captions})",
+                "error": f"integration: only {len(kept)} valid captions (min_captions={spec.min_captions}){why}",
                 "usage": usage,
                 "counters": counters,
                 "stats": stats,
