@@ -86,9 +86,15 @@ def iter_source_records(specs: list[str], report=None):
 
 def run_command(args: argparse.Namespace) -> int:
     from hqrs.dataset_builder.mpgi import load_recipe, run_mpgi
+    from hqrs.dataset_builder.mpgi.datatrove_compat import set_stderr_level
     from hqrs.dataset_builder.mpgi.engine import MpGIRunError
     from hqrs.dataset_builder.sources import SkipReport
 
+    verbosity = (getattr(args, "verbose", 0) or 0) - (getattr(args, "quiet", 0) or 0)
+    # datatrove logs through loguru, not logging: -q/--no-progress keep its warnings, -qq its errors only
+    set_stderr_level(
+        "ERROR" if verbosity <= -2 else "WARNING" if verbosity == -1 or not args.progress else None
+    )
     recipe = load_recipe(args.recipe, overrides=args.overrides)
     report = SkipReport()
     try:
@@ -100,7 +106,7 @@ def run_command(args: argparse.Namespace) -> int:
             tasks=args.tasks,
             workers=args.workers,
             limit=args.limit,
-            progress=args.progress,
+            progress=args.progress and verbosity > -2,
         )
     except MpGIRunError as e:
         raise OSError(str(e)) from e

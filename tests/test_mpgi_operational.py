@@ -352,3 +352,130 @@ def test_auto_structured_output_is_json_schema_for_vllm():
         "enum": ["short"]
     }
     assert fmt["json_schema"]["schema"]["properties"]["captions"]["maxItems"] == 2
+
+
+# --------------------------------------------------------------------------- #
+# 13.4 run directories are portable and clean
+# --------------------------------------------------------------------------- #
+
+
+def test_relative_source_run_builds_from_another_directory(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    b.mkdir()
+    make_records(a / "imgs", 5)
+    out = cli("mpgi", "run", "--source", "imgs", "--out", "run", "-q", cwd=a)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "datatrove" not in out.stderr and "| INFO" not in out.stderr  # -q: no loguru lines (35+ before)
+    built = cli("build", "--from-run", str(a / "run"), "--out", "ds", "-q", cwd=b)
+    assert built.returncode == 0, built.stderr[-3000:]
+    import pyarrow.parquet as pq
+
+    rows = sum(pq.read_metadata(p).num_rows for p in (b / "ds").rglob("*.parquet"))
+    assert rows >= 5, built.stdout + built.stderr
+
+
+def test_no_progress_and_qq_silence_datatrove(tmp_path):
+    make_records(tmp_path / "imgs", 2)
+    loud = cli("mpgi", "run", "--source", str(tmp_path / "imgs"), "--out", str(tmp_path / "r1"))
+    assert "datatrove" in loud.stderr and len(loud.stderr.splitlines()) > 20
+    for flags, name in ((["--no-progress"], "r2"), (["-qq"], "r3")):
+        quiet = cli("mpgi", "run", *flags, "--source", str(tmp_path / "imgs"), "--out", str(tmp_path / name))
+        assert quiet.returncode == 0 and "datatrove" not in quiet.stderr, quiet.stderr[-2000:]
+
+
+def test_stale_build_temp_files_are_removed(tmp_path):
+    from hqrs.dataset_builder.export import _remove_stale_tmp
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "data").mkdir()
+    stale = tmp_path / "data" / f".train-00000-of-00001.parquet.{dead.pid}.tmp"
+    live = tmp_path / "data" / f".train-00000-of-00001.parquet.{__import__('os').getpid()}.tmp"
+    stale.write_bytes(b"PAR1")
+    live.write_bytes(b"PAR1")
+    assert _remove_stale_tmp(tmp_path) == 1
+    assert not stale.exists() and live.exists()
+
+
+def _children(pid: int) -> set[int]:
+    out: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out |= {int(c) for c in (task / "children").read_text().split()}
+        except OSError:
+            pass
+    return out | {g for c in list(out) for g in _children(c)}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_kill9_during_a_stage_leaves_no_orphans(tmp_path):
+    import os
+    import signal
+
+    make_records(tmp_path / "img", 6)
+    with LoopbackServer(hold_after=2) as server:
+        recipe = write_recipe(tmp_path / "r.json", gen_only(server.url, request_timeout=60))
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "hqrs.scripts.cli",
+                "mpgi",
+                "run",
+                "--recipe",
+                str(recipe),
+                "--source",
+                str(tmp_path / "img"),
+                "--out",
+                str(tmp_path / "run"),
+                "--workers",
+                "2",
+                "--tasks",
+                "2",
+                "-q",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 120
+        while server.held < 1 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert server.held >= 1
+        children = _children(proc.pid)
+        assert children  # datatrove's Manager server and the pool workers
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 10
+        alive = children
+        while alive and time.time() < deadline:
+            alive = {
+                c
+                for c in alive
+                if Path(f"/proc/{c}").exists() and "Z" not in Path(f"/proc/{c}/stat").read_text().split()[2]
+            }
+            time.sleep(0.1)
+        assert not alive, [Path(f"/proc/{c}/cmdline").read_bytes()[:200] for c in alive]
+
+
+def test_datatrove_compat_version_range():
+    """The replaced datatrove internals exist with the signatures the compat module was written for."""
+    import inspect
+
+    from datatrove.pipeline.inference.run_inference import InferenceRunner
+
+    from hqrs.dataset_builder.mpgi import datatrove_compat
+
+    datatrove_compat.check_version()
+    assert list(inspect.signature(InferenceRunner._send_request).parameters) == [
+        "self",
+        "server",
+        "payload",
+        "semaphore",
+    ]
+    with pytest.raises(
+        RuntimeError, match=r"datatrove 0\.11\.0 is installed .* tested with >=0\.10\.0,<0\.11\.0"
+    ):
+        datatrove_compat.check_version("0.11.0")
+    with pytest.raises(RuntimeError):
+        datatrove_compat.check_version("0.9.3")
+    assert datatrove_compat.check_version("0.10.7rc1") == "0.10.7rc1"

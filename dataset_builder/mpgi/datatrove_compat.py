@@ -307,6 +307,18 @@ def _stderr_filter(record: dict[str, Any]) -> bool:
     return True
 
 
+def set_stderr_level(level: str | None) -> None:
+    """Level of datatrove's stderr log lines in this process and its workers (``None``: datatrove's)."""
+    if level is None:
+        os.environ.pop(STDERR_LEVEL_ENV, None)
+    else:
+        os.environ[STDERR_LEVEL_ENV] = level
+    install_log_filter()
+    import datatrove.utils.logging as dt_logging
+
+    dt_logging.setup_default_logger()
+
+
 def install_log_filter() -> None:
     """Make datatrove's stderr log lines follow :data:`STDERR_LEVEL_ENV` (``WARNING`` for ``-q`` and
     ``--no-progress``, ``ERROR`` for ``-qq``) and hide tracebacks of operational errors on stderr."""
@@ -351,3 +363,45 @@ def install_log_filter() -> None:
     dt_logging.setup_default_logger = setup_default_logger
     dt_logging._hqrs_patched = True
     setup_default_logger()
+
+
+# --------------------------------------------------------------------------- #
+# Child processes die with their parent
+# --------------------------------------------------------------------------- #
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> bool:
+    """Ask Linux to send this process SIGKILL when its parent dies (``prctl(PR_SET_PDEATHSIG)``).
+
+    Returns False where that is not available (not Linux); then a ``kill -9`` of the parent can still
+    leave children behind, as before."""
+    import ctypes
+    import signal
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    # the parent may have died between fork and prctl: then we are already an orphan
+    return os.getppid() != 1
+
+
+def install_child_reaper() -> None:
+    """Children that datatrove starts (the ``multiprocess.Manager`` server of ``LocalPipelineExecutor``,
+    pool workers) die with the process that started them: forked ones through ``register_after_fork``,
+    spawned ones when they import this module to unpickle the pipeline."""
+    import multiprocess
+    import multiprocess.util
+
+    if getattr(install_child_reaper, "_done", False):
+        return
+    install_child_reaper._done = True
+    multiprocess.util.register_after_fork(install_child_reaper, lambda _: die_with_parent())
+    if multiprocess.parent_process() is not None:  # a spawned multiprocess child
+        die_with_parent()

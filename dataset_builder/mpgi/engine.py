@@ -575,6 +575,9 @@ class _ProgressBar:
 
 
 def _prepare_doc(record: ImageRecord, prior: list[dict] | None) -> dict:
+    # absolute: a run directory made with `--source imgs` must work from any working directory
+    if not os.path.isabs(record.image):
+        record = ImageRecord.from_dict({**record.to_dict(), "image": os.path.abspath(record.image)})
     facts = rule_facts(record)
     meta = {"record": record.to_dict(), "rule_text": rule_text(record, facts), "facts": facts.to_dict()}
     if prior:
@@ -702,6 +705,8 @@ def run_mpgi(
     check_optional_backends(recipe, executor)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.glob(".*.tmp"):  # atomic writes cut by a kill (one writer per run directory)
+        stale.unlink(missing_ok=True)
     recipe_hash = recipe.hash()
     manifest_path = run_dir / "manifest.json"
     manifest = _read_json(manifest_path)

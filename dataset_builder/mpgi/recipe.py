@@ -627,7 +627,7 @@ def load_recipe(
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise RecipeError(f"recipe file {str(path)!r} does not exist")
-        text, source = path.read_text(encoding="utf-8"), str(path)
+        text, source = path.read_text(encoding="utf-8"), str(path.resolve())
     else:
         name = str(name_or_path)
         available = shipped_recipes()

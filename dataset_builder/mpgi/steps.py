@@ -49,6 +49,7 @@ from .prompts import chat_payload, image_data_url, prompt_id, render
 from .recipe import AnswerChecks, BackendSpec, Recipe
 
 datatrove_compat.install_log_filter()
+datatrove_compat.install_child_reaper()
 
 GEN_KEY_PREFIX = "gen:"
 INTEGRATION_KEY = "integration"
