@@ -23,7 +23,7 @@ from tests.test_mpgi_engine import index_images, loop_recipe, make_records, site
 def _loopback_and_unix_sockets():
     from pytest_socket import socket_allow_hosts
 
-    socket_allow_hosts(["127.0.0.1", "::1"], allow_unix_socket=True)
+    socket_allow_hosts(["127.0.0.1", "127.0.0.2", "::1"], allow_unix_socket=True)
     yield
 
 
@@ -131,6 +131,47 @@ def test_absent_server_is_one_line_before_anything_runs(tmp_path):
     assert not list((tmp_path / "run").rglob("output/*.jsonl"))  # no stage ran
 
 
+def test_server_that_never_becomes_ready_is_one_line(tmp_path):
+    """A server that answers but never reports ready (404 on /v1/models): datatrove's readiness wait gives
+    up with a ServerError, shown as one line (its traceback stays in the task log)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        make_records(tmp_path / "img", 2)
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        recipe = write_recipe(
+            tmp_path / "r.json", gen_only(url, server_ready_attempts=2, server_ready_delay=0.2)
+        )
+        out = cli(
+            "mpgi",
+            "run",
+            "--recipe",
+            str(recipe),
+            "--source",
+            str(tmp_path / "img"),
+            "--out",
+            str(tmp_path / "run"),
+        )
+    finally:
+        httpd.shutdown()
+    assert out.returncode == 1
+    line = assert_one_error_line(out.stderr)
+    assert "Failed to start EndpointServer" in line and "rerun" in line
+    assert "Traceback" in "".join(p.read_text() for p in (tmp_path / "run").rglob("logs/logs/task_*.log"))
+
+
 def test_hung_server_trips_the_breaker_after_about_one_request_timeout(tmp_path):
     records = make_records(tmp_path / "img", 20)
     with LoopbackServer(hold_after=2) as server:
@@ -146,7 +187,10 @@ def test_hung_server_trips_the_breaker_after_about_one_request_timeout(tmp_path)
     assert run_status(tmp_path / "run")["passes"][0]["stages"]["gen:m"]["failed"] == 0
 
 
-def test_error_labels_are_truthful_and_retry_after_is_honoured(tmp_path):
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2"], ids=["raw-http", "openai-client"])
+def test_error_labels_are_truthful_and_retry_after_is_honoured(tmp_path, monkeypatch, host):
+    """127.0.0.1 goes through the raw HTTP path, 127.0.0.2 (a "remote" host) through the OpenAI client."""
+    monkeypatch.setenv("HQRS_TEST_KEY", "sk-test")
     records = make_records(tmp_path / "img", 4)
     index_images(records)
     faults = {0: "reset", 1: "503", 2: "sleep:3", 3: "429:2"}
@@ -154,8 +198,10 @@ def test_error_labels_are_truthful_and_retry_after_is_honoured(tmp_path):
     def plan(payload, attempt):
         return faults[site_of(payload)]
 
-    with LoopbackServer(plan=plan) as server:
-        recipe = recipe_from_dict(gen_only(server.url, retries=1, circuit_breaker=100))
+    with LoopbackServer(plan=plan, host=host) as server:
+        recipe = recipe_from_dict(
+            gen_only(server.url, retries=1, circuit_breaker=100, api_key_env="HQRS_TEST_KEY")
+        )
         report = run_mpgi(records, recipe, tmp_path / "run", progress=False)
         assert report.failed == 4
         times = [t for t, p in server.arrivals if site_of(p) == 3]

@@ -210,6 +210,22 @@ def _raise_for_status(status: int, headers: dict[str, str], body: bytes) -> None
     )
 
 
+def _connection_error(error: BaseException) -> RequestError:
+    """The kind of a connection failure seen through the OpenAI client (httpx underneath)."""
+    import httpx
+
+    chain, exc = [], error
+    while exc is not None and len(chain) < 10:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    names = "; ".join(f"{type(c).__name__}: {c}" for c in chain[1:] if str(c)) or str(error)
+    if any(isinstance(c, ConnectionRefusedError) or "refused" in str(c).lower() for c in chain):
+        return RequestError("connection-refused", f"connection refused ({names})")
+    if any(isinstance(c, ConnectionResetError | httpx.RemoteProtocolError | httpx.ReadError) for c in chain):
+        return RequestError("connection-reset", f"connection reset by the server ({names})")
+    return RequestError("connection-error", f"connection error ({names})")
+
+
 async def _client_request(server, payload: dict) -> dict:
     """A request through datatrove's OpenAI client (non-local endpoints), errors mapped to kinds."""
     import openai
@@ -221,13 +237,7 @@ async def _client_request(server, payload: dict) -> dict:
     except openai.APITimeoutError:
         raise RequestError("timeout", "no answer within request_timeout") from None
     except openai.APIConnectionError as e:
-        cause = e.__cause__
-        kind = (
-            "connection-refused"
-            if isinstance(cause, ConnectionRefusedError) or "refused" in str(cause)
-            else ("connection-error")
-        )
-        raise RequestError(kind, f"{e} ({cause})" if cause else str(e)) from None
+        raise _connection_error(e) from None
     except openai.APIStatusError as e:
         headers = {k.lower(): v for k, v in e.response.headers.items()}
         label = "BadRequestError" if e.status_code == 400 else f"HTTP {e.status_code}"
@@ -302,7 +312,7 @@ async def send_request(runner, server, payload: dict, semaphore: asyncio.Semapho
 
 def _stderr_filter(record: dict[str, Any]) -> bool:
     exc = record.get("exception")
-    if exc is not None and exc.type is not None and issubclass(exc.type, EndpointUnavailable):
+    if exc is not None and exc.type is not None and issubclass(exc.type, ServerError):
         return False  # the CLI prints it as one line; the task log file keeps the traceback
     return True
 

@@ -121,12 +121,13 @@ def check_endpoint(recipe: Recipe, name: str, attempts: int = 3) -> None:
 
 
 def _operational_error(exc: BaseException) -> BaseException | None:
-    """The :class:`EndpointUnavailable` behind ``exc`` (also through a worker pool), if any."""
-    from .datatrove_compat import EndpointUnavailable
+    """The :class:`EndpointUnavailable` or datatrove ``ServerError`` (a server that never became ready)
+    behind ``exc`` (also through a worker pool), if any."""
+    from datatrove.pipeline.inference.types import ServerError
 
     seen = 0
     while exc is not None and seen < 10:
-        if isinstance(exc, EndpointUnavailable):
+        if isinstance(exc, ServerError):
             return exc
         exc = exc.__cause__ or exc.__context__
         seen += 1
@@ -631,7 +632,15 @@ def _run_pass(
     except Exception as e:
         down = _operational_error(e)
         if down is not None:
-            raise MpGIRunError(f"MpGI pass {pass_dir.name} stopped: {down}") from None
+            from .datatrove_compat import EndpointUnavailable
+
+            hint = (
+                ""
+                if isinstance(down, EndpointUnavailable)
+                else f" (server logs: {', '.join(str(pass_dir / 'stages' / s.folder / 'logs') for s in stages)}); fix "
+                "the server settings of the recipe (model, model_kwargs, tp) and rerun the same command"
+            )
+            raise MpGIRunError(f"MpGI pass {pass_dir.name} stopped: {down}{hint}") from None
         logs = ", ".join(str(pass_dir / "stages" / s.folder / "logs") for s in stages)
         raise MpGIRunError(
             f"MpGI pass {pass_dir.name} stopped: {type(e).__name__}: {str(e)[:500]}. Finished records are kept; "

@@ -265,6 +265,8 @@ def answer_problem(result: InferenceResult, payload: dict[str, Any], checks: Ans
     if not text:
         return f"empty answer (finish_reason={result.finish_reason!r})"
     max_tokens = payload.get("max_tokens") or payload.get("max_completion_tokens")
+    if result.finish_reason == "content_filter":
+        return "refusal (finish_reason=content_filter)"
     if result.finish_reason == "length":
         return f"truncated answer (finish_reason=length at max_tokens={max_tokens})"
     limit = int(max_tokens * checks.chars_per_token) if isinstance(max_tokens, int) else checks.max_chars
