@@ -24,18 +24,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
-from datatrove.pipeline.inference.checkpointing import CheckpointManager, RequestCache
 from datatrove.pipeline.inference.run_inference import InferenceRunner
 from datatrove.pipeline.inference.types import InferenceError, InferenceResult
-from loguru import logger
 
 from ..records import Caption, Perspective
 from ..rules import RuleFacts
 from . import datatrove_compat
-from .datatrove_compat import CircuitBreaker, EndpointUnavailable, RequestError
+from .datatrove_compat import (
+    CircuitBreaker,
+    EndpointUnavailable,
+    RequestError,
+    SyncCheckpointManager,
+    WalRequestCache,
+)
 from .integrate import (
     CAPTIONS_SCHEMA,
     IntegrationError,
@@ -53,111 +56,6 @@ datatrove_compat.install_child_reaper()
 
 GEN_KEY_PREFIX = "gen:"
 INTEGRATION_KEY = "integration"
-
-
-class WalRequestCache(RequestCache):
-    """datatrove's request cache with its sqlite file in WAL mode and ``synchronous=NORMAL``.
-
-    datatrove commits every answer with a full fsync (~7 ms each), which caps a task at ~140 requests/s.
-    In WAL mode with ``synchronous=NORMAL`` a commit survives ``kill -9`` (only an OS crash can lose the
-    last ones, and those requests are then simply sent again) at a fraction of the cost.
-    """
-
-    async def initialize(self, rank: int) -> None:
-        await super().initialize(rank)
-        if self._conn is not None:
-            await self._conn.execute("PRAGMA journal_mode=WAL")
-            await self._conn.execute("PRAGMA synchronous=NORMAL")
-            await self._conn.commit()
-
-    async def _writer_loop(self) -> None:
-        """Write what is queued in batches: one ``executemany`` and one commit for all waiting answers.
-
-        datatrove's loop makes three thread hops per answer (``orjson.dumps`` in a thread, ``execute``,
-        ``commit``), which on a busy event loop costs more than the 50 ms requests it caches. An answer
-        is committed as soon as the writer is free, as before; a batch only groups those that arrived
-        meanwhile.
-        """
-        queue = self._queue
-        while True:
-            items = [await queue.get()]
-            while not queue.empty():
-                items.append(queue.get_nowait())
-            rows = []
-            for item in items:
-                if item is None:
-                    continue
-                op_type, (chunk_index, doc_id, rollout_idx, payload_hash, value) = item
-                if op_type == "result":
-                    rows.append((chunk_index, doc_id, rollout_idx, payload_hash, orjson.dumps(value), None))
-                else:
-                    rows.append((chunk_index, doc_id, rollout_idx, payload_hash, None, value))
-            try:
-                if rows and self._conn is not None:
-                    await self._conn.executemany(
-                        "INSERT OR REPLACE INTO request_cache (chunk_index, doc_id, rollout_idx, payload_hash, "
-                        "result, error_message) VALUES (?, ?, ?, ?, ?, ?)",
-                        rows,
-                    )
-                    await self._conn.commit()
-            except Exception as exc:  # as datatrove: a lost cache entry only means a request sent again
-                logger.error(f"Failed to write {len(rows)} request cache entries: {exc}")
-            finally:
-                for _ in items:
-                    queue.task_done()
-            if any(item is None for item in items):
-                return
-
-
-class SyncCheckpointManager(CheckpointManager):
-    """datatrove's ``CheckpointManager`` writing checkpoint lines through open files, on the event loop.
-
-    datatrove opens, appends to and closes the chunk file with ``aiofiles`` for every document (three
-    thread hops) after a ``dataclasses.asdict`` deep copy of it. A small append to a local file is
-    cheaper than one thread hop, and a line handed to the OS survives ``kill -9`` just the same
-    (neither version fsyncs). Chunk bookkeeping (counts, completed chunks, ``last_chunk``, request
-    cache pruning) is datatrove's own.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._files: dict[tuple[int, int], Any] = {}
-
-    def _close(self, rank: int, chunk_index: int | None = None) -> None:
-        for key in [k for k in self._files if k[0] == rank and (chunk_index is None or k[1] == chunk_index)]:
-            self._files.pop(key).close()
-
-    async def write_document(self, document: Document, rank: int, chunk_index: int, output_writer_context):
-        should_update_last_chunk_index = False
-        async with self.file_locks[chunk_index]:
-            if "__no_rollouts_remove" not in document.metadata:
-                output_writer_context.write(document, rank=rank, chunk_index=chunk_index)
-            self.per_chunk_counts[chunk_index] += 1
-            if self.checkpoints_local_dir is not None:
-                f = self._files.get((rank, chunk_index))
-                if f is None:
-                    path = os.path.join(
-                        self.checkpoints_local_dir, f"{rank:05d}/chunk_{chunk_index:05d}.jsonl"
-                    )
-                    os.makedirs(os.path.dirname(path), exist_ok=True)
-                    f = self._files[(rank, chunk_index)] = open(path, "ab", buffering=0)  # noqa: SIM115
-                line = {"text": document.text, "id": document.id, "media": [], "metadata": document.metadata}
-                if document.media:
-                    line["media"] = [dataclasses.asdict(m) for m in document.media]
-                f.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
-                if self.per_chunk_counts[chunk_index] == self.records_per_chunk:
-                    self._close(rank, chunk_index)
-                    output_writer_context.close_file(
-                        output_writer_context._get_output_filename(document, rank, chunk_index=chunk_index)
-                    )
-                    self.new_completed_chunks.add(chunk_index)
-                    should_update_last_chunk_index = True
-        if should_update_last_chunk_index:
-            await self.update_last_chunk_index(rank)
-
-    async def cleanup_last_chunk(self, rank: int, chunk_index: int):
-        self._close(rank)
-        await super().cleanup_last_chunk(rank, chunk_index)
 
 
 class MpGIInferenceRunner(InferenceRunner):
