@@ -39,6 +39,13 @@ SSTI = [
     "{{ self._TemplateReference__context.cycler.__init__.__globals__.os.popen('touch MARK').read() }}",
     "{{ ().__class__.__bases__[0].__subclasses__() }}",
     "{{ (1).__class__.__mro__[-1].__subclasses__() }}",
+    "{% include '/etc/passwd' %}",
+    "{% extends '../outside.jinja' %}",
+    "{% import 'x.jinja' as x %}",
+    "{{ 'a' * 10**10 }}",
+    "{{ ['a'] * 10**9 }}",
+    "{{ 10 ** 100000000 }}",
+    "{{ range(10**9) | list }}",
 ]
 
 
@@ -58,7 +65,9 @@ def test_ssti_payloads_do_not_run(tmp_path, monkeypatch, payload):
     monkeypatch.chdir(tmp_path)
     recipe = load_recipe(_recipe_with_prompt(tmp_path, "t.jinja", payload))
     record = {"image_id": "abc"}
-    with pytest.raises(ValueError, match="sandbox forbids|undefined|unsafe|has no attribute"):
+    with pytest.raises(
+        ValueError, match="sandbox forbids|undefined|unsafe|has no attribute|cannot include|too big"
+    ):
         render("t.jinja", recipe, perspective="scene", record=record)
     assert not (tmp_path / "MARK").exists()
     assert record == {"image_id": "abc"}

@@ -82,7 +82,30 @@ def template_source(name: str, recipe: Recipe | None = None) -> str:
 
 # Recipes are shared files: their templates render in jinja2's immutable sandbox (no attribute walk to
 # Python internals such as ``cycler.__init__.__globals__``, no mutation of the variables passed in).
-_ENV = ImmutableSandboxedEnvironment(
+class _RecipeSandbox(ImmutableSandboxedEnvironment):
+    """jinja2's immutable sandbox, plus bounds on ``*`` and ``**`` (``{{ 'a' * 10**10 }}`` would take
+    all memory; the sandbox already bounds ``range``)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+    max_size = 1_000_000
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "**" and isinstance(right, int | float) and abs(right) > 64:
+            raise SecurityError(f"exponent {right!r} is too large in a template")
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if (
+                    isinstance(seq, str | list | tuple)
+                    and isinstance(times, int)
+                    and len(seq) * times > self.max_size
+                ):
+                    raise SecurityError(
+                        f"a repeated sequence of more than {self.max_size} items in a template"
+                    )
+        return super().call_binop(context, operator, left, right)
+
+
+_ENV = _RecipeSandbox(
     undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False, trim_blocks=False
 )
 
@@ -108,6 +131,10 @@ def render(name: str, recipe: Recipe | None = None, **variables: Any) -> str:
         ) from e
     except jinja2.TemplateSyntaxError as e:
         raise ValueError(f"prompt template {name!r} line {e.lineno}: {e.message}") from e
+    except (TypeError, OverflowError) as e:  # {% include %} without a loader, a too large range()
+        raise ValueError(
+            f"prompt template {name!r}: {e} (recipe templates cannot include, import or extend other files)"
+        ) from None
     except SecurityError as e:
         raise ValueError(
             f"prompt template {name!r} tried an operation the template sandbox forbids ({e}); recipe "
