@@ -176,3 +176,35 @@ def test_api_key_reaches_only_the_authorization_header(tmp_path, monkeypatch):
     leaks = [str(p) for p in files if secret.encode() in p.read_bytes()]
     assert leaks == []
     assert os.environ["HF_TOKEN"] == secret
+
+
+@pytest.mark.parametrize(
+    "template", ["{{ nope }}", "{{ record.__class__.__mro__ }}", "{% include 'perspective.jinja' %}"]
+)
+def test_bad_template_is_one_cli_error_before_any_request(tmp_path, capsys, template):
+    from hqrs.scripts.cli import main
+
+    make_records(tmp_path / "img", 2)
+    with LoopbackServer() as server:
+        (tmp_path / "t.jinja").write_text(template)
+        path = tmp_path / "r.yaml"
+        path.write_text(
+            f"name: bad\nbackends:\n  m: {{server: endpoint, endpoint_url: '{server.url}', model: x}}\n"
+            "generators:\n  - {name: g, backend: m, perspective: scene, prompt: t.jinja}\n"
+        )
+        rc = main(
+            [
+                "mpgi",
+                "run",
+                "--recipe",
+                str(path),
+                "--source",
+                str(tmp_path / "img"),
+                "--out",
+                str(tmp_path / "run"),
+                "--no-progress",
+            ]
+        )
+        assert sum(server.received.values()) == 0
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("hqrs: error:") == 1 and "Traceback" not in err and "t.jinja" in err

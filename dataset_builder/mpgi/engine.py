@@ -46,6 +46,7 @@ from .steps import (
     IntegrationRollout,
     MpGIInferenceRunner,
     TemplateIntegrationStep,
+    check_templates,
     collect_perspectives,
     document_dict,
 )
@@ -835,6 +836,9 @@ def _execute_pass(
 ) -> None:
     index = int(pass_dir.name)
     info = _read_json(pass_dir / "pass.json")
+    first = next(_iter_jsonl(pass_dir / "input"), None)
+    if first is not None:
+        check_templates(recipe, first["metadata"])
     chunk = info.get("records_per_chunk", recipe.execution.records_per_chunk)
     if (
         chunk != recipe.execution.records_per_chunk

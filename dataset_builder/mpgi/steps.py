@@ -49,7 +49,7 @@ from .integrate import (
     validate_captions,
 )
 from .prompts import chat_payload, image_data_url, prompt_id, render
-from .recipe import AnswerChecks, BackendSpec, Recipe
+from .recipe import TEMPLATE_INTEGRATOR, AnswerChecks, BackendSpec, Recipe
 
 datatrove_compat.install_log_filter()
 datatrove_compat.install_child_reaper()
@@ -286,6 +286,47 @@ def document_dict(writer, document: Document) -> dict[str, Any]:
 
 def _gen_name(name: str, k: int, n: int) -> str:
     return name if n == 1 else f"{name}#{k + 1}"
+
+
+def check_templates(recipe: Recipe, meta: dict[str, Any]) -> None:
+    """Render every template of ``recipe`` once with the variables of one document (``meta``), as the
+    rollouts will: an undefined variable or a sandbox violation is one ``ValueError`` before a stage
+    starts, not a crash of every task."""
+    for gen in recipe.generators:
+        render(
+            gen.prompt,
+            recipe,
+            perspective=gen.perspective,
+            relay_rules=gen.relay_rules,
+            rule_text=meta["rule_text"],
+            record=meta["record"],
+            facts=meta["facts"],
+        )
+    spec = recipe.integrator
+    if spec.backend == TEMPLATE_INTEGRATOR:
+        return
+    listing = [{"name": "rule", "perspective": "rule", "text": meta["rule_text"]}] + [
+        {"name": g.name, "perspective": g.perspective, "text": "..."} for g in recipe.generators
+    ]
+    for feedback in (None, "a caption contradicts the facts"):
+        render(
+            spec.prompt,
+            recipe,
+            perspectives=listing,
+            rule_text=meta["rule_text"],
+            captions=dict(spec.captions),
+            words=spec.words,
+            n_captions=spec.n_captions,
+            feedback=feedback,
+        )
+    render(
+        spec.repair_prompt,
+        recipe,
+        previous="{}",
+        error="not JSON",
+        captions=dict(spec.captions),
+        n_captions=spec.n_captions,
+    )
 
 
 @dataclass
