@@ -445,6 +445,21 @@ def test_stale_build_temp_files_are_removed(tmp_path):
     assert not stale.exists() and live.exists()
 
 
+def test_stale_run_dir_temp_files_are_removed(tmp_path):
+    from hqrs.dataset_builder.mpgi import load_recipe
+
+    records = make_records(tmp_path / "img", 2)
+    run_mpgi(records, load_recipe("offline"), tmp_path / "run", progress=False)
+    stale = [
+        tmp_path / "run" / ".manifest.json.k1x2.tmp",
+        tmp_path / "run" / "passes" / "0000" / ".DONE.json.a8b.tmp",
+    ]
+    for path in stale:
+        path.write_text("{")
+    run_mpgi(records, load_recipe("offline"), tmp_path / "run", progress=False)
+    assert not any(p.exists() for p in stale)
+
+
 def _children(pid: int) -> set[int]:
     out: set[int] = set()
     for task in Path(f"/proc/{pid}/task").glob("*"):

@@ -413,6 +413,12 @@ async def send_request(runner, server, payload: dict, semaphore: asyncio.Semapho
     runner.stat_update("prompt_tokens", value=usage.get("prompt_tokens", 0) or 0, unit="request")
     runner.stat_update("completion_tokens", value=usage.get("completion_tokens", 0) or 0, unit="request")
     runner.stat_update("successful_requests", value=1, unit="request")
+    runner.metrics.add_metrics(
+        tokens_input=usage.get("prompt_tokens", 0) or 0,
+        tokens_output=usage.get("completion_tokens", 0) or 0,
+        requests=1,
+        successful_requests=1,
+    )
     message = choice.get("message") or {}
     return InferenceResult(
         text=message.get("content") or "",

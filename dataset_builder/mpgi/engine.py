@@ -715,7 +715,8 @@ def run_mpgi(
     check_optional_backends(recipe, executor)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in run_dir.glob(".*.tmp"):  # atomic writes cut by a kill (one writer per run directory)
+    # atomic writes cut by a kill (manifest, pass.json, DONE.json; one writer per run directory)
+    for stale in [*run_dir.glob(".*.tmp"), *run_dir.glob("passes/*/.*.tmp")]:
         stale.unlink(missing_ok=True)
     recipe_hash = recipe.hash()
     manifest_path = run_dir / "manifest.json"
