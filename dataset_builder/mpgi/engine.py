@@ -95,7 +95,15 @@ def check_endpoint(recipe: Recipe, name: str, attempts: int = 3) -> None:
     spec = recipe.backends[name]
     if spec.server != "endpoint":
         return
+    from urllib.parse import urlparse
+
     headers = {}
+    remote = urlparse(spec.server_root).hostname not in ("localhost", "127.0.0.1", "::1")
+    if spec.api_key_env and remote and not os.environ.get(spec.api_key_env):
+        raise MpGIRunError(
+            f"the endpoint {spec.server_root} (backends.{name}) needs an API key: set the environment variable "
+            f"{spec.api_key_env} (named by the recipe's api_key_env) where the tasks run"
+        )
     if spec.api_key_env and os.environ.get(spec.api_key_env):
         headers["Authorization"] = f"Bearer {os.environ[spec.api_key_env]}"
     request = urllib.request.Request(f"{spec.server_root}/v1/models", headers=headers)

@@ -67,7 +67,10 @@ class MpGIInferenceRunner(InferenceRunner):
       in ``/v1`` while its readiness probe appends ``/v1/models`` to the same URL: the config carries
       the server root and the client gets ``<root>/v1``;
     - the API key is read from the environment variable ``api_key_env`` inside the task, so that it is
-      never pickled into the pipeline (Slurm and Ray executors write the pipeline to disk).
+      never pickled into the pipeline (Slurm and Ray executors write the pipeline to disk);
+    - each request is one attempt bounded by ``request_timeout`` with a labelled error, counted by a
+      :class:`CircuitBreaker` that stops the stage after ``circuit_breaker`` consecutive connection
+      failures (``datatrove_compat.send_request``); the OpenAI client's own retries are off.
     """
 
     read_batch = 256  # documents fetched from the reader per thread hop
