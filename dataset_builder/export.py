@@ -67,6 +67,25 @@ def _tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
+def _remove_stale_tmp(folder: Path) -> int:
+    """Remove the ``.NAME.PID.tmp`` files of builds that were killed (their PID no longer runs)."""
+    removed = 0
+    for tmp in folder.rglob(".*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running (or the PID was reused): leave it
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 def _cell_args(doc: dict[str, Any], keep_original: bool) -> tuple[str, str, bool]:
     return doc["record"]["image"], check_image_id(doc["record"]["image_id"]), keep_original
 
@@ -387,6 +406,7 @@ def export_dataset(
         raise ValueError(f"num_proc must be >= 1, got {num_proc!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(out)  # left by a build killed with kill -9 (#13.4)
     split_ratios = parse_ratios(split_ratios)
     report = SkipReport()
     builder = HQRSIT(

@@ -89,9 +89,15 @@ def iter_source_records(specs: list[str], report=None):
 
 def run_command(args: argparse.Namespace) -> int:
     from hqrs.dataset_builder.mpgi import load_recipe, run_mpgi
+    from hqrs.dataset_builder.mpgi.datatrove_compat import set_stderr_level
     from hqrs.dataset_builder.mpgi.engine import MpGIRunError
     from hqrs.dataset_builder.sources import SkipReport
 
+    verbosity = (getattr(args, "verbose", 0) or 0) - (getattr(args, "quiet", 0) or 0)
+    # datatrove logs through loguru, not logging: -q/--no-progress keep its warnings, -qq its errors only
+    set_stderr_level(
+        "ERROR" if verbosity <= -2 else "WARNING" if verbosity == -1 or not args.progress else None
+    )
     recipe = load_recipe(args.recipe, overrides=args.overrides)
     report = SkipReport()
     try:
@@ -103,7 +109,7 @@ def run_command(args: argparse.Namespace) -> int:
             tasks=args.tasks,
             workers=args.workers,
             limit=args.limit,
-            progress=args.progress,
+            progress=args.progress and verbosity > -2,
         )
     except MpGIRunError as e:
         raise OSError(str(e)) from e
@@ -133,6 +139,9 @@ def status_command(args: argparse.Namespace) -> int:
         f"{status['run_dir']}: recipe {status['recipe']} ({(status['recipe_hash'] or '?')[:12]}), "
         f"{status['records']} records: {status['ok']} ok, {status['failed']} failed, {status['pending']} pending"
     )
+    if status.get("failed_by_reason"):
+        print("  failed by reason: " + ", ".join(f"{k} {v}" for k, v in status["failed_by_reason"].items()))
+        print("  rerun `hqrs mpgi run` with the same --out to retry them")
     for p in status["passes"]:
         state = "complete" if p["complete"] else "unfinished"
         print(f"  pass {p['pass']} ({p['records']} records, {state})")

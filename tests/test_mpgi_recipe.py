@@ -22,7 +22,9 @@ def test_shipped_recipes_load():
     assert not offline.uses_models and offline.integrator.n_captions == 6
     tiny = load_recipe("cpu-tiny", overrides=["backends.local.endpoint_url=http://127.0.0.1:9999"])
     assert tiny.backends["local"].endpoint_url == "http://127.0.0.1:9999"
-    assert load_recipe("cpu-tiny").hash() != tiny.hash()
+    # the endpoint is operational (#13.2): same content, same hash; the model is content
+    assert load_recipe("cpu-tiny").hash() == tiny.hash()
+    assert load_recipe("cpu-tiny", overrides=["backends.local.model=other"]).hash() != tiny.hash()
 
 
 @pytest.mark.parametrize(
@@ -64,10 +66,10 @@ def test_errors_name_the_bad_key(patch, message):
 def test_recipe_file_and_env(tmp_path, monkeypatch):
     (tmp_path / "mine.jinja").write_text("Describe {{ perspective }} of site {{ record.image_id }}.")
     (tmp_path / "r.yaml").write_text(
-        "name: mine\nbackends:\n  m: {server: endpoint, endpoint_url: '${MY_URL:-http://127.0.0.1:1}', model: x}\n"
+        "name: mine\nbackends:\n  m: {server: endpoint, endpoint_url: '${HQRS_MPGI_ENDPOINT:-http://127.0.0.1:1}', model: x}\n"
         "generators:\n  - {name: g, backend: m, perspective: scene, prompt: mine.jinja}\n"
     )
-    monkeypatch.setenv("MY_URL", "http://127.0.0.1:4242")
+    monkeypatch.setenv("HQRS_MPGI_ENDPOINT", "http://127.0.0.1:4242")
     recipe = load_recipe(tmp_path / "r.yaml")
     assert recipe.backends["m"].endpoint_url == "http://127.0.0.1:4242"
     assert (

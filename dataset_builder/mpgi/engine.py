@@ -46,6 +46,7 @@ from .steps import (
     IntegrationRollout,
     MpGIInferenceRunner,
     TemplateIntegrationStep,
+    check_templates,
     collect_perspectives,
     document_dict,
 )
@@ -59,6 +60,87 @@ _PACKAGES = ("hqrs", "datatrove", "transformers", "torch", "jinja2", "pyyaml", "
 
 class MpGIRunError(RuntimeError):
     """A stage stopped (e.g. its server never became ready); finished work is kept, rerun to resume."""
+
+
+def check_optional_backends(recipe: Recipe, executor: str) -> None:
+    """Every optional package the run needs is importable here, else one :class:`MpGIRunError` listing
+    them all (before any pass starts). vllm/sglang are checked for the local executor only (Slurm and
+    Ray tasks run in their own environments)."""
+    import importlib.util
+
+    missing = []
+    used = set(recipe.generator_backends()) | {recipe.integrator.backend}
+    for name in sorted(used & set(recipe.backends)):
+        server = recipe.backends[name].server
+        if executor == "local" and server in ("vllm", "sglang") and importlib.util.find_spec(server) is None:
+            missing.append(f"{server} (backends.{name}.server; pip install {server})")
+    if executor == "ray" and importlib.util.find_spec("ray") is None:
+        missing.append("ray (--executor ray; pip install 'ray[default]')")
+    if executor == "slurm" and shutil.which("sbatch") is None:
+        missing.append("sbatch (--executor slurm runs where Slurm's sbatch is on PATH)")
+    if missing:
+        raise MpGIRunError(
+            f"recipe {recipe.name!r} needs what is not installed here: {'; '.join(missing)}; install it, or use "
+            "another recipe/executor (e.g. an 'endpoint' backend with a running server)"
+        )
+
+
+def check_endpoint(recipe: Recipe, name: str, attempts: int = 3) -> None:
+    """``GET <root>/v1/models`` of an ``endpoint`` backend; a server that does not answer (or rejects the
+    API key) is one :class:`MpGIRunError` naming the endpoint, the error and the fix, before a stage
+    starts. Any other HTTP answer counts as up."""
+    import urllib.error
+    import urllib.request
+
+    spec = recipe.backends[name]
+    if spec.server != "endpoint":
+        return
+    from urllib.parse import urlparse
+
+    headers = {}
+    remote = urlparse(spec.server_root).hostname not in ("localhost", "127.0.0.1", "::1")
+    if spec.api_key_env and remote and not os.environ.get(spec.api_key_env):
+        raise MpGIRunError(
+            f"the endpoint {spec.server_root} (backends.{name}) needs an API key: set the environment variable "
+            f"{spec.api_key_env} (named by the recipe's api_key_env) where the tasks run"
+        )
+    if spec.api_key_env and os.environ.get(spec.api_key_env):
+        headers["Authorization"] = f"Bearer {os.environ[spec.api_key_env]}"
+    request = urllib.request.Request(f"{spec.server_root}/v1/models", headers=headers)
+    error = None
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(request, timeout=min(spec.request_timeout, 10.0)):  # noqa: S310
+                return
+        except urllib.error.HTTPError as e:
+            if e.code in (401, 403):
+                raise MpGIRunError(
+                    f"endpoint {spec.server_root} (backends.{name}) rejected the API key (HTTP {e.code}): set the "
+                    f"environment variable named by backends.{name}.api_key_env ({spec.api_key_env}) to a valid key"
+                ) from None
+            return
+        except (urllib.error.URLError, OSError) as e:
+            error = getattr(e, "reason", e)
+            if attempt + 1 < attempts:
+                time.sleep(1.0)
+    raise MpGIRunError(
+        f"endpoint {spec.server_root} (backends.{name}) is not reachable: {error}; is the server running? start "
+        f"it or point the recipe at it (--set backends.{name}.endpoint_url=URL), then rerun"
+    )
+
+
+def _operational_error(exc: BaseException) -> BaseException | None:
+    """The :class:`EndpointUnavailable` or datatrove ``ServerError`` (a server that never became ready)
+    behind ``exc`` (also through a worker pool), if any."""
+    from datatrove.pipeline.inference.types import ServerError
+
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, ServerError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
 
 
 @dataclass
@@ -164,6 +246,8 @@ def stage_pipeline(recipe: Recipe, stage: Stage, input_folder: str, stage_dir: P
         records_per_chunk=recipe.execution.records_per_chunk,
         metadata_key=stage.key,
         api_key_env=recipe.backends[stage.backend].api_key_env,
+        circuit_breaker=recipe.backends[stage.backend].circuit_breaker,
+        backend=stage.backend,
     )
     return [reader, runner]
 
@@ -352,10 +436,39 @@ def _stage_ids(stage_dir: Path) -> tuple[set[str], set[str]]:
     return done, failed
 
 
-def run_status(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Done / failed / pending counts per stage of every pass, and overall.
+_REASONS = (
+    ("refusal", "refusal"),
+    ("truncated", "truncated answer"),
+    ("too long", "answer too long"),
+    ("caption length", "outside the caption word ranges"),
+    ("empty answer", "empty answer"),
+    ("invalid JSON", "invalid integration answer"),
+    ("too few captions", "valid captions (min_captions"),
+    ("timeout", "no answer within request_timeout"),
+    ("connection reset", "connection reset"),
+    ("connection refused", "connection refused"),
+    ("rejected request", "the server rejected the request"),
+    ("unreadable image", "cannot read image"),
+)
 
-    Returns ``{"run_dir", "recipe", "recipe_hash", "records", "ok", "failed", "pending", "passes":
+
+def failure_reason(error: str | None) -> str:
+    """A short reason of a failed record's error (for counts in ``hqrs mpgi status``)."""
+    import re
+
+    error = error or ""
+    for reason, needle in _REASONS:
+        if needle in error:
+            return reason
+    m = re.search(r"HTTP (\d{3})", error)
+    return f"HTTP {m.group(1)}" if m else "other"
+
+
+def run_status(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Done / failed / pending counts per stage of every pass, and overall, and failures per reason.
+
+    Returns ``{"run_dir", "recipe", "recipe_hash", "records", "ok", "failed", "pending", "failed_by_reason",
+    "passes":
     [{"pass", "records", "complete", "stages": {stage: {"done", "failed", "pending"}}}]}``.
     """
     run_dir = Path(run_dir)
@@ -386,10 +499,14 @@ def run_status(run_dir: str | os.PathLike) -> dict[str, Any]:
             all_ids.add(doc["id"])
     ok = failed = 0
     finished = set()
+    reasons: dict[str, int] = {}
     for result in iter_results(run_dir):
         finished.add(result.image_id)
         ok += result.status == "ok"
         failed += result.status != "ok"
+        if result.status != "ok":
+            reason = failure_reason(result.error)
+            reasons[reason] = reasons.get(reason, 0) + 1
     return {
         "run_dir": str(run_dir),
         "recipe": recipe.name,
@@ -398,6 +515,7 @@ def run_status(run_dir: str | os.PathLike) -> dict[str, Any]:
         "ok": ok,
         "failed": failed,
         "pending": len(all_ids - finished),
+        "failed_by_reason": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
         "passes": passes,
     }
 
@@ -467,6 +585,9 @@ class _ProgressBar:
 
 
 def _prepare_doc(record: ImageRecord, prior: list[dict] | None) -> dict:
+    # absolute: a run directory made with `--source imgs` must work from any working directory
+    if not os.path.isabs(record.image):
+        record = ImageRecord.from_dict({**record.to_dict(), "image": os.path.abspath(record.image)})
     facts = rule_facts(record)
     meta = {"record": record.to_dict(), "rule_text": rule_text(record, facts), "facts": facts.to_dict()}
     if prior:
@@ -512,10 +633,23 @@ def _run_pass(
             job_name=f"mpgi-{pass_dir.name}-{i}-{stage.folder}",
         )
         input_folder = str(stage_dir / "output")
+    for name in dict.fromkeys(s.backend for s in stages if s.backend is not None):
+        check_endpoint(recipe, name)
     try:
         with _ProgressBar(folders if executor == "local" else [], records, progress and executor == "local"):
             previous.run()
     except Exception as e:
+        down = _operational_error(e)
+        if down is not None:
+            from .datatrove_compat import EndpointUnavailable
+
+            hint = (
+                ""
+                if isinstance(down, EndpointUnavailable)
+                else f" (server logs: {', '.join(str(pass_dir / 'stages' / s.folder / 'logs') for s in stages)}); fix "
+                "the server settings of the recipe (model, model_kwargs, tp) and rerun the same command"
+            )
+            raise MpGIRunError(f"MpGI pass {pass_dir.name} stopped: {down}{hint}") from None
         logs = ", ".join(str(pass_dir / "stages" / s.folder / "logs") for s in stages)
         raise MpGIRunError(
             f"MpGI pass {pass_dir.name} stopped: {type(e).__name__}: {str(e)[:500]}. Finished records are kept; "
@@ -580,16 +714,29 @@ def run_mpgi(
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit!r}")
     started = time.perf_counter()
+    from .datatrove_compat import check_version
+
+    try:
+        check_version()
+    except RuntimeError as e:
+        raise MpGIRunError(str(e)) from None
+    check_optional_backends(recipe, executor)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # atomic writes cut by a kill (manifest, pass.json, DONE.json; one writer per run directory)
+    for stale in [*run_dir.glob(".*.tmp"), *run_dir.glob("passes/*/.*.tmp")]:
+        stale.unlink(missing_ok=True)
     recipe_hash = recipe.hash()
     manifest_path = run_dir / "manifest.json"
     manifest = _read_json(manifest_path)
+    if manifest is not None and manifest.get("recipe_hash") == recipe.hash(legacy=True):
+        manifest["recipe_hash"] = recipe_hash  # a run directory made before operational keys left the hash
     if manifest is not None and manifest.get("recipe_hash") != recipe_hash:
         raise ValueError(
             f"run directory {str(run_dir)!r} was made with recipe {manifest.get('recipe')!r} "
             f"(hash {manifest.get('recipe_hash', '?')[:12]}), not with this recipe {recipe.name!r} "
-            f"(hash {recipe_hash[:12]}): use another --out, or the same recipe"
+            f"(hash {recipe_hash[:12]}): models, prompts, sampling, perspectives or the integrator differ; use "
+            "another --out, or the same recipe (endpoint, timeouts, concurrency, retries and executor may change)"
         )
     if manifest is None:
         manifest = {
@@ -650,7 +797,15 @@ def run_mpgi(
         partial = pass_dir.with_name(f".{pass_dir.name}.partial")
         shutil.rmtree(partial, ignore_errors=True)
         n_shards = _write_pass_input(partial, todo, tasks)
-        _write_json(partial / "pass.json", {"records": len(todo), "tasks": n_shards, "created": _now()})
+        _write_json(
+            partial / "pass.json",
+            {
+                "records": len(todo),
+                "tasks": n_shards,
+                "records_per_chunk": recipe.execution.records_per_chunk,
+                "created": _now(),
+            },
+        )
         partial.rename(pass_dir)
         report.new_pass = index
         _execute_pass(pass_dir, recipe, executor, workers, progress, manifest, manifest_path)
@@ -690,11 +845,23 @@ def _execute_pass(
 ) -> None:
     index = int(pass_dir.name)
     info = _read_json(pass_dir / "pass.json")
+    first = next(_iter_jsonl(pass_dir / "input"), None)
+    if first is not None:
+        check_templates(recipe, first["metadata"])
+    chunk = info.get("records_per_chunk", recipe.execution.records_per_chunk)
+    if (
+        chunk != recipe.execution.records_per_chunk
+    ):  # datatrove's checkpoints of this pass count in its chunks
+        from dataclasses import replace
+
+        recipe = replace(recipe, execution=replace(recipe.execution, records_per_chunk=chunk))
     entry = next((e for e in manifest["passes"] if e.get("pass") == index), None)
     if entry is None:
         entry = {"pass": index, "records": info["records"], "executor": executor}
         manifest["passes"].append(entry)
-    entry.setdefault("attempts", []).append({"started": _now()})
+    entry.setdefault("attempts", []).append(
+        {"started": _now(), "executor": executor, "workers": workers, "settings": recipe.operational()}
+    )
     _write_json(manifest_path, manifest)
     t0 = time.perf_counter()
     complete = _run_pass(pass_dir, recipe, executor, info["tasks"], info["records"], workers, progress)

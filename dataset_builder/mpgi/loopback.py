@@ -10,7 +10,8 @@ A *fault plan* is a callable ``plan(payload, attempt) -> str | None`` where ``at
 requests with the same (seed-less) payload. It returns ``None`` (answer normally) or one of:
 ``"500"``, ``"503"``, ``"400"``, ``"sleep:SECONDS"`` (answer late), ``"reset"`` (close the connection
 without answering), ``"bad-http-json"`` (200 with an unparsable body), ``"empty"`` (empty content),
-``"text:..."`` (this content).
+``"text:..."`` (this content), ``"429:SECONDS"`` (429 Too Many Requests with ``Retry-After: SECONDS``),
+``"finish:REASON:TEXT"`` (this content with this ``finish_reason``).
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ class LoopbackServer:
         self.first_request_at: float | None = None  # time.monotonic() of the first chat request
         self.last_answer_at: float | None = None  # ... and of the last successful answer
         self.payloads: list[dict] = []
+        self.arrivals: list[tuple[float, dict]] = []  # (time.monotonic(), payload) of every chat request
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -209,6 +211,7 @@ class LoopbackServer:
             attempt = self.attempts[base]
             self.attempts[base] += 1
             self.payloads.append(payload)
+            self.arrivals.append((time.monotonic(), payload))
             hold = self.hold_after is not None and self.total_answered >= self.hold_after
             if hold:
                 self.held += 1
@@ -225,6 +228,10 @@ class LoopbackServer:
         if action in ("500", "503", "400"):
             await self._send(writer, int(action), {"error": {"message": f"injected {action}"}})
             return
+        if action and action.startswith("429:"):
+            body = json.dumps({"error": {"message": "rate limited"}}).encode()
+            await self._send_raw(writer, 429, body, {"Retry-After": action.split(":", 1)[1]})
+            return
         if action == "reset":
             sock = writer.get_extra_info("socket")
             if sock is not None:
@@ -240,6 +247,10 @@ class LoopbackServer:
         if action and action.startswith("sleep:"):
             await asyncio.sleep(float(action.split(":", 1)[1]))
             action = None
+        finish = "stop"
+        if action and action.startswith("finish:"):
+            _, finish, action = action.split(":", 2)
+            action = "text:" + action
         if action == "empty":
             content = ""
         elif action and action.startswith("text:"):
@@ -253,7 +264,7 @@ class LoopbackServer:
             "object": "chat.completion",
             "model": payload.get("model", "loopback"),
             "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
             ],
             "usage": {
                 "prompt_tokens": prompt_tokens,
@@ -270,13 +281,20 @@ class LoopbackServer:
     async def _send(self, writer: asyncio.StreamWriter, status: int, data: Any) -> bool:
         return await self._send_raw(writer, status, json.dumps(data).encode())
 
-    async def _send_raw(self, writer: asyncio.StreamWriter, status: int, body: bytes) -> bool:
-        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error"}.get(
-            status, "Error"
-        )
+    async def _send_raw(
+        self, writer: asyncio.StreamWriter, status: int, body: bytes, headers: dict[str, str] | None = None
+    ) -> bool:
+        reason = {
+            200: "OK",
+            400: "Bad Request",
+            404: "Not Found",
+            429: "Too Many Requests",
+            500: "Internal Server Error",
+        }.get(status, "Error")
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         head = (
             f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
         ).encode()
         try:
             writer.write(head + body)

@@ -2,7 +2,9 @@
 
 A template is named either by a file shipped in ``hqrs.dataset_builder.recipes`` (``perspective.jinja``,
 ``integrate.jinja``, ``repair.jinja``) or by a path (relative paths resolve against the recipe file's
-folder). Templates render with ``StrictUndefined``: a misspelt variable is an error, not an empty string.
+folder and must stay inside it). Templates render in jinja2's ``ImmutableSandboxedEnvironment`` with
+``StrictUndefined``: a misspelt variable is an error, not an empty string, and a template cannot reach
+Python internals (recipes are shared files, i.e. untrusted data).
 """
 
 from __future__ import annotations
@@ -17,21 +19,45 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 if TYPE_CHECKING:
     from .recipe import Recipe
 
 
+SHIPPED_PACKAGE = "hqrs.dataset_builder.recipes"
+
+
+def _shipped_names() -> list[str]:
+    return sorted(p.name for p in resources.files(SHIPPED_PACKAGE).iterdir() if p.name.endswith(".jinja"))
+
+
 def _resolve(name: str, recipe_path: str | None) -> Path | None:
+    """The file of template ``name``: inside the recipe file's folder (after following links), or
+    ``None`` for a template shipped in the package. Anything else (an absolute path elsewhere, ``..``
+    out of the folder, a link pointing out of it) is a ``ValueError``: a recipe is data and may only
+    read its own templates."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise ValueError(f"prompt template {name!r}: expected a template file name")
     path = Path(name)
-    if path.is_absolute():
-        return path
     if recipe_path and Path(recipe_path).is_file():
-        candidate = Path(recipe_path).parent / path
-        if candidate.is_file():
-            return candidate
-    if len(path.parts) > 1 or path.is_file():
-        return path
+        folder = Path(recipe_path).resolve().parent
+        candidate = (folder / path).resolve()  # an absolute `path` replaces `folder` here
+        if candidate.is_relative_to(folder):
+            if candidate.is_file():
+                return candidate
+        else:
+            raise ValueError(
+                f"prompt template {name!r} resolves to {str(candidate)!r}, outside the recipe's folder "
+                f"{str(folder)!r}: templates are read only from the recipe's own folder or the shipped "
+                f"templates ({', '.join(_shipped_names())}); copy the template next to the recipe"
+            )
+    if path.is_absolute() or len(path.parts) != 1 or name in (".", ".."):
+        raise ValueError(
+            f"prompt template {name!r} is not in the recipe's folder and is not a shipped template "
+            f"({', '.join(_shipped_names())}): templates are read only from the recipe's own folder "
+            "or the package's recipes"
+        )
     return None
 
 
@@ -39,18 +65,13 @@ def _resolve(name: str, recipe_path: str | None) -> Path | None:
 def _read_template(name: str, recipe_path: str | None) -> str:
     path = _resolve(name, recipe_path)
     if path is not None:
-        if not path.is_file():
-            raise ValueError(f"prompt template {name!r} not found at {str(path)!r}")
         return path.read_text(encoding="utf-8")
-    shipped = resources.files("hqrs.dataset_builder.recipes").joinpath(name)
+    shipped = resources.files(SHIPPED_PACKAGE).joinpath(name)
     if not shipped.is_file():
-        available = sorted(
-            p.name
-            for p in resources.files("hqrs.dataset_builder.recipes").iterdir()
-            if p.name.endswith(".jinja")
-        )
+        where = f"next to the recipe {recipe_path!r} " if recipe_path else ""
         raise ValueError(
-            f"prompt template {name!r} is neither a file nor a shipped template ({', '.join(available)})"
+            f"prompt template {name!r} is neither a file {where}nor a shipped template "
+            f"({', '.join(_shipped_names())})"
         )
     return shipped.read_text(encoding="utf-8")
 
@@ -59,7 +80,32 @@ def template_source(name: str, recipe: Recipe | None = None) -> str:
     return _read_template(name, recipe.source_path if recipe is not None else None)
 
 
-_ENV = jinja2.Environment(
+# Recipes are shared files: their templates render in jinja2's immutable sandbox (no attribute walk to
+# Python internals such as ``cycler.__init__.__globals__``, no mutation of the variables passed in).
+class _RecipeSandbox(ImmutableSandboxedEnvironment):
+    """jinja2's immutable sandbox, plus bounds on ``*`` and ``**`` (``{{ 'a' * 10**10 }}`` would take
+    all memory; the sandbox already bounds ``range``)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+    max_size = 1_000_000
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "**" and isinstance(right, int | float) and abs(right) > 64:
+            raise SecurityError(f"exponent {right!r} is too large in a template")
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if (
+                    isinstance(seq, str | list | tuple)
+                    and isinstance(times, int)
+                    and len(seq) * times > self.max_size
+                ):
+                    raise SecurityError(
+                        f"a repeated sequence of more than {self.max_size} items in a template"
+                    )
+        return super().call_binop(context, operator, left, right)
+
+
+_ENV = _RecipeSandbox(
     undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False, trim_blocks=False
 )
 
@@ -85,6 +131,15 @@ def render(name: str, recipe: Recipe | None = None, **variables: Any) -> str:
         ) from e
     except jinja2.TemplateSyntaxError as e:
         raise ValueError(f"prompt template {name!r} line {e.lineno}: {e.message}") from e
+    except (TypeError, OverflowError) as e:  # {% include %} without a loader, a too large range()
+        raise ValueError(
+            f"prompt template {name!r}: {e} (recipe templates cannot include, import or extend other files)"
+        ) from None
+    except SecurityError as e:
+        raise ValueError(
+            f"prompt template {name!r} tried an operation the template sandbox forbids ({e}); recipe "
+            "templates may only format the variables they are given"
+        ) from None
 
 
 # --------------------------------------------------------------------------- #

@@ -37,6 +37,23 @@ SERVER_TYPES = ("vllm", "sglang", "endpoint")
 FACT_FILTER_MODES = ("off", "drop", "regenerate")
 LENGTHS = ("short", "medium", "long")
 TEMPLATE_INTEGRATOR = "template"
+STRUCTURED_OUTPUT = ("auto", "json_schema", "off")
+# backend keys that change how requests are sent, not what the captions are (not part of the recipe hash)
+OPERATIONAL_BACKEND_KEYS = (
+    "server",
+    "endpoint_url",
+    "api_key_env",
+    "max_concurrent",
+    "request_timeout",
+    "retries",
+    "retry_backoff",
+    "tp",
+    "dp",
+    "pp",
+    "server_ready_attempts",
+    "server_ready_delay",
+    "circuit_breaker",
+)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -88,6 +105,8 @@ class BackendSpec:
         max_context, tp, dp, pp, model_kwargs: passed to datatrove's ``InferenceConfig``
             (``model_kwargs`` become server flags, e.g. ``{max-model-len: 16384}``).
         server_ready_attempts, server_ready_delay: readiness polling of the server (``/v1/models``).
+        circuit_breaker: after this many consecutive connection failures (refused, reset, timed out) the
+            stage stops (unfinished records stay pending) instead of timing out every record.
         max_image_side: images are downscaled so that their longer side is at most this (pixels).
     """
 
@@ -106,6 +125,7 @@ class BackendSpec:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     server_ready_attempts: int = 120
     server_ready_delay: float = 5.0
+    circuit_breaker: int = 5
     max_image_side: int = 1024
 
     @property
@@ -145,6 +165,7 @@ class BackendSpec:
             "dp",
             "pp",
             "server_ready_attempts",
+            "circuit_breaker",
             "max_image_side",
         ):
             _positive_int(getattr(self, name), f"{where}.{name}")
@@ -209,6 +230,12 @@ class IntegratorSpec:
             are dropped.
         min_captions: fewer valid captions than this marks the image failed.
         sampling: request parameters of the integration requests.
+        length_tolerance: a caption's word count may miss its ``words`` range by this fraction of the
+            bounds (0.25: a ``[30, 90]`` long caption may have 23 to 112 words); others are rejected
+            (regenerated like fact-filter rejects, or dropped).
+        structured_output: ``auto`` sends the captions JSON schema as ``response_format``
+            (``json_schema``) to vllm/sglang servers, which then generate valid JSON; ``json_schema``
+            sends it to any server; ``off`` never does (the repair prompt handles invalid JSON).
     """
 
     backend: str = TEMPLATE_INTEGRATOR
@@ -223,6 +250,8 @@ class IntegratorSpec:
     max_regenerations: int = 1
     min_captions: int = 1
     sampling: dict[str, Any] = field(default_factory=lambda: {"temperature": 0.7, "max_tokens": 1024})
+    length_tolerance: float = 0.25
+    structured_output: str = "auto"
 
     @property
     def n_captions(self) -> int:
@@ -263,6 +292,54 @@ class IntegratorSpec:
             )
         if not isinstance(self.sampling, dict):
             raise RecipeError(f"{where}.sampling: expected a mapping, got {self.sampling!r}")
+        self.length_tolerance = _positive_float(
+            self.length_tolerance, f"{where}.length_tolerance", allow_zero=True
+        )
+        if self.structured_output not in STRUCTURED_OUTPUT:
+            raise RecipeError(
+                f"{where}.structured_output: {self.structured_output!r} is not one of {', '.join(STRUCTURED_OUTPUT)}"
+            )
+
+
+DEFAULT_REFUSAL_PATTERNS = [
+    r"^\W*(?:I'?m|I am) (?:so |very )?sorry\b.{0,80}\b(?:can(?:no|')t|unable|not able|won'?t)\b",
+    r"^\W*(?:I|We) (?:can(?:no|')t|am unable to|'m unable to|am not able to|won'?t) "
+    r"(?:help|assist|comply|provide|describe|do that|fulfil)",
+    r"^\W*(?:Sorry|Unfortunately),? (?:but )?I (?:can(?:no|')t|am unable|'m unable)",
+    r"^\W*As an AI(?: language model)?\b",
+]
+
+
+@dataclass
+class AnswerChecks:
+    """How model answers are checked before they are stored (a failed check is retried with another seed,
+    then the record is failed and retried on the next run).
+
+    Args:
+        refusal_patterns: case-insensitive regular expressions matched at the start of an answer.
+        chars_per_token: an answer longer than ``max_tokens`` x this many characters is rejected (a server
+            that ignores ``max_tokens``).
+        max_chars: the longest perspective accepted when the request sets no ``max_tokens``.
+    """
+
+    refusal_patterns: list[str] = field(default_factory=lambda: list(DEFAULT_REFUSAL_PATTERNS))
+    chars_per_token: float = 8.0
+    max_chars: int = 20000
+
+    def validate(self, where: str) -> None:
+        if not isinstance(self.refusal_patterns, list) or not all(
+            isinstance(p, str) for p in self.refusal_patterns
+        ):
+            raise RecipeError(f"{where}.refusal_patterns: expected a list of regular expressions")
+        for i, pattern in enumerate(self.refusal_patterns):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise RecipeError(
+                    f"{where}.refusal_patterns[{i}]: {pattern!r} is not a regular expression: {e}"
+                ) from None
+        self.chars_per_token = _positive_float(self.chars_per_token, f"{where}.chars_per_token")
+        _positive_int(self.max_chars, f"{where}.max_chars")
 
 
 @dataclass
@@ -296,6 +373,7 @@ class Recipe:
     backends: dict[str, BackendSpec] = field(default_factory=dict)
     generators: list[GeneratorSpec] = field(default_factory=list)
     integrator: IntegratorSpec = field(default_factory=IntegratorSpec)
+    checks: AnswerChecks = field(default_factory=AnswerChecks)
     execution: ExecutionSpec = field(default_factory=ExecutionSpec)
     source_path: str | None = None  # where it was loaded from (not part of the hash)
 
@@ -327,6 +405,7 @@ class Recipe:
                 f"integrator.backend: {self.integrator.backend!r} is neither 'template' nor defined under "
                 f"backends (defined: {sorted(self.backends) or 'none'})"
             )
+        self.checks.validate("checks")
         self.execution.validate("execution")
 
     # ------------------------------------------------------------------ #
@@ -347,11 +426,37 @@ class Recipe:
         data.pop("source_path")
         return data
 
-    def hash(self) -> str:
-        """SHA-256 of the canonical JSON of the recipe plus the text of every template it uses."""
+    def content(self) -> dict[str, Any]:
+        """What determines the captions: models, prompts, sampling, perspectives, integrator, caption spec.
+
+        Operational settings (:data:`OPERATIONAL_BACKEND_KEYS`: endpoint, timeouts, concurrency, retries,
+        parallelism; ``execution``: executor options) and the name/description are left out: they may change
+        between runs of one run directory and are recorded per run in its manifest.
+        """
+        data = self.to_dict()
+        for backend in data["backends"].values():
+            for key in OPERATIONAL_BACKEND_KEYS:
+                backend.pop(key, None)
+        for key in ("execution", "name", "description"):
+            data.pop(key)
+        return data
+
+    def operational(self) -> dict[str, Any]:
+        """The settings :meth:`content` leaves out (recorded per run in the manifest; never a key)."""
+        return {
+            "backends": {
+                name: {key: getattr(b, key) for key in OPERATIONAL_BACKEND_KEYS}
+                for name, b in self.backends.items()
+            },
+            "execution": asdict(self.execution),
+        }
+
+    def hash(self, legacy: bool = False) -> str:
+        """SHA-256 of the canonical JSON of :meth:`content` plus the text of every template it uses
+        (``legacy``: of the whole recipe, as run directories made before 0.x recorded it)."""
         from .prompts import template_source
 
-        payload = self.to_dict()
+        payload = self.to_dict() if legacy else self.content()
         templates = {gen.prompt for gen in self.generators}
         if self.integrator.backend != TEMPLATE_INTEGRATOR:
             templates |= {self.integrator.prompt, self.integrator.repair_prompt}
@@ -381,25 +486,39 @@ def _build(cls, data: Any, where: str):
         raise RecipeError(f"{where}: missing required key {missing[0] if missing else ''!r} ({e})") from None
 
 
-_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ENV_RE = re.compile(r"\$\{([^}:]*)(?::-([^}]*))?\}")
+# The only environment variables a recipe may read: non-secret settings of shipped recipes. API keys come
+# from ``api_key_env`` (read inside the task, never written anywhere); any other ``${VAR}`` is an error,
+# so that ``model: "${HF_TOKEN}"`` cannot copy a secret into recipe.json, manifests, logs and requests.
+ENV_ALLOWLIST = ("HQRS_MPGI_ENDPOINT", "HQRS_MPGI_MODEL")
 
 
-def _expand_env(value: Any) -> Any:
-    """``${VAR}`` / ``${VAR:-default}`` in string values come from the environment."""
+def _expand_env(value: Any, where: str = "") -> Any:
+    """``${VAR}`` / ``${VAR:-default}`` in string values, for the variables of :data:`ENV_ALLOWLIST` only."""
     if isinstance(value, str):
 
         def sub(m: re.Match) -> str:
-            if m.group(1) in os.environ:
-                return os.environ[m.group(1)]
+            name = m.group(1)
+            if name not in ENV_ALLOWLIST:
+                raise RecipeError(
+                    f"{where or 'recipe'}: ${{{name}}} is not allowed: a recipe may only read the non-secret "
+                    f"settings {', '.join(ENV_ALLOWLIST)} from the environment (an API key is named by "
+                    "backends.<name>.api_key_env and never copied into the recipe); write the value itself or "
+                    "pass it with --set"
+                )
+            if os.environ.get(name):
+                return os.environ[name]
             if m.group(2) is not None:
                 return m.group(2)
-            raise RecipeError(f"environment variable {m.group(1)} is not set and has no default in {value!r}")
+            raise RecipeError(
+                f"{where or 'recipe'}: environment variable {name} is not set and has no default"
+            )
 
         return _ENV_RE.sub(sub, value)
     if isinstance(value, dict):
-        return {k: _expand_env(v) for k, v in value.items()}
+        return {k: _expand_env(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand_env(v) for v in value]
+        return [_expand_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
     return value
 
 
@@ -472,6 +591,7 @@ def recipe_from_dict(data: dict[str, Any], source_path: str | None = None) -> Re
             backends={k: _build(BackendSpec, v, f"backends.{k}") for k, v in backends_raw.items()},
             generators=[_build(GeneratorSpec, g, f"generators[{i}]") for i, g in enumerate(gens_raw)],
             integrator=_build(IntegratorSpec, data.get("integrator") or {}, "integrator"),
+            checks=_build(AnswerChecks, data.get("checks") or {}, "checks"),
             execution=_build(ExecutionSpec, data.get("execution") or {}, "execution"),
             source_path=source_path,
         )
@@ -507,7 +627,7 @@ def load_recipe(
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise RecipeError(f"recipe file {str(path)!r} does not exist")
-        text, source = path.read_text(encoding="utf-8"), str(path)
+        text, source = path.read_text(encoding="utf-8"), str(path.resolve())
     else:
         name = str(name_or_path)
         available = shipped_recipes()

@@ -13,26 +13,34 @@ later ``run_mpgi`` retries it). Only an unreachable server aborts a stage (``Ser
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import itertools
 import os
+import re
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
-from datatrove.pipeline.inference.checkpointing import CheckpointManager, RequestCache
 from datatrove.pipeline.inference.run_inference import InferenceRunner
-from datatrove.pipeline.inference.types import InferenceError, InferenceResult, ServerError
-from loguru import logger
+from datatrove.pipeline.inference.types import InferenceError, InferenceResult
 
 from ..records import Caption, Perspective
 from ..rules import RuleFacts
+from . import datatrove_compat
+from .datatrove_compat import (
+    CircuitBreaker,
+    EndpointUnavailable,
+    RequestError,
+    SyncCheckpointManager,
+    WalRequestCache,
+)
 from .integrate import (
+    CAPTIONS_SCHEMA,
     IntegrationError,
     extract_json,
     filter_captions,
@@ -41,115 +49,13 @@ from .integrate import (
     validate_captions,
 )
 from .prompts import chat_payload, image_data_url, prompt_id, render
-from .recipe import BackendSpec, Recipe
+from .recipe import TEMPLATE_INTEGRATOR, AnswerChecks, BackendSpec, Recipe
+
+datatrove_compat.install_log_filter()
+datatrove_compat.install_child_reaper()
 
 GEN_KEY_PREFIX = "gen:"
 INTEGRATION_KEY = "integration"
-
-
-class WalRequestCache(RequestCache):
-    """datatrove's request cache with its sqlite file in WAL mode and ``synchronous=NORMAL``.
-
-    datatrove commits every answer with a full fsync (~7 ms each), which caps a task at ~140 requests/s.
-    In WAL mode with ``synchronous=NORMAL`` a commit survives ``kill -9`` (only an OS crash can lose the
-    last ones, and those requests are then simply sent again) at a fraction of the cost.
-    """
-
-    async def initialize(self, rank: int) -> None:
-        await super().initialize(rank)
-        if self._conn is not None:
-            await self._conn.execute("PRAGMA journal_mode=WAL")
-            await self._conn.execute("PRAGMA synchronous=NORMAL")
-            await self._conn.commit()
-
-    async def _writer_loop(self) -> None:
-        """Write what is queued in batches: one ``executemany`` and one commit for all waiting answers.
-
-        datatrove's loop makes three thread hops per answer (``orjson.dumps`` in a thread, ``execute``,
-        ``commit``), which on a busy event loop costs more than the 50 ms requests it caches. An answer
-        is committed as soon as the writer is free, as before; a batch only groups those that arrived
-        meanwhile.
-        """
-        queue = self._queue
-        while True:
-            items = [await queue.get()]
-            while not queue.empty():
-                items.append(queue.get_nowait())
-            rows = []
-            for item in items:
-                if item is None:
-                    continue
-                op_type, (chunk_index, doc_id, rollout_idx, payload_hash, value) = item
-                if op_type == "result":
-                    rows.append((chunk_index, doc_id, rollout_idx, payload_hash, orjson.dumps(value), None))
-                else:
-                    rows.append((chunk_index, doc_id, rollout_idx, payload_hash, None, value))
-            try:
-                if rows and self._conn is not None:
-                    await self._conn.executemany(
-                        "INSERT OR REPLACE INTO request_cache (chunk_index, doc_id, rollout_idx, payload_hash, "
-                        "result, error_message) VALUES (?, ?, ?, ?, ?, ?)",
-                        rows,
-                    )
-                    await self._conn.commit()
-            except Exception as exc:  # as datatrove: a lost cache entry only means a request sent again
-                logger.error(f"Failed to write {len(rows)} request cache entries: {exc}")
-            finally:
-                for _ in items:
-                    queue.task_done()
-            if any(item is None for item in items):
-                return
-
-
-class SyncCheckpointManager(CheckpointManager):
-    """datatrove's ``CheckpointManager`` writing checkpoint lines through open files, on the event loop.
-
-    datatrove opens, appends to and closes the chunk file with ``aiofiles`` for every document (three
-    thread hops) after a ``dataclasses.asdict`` deep copy of it. A small append to a local file is
-    cheaper than one thread hop, and a line handed to the OS survives ``kill -9`` just the same
-    (neither version fsyncs). Chunk bookkeeping (counts, completed chunks, ``last_chunk``, request
-    cache pruning) is datatrove's own.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._files: dict[tuple[int, int], Any] = {}
-
-    def _close(self, rank: int, chunk_index: int | None = None) -> None:
-        for key in [k for k in self._files if k[0] == rank and (chunk_index is None or k[1] == chunk_index)]:
-            self._files.pop(key).close()
-
-    async def write_document(self, document: Document, rank: int, chunk_index: int, output_writer_context):
-        should_update_last_chunk_index = False
-        async with self.file_locks[chunk_index]:
-            if "__no_rollouts_remove" not in document.metadata:
-                output_writer_context.write(document, rank=rank, chunk_index=chunk_index)
-            self.per_chunk_counts[chunk_index] += 1
-            if self.checkpoints_local_dir is not None:
-                f = self._files.get((rank, chunk_index))
-                if f is None:
-                    path = os.path.join(
-                        self.checkpoints_local_dir, f"{rank:05d}/chunk_{chunk_index:05d}.jsonl"
-                    )
-                    os.makedirs(os.path.dirname(path), exist_ok=True)
-                    f = self._files[(rank, chunk_index)] = open(path, "ab", buffering=0)  # noqa: SIM115
-                line = {"text": document.text, "id": document.id, "media": [], "metadata": document.metadata}
-                if document.media:
-                    line["media"] = [dataclasses.asdict(m) for m in document.media]
-                f.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
-                if self.per_chunk_counts[chunk_index] == self.records_per_chunk:
-                    self._close(rank, chunk_index)
-                    output_writer_context.close_file(
-                        output_writer_context._get_output_filename(document, rank, chunk_index=chunk_index)
-                    )
-                    self.new_completed_chunks.add(chunk_index)
-                    should_update_last_chunk_index = True
-        if should_update_last_chunk_index:
-            await self.update_last_chunk_index(rank)
-
-    async def cleanup_last_chunk(self, rank: int, chunk_index: int):
-        self._close(rank)
-        await super().cleanup_last_chunk(rank, chunk_index)
 
 
 class MpGIInferenceRunner(InferenceRunner):
@@ -161,14 +67,26 @@ class MpGIInferenceRunner(InferenceRunner):
       in ``/v1`` while its readiness probe appends ``/v1/models`` to the same URL: the config carries
       the server root and the client gets ``<root>/v1``;
     - the API key is read from the environment variable ``api_key_env`` inside the task, so that it is
-      never pickled into the pipeline (Slurm and Ray executors write the pipeline to disk).
+      never pickled into the pipeline (Slurm and Ray executors write the pipeline to disk);
+    - each request is one attempt bounded by ``request_timeout`` with a labelled error, counted by a
+      :class:`CircuitBreaker` that stops the stage after ``circuit_breaker`` consecutive connection
+      failures (``datatrove_compat.send_request``); the OpenAI client's own retries are off.
     """
 
     read_batch = 256  # documents fetched from the reader per thread hop
 
-    def __init__(self, *args, api_key_env: str | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        api_key_env: str | None = None,
+        circuit_breaker: int = 5,
+        backend: str = "<name>",
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
+        self.backend = backend
         self.api_key_env = api_key_env
+        self.circuit_breaker = circuit_breaker
         old = self.checkpoint_manager
         self.request_cache = WalRequestCache(old.checkpoints_local_dir)
         self.checkpoint_manager = SyncCheckpointManager(
@@ -192,8 +110,30 @@ class MpGIInferenceRunner(InferenceRunner):
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
+    async def run_async(self, data_gen, rank: int = 0) -> None:
+        """datatrove's loop; when the circuit breaker trips, the documents in flight all end with
+        :class:`EndpointUnavailable`: one is raised, the others are not "never retrieved" noise."""
+        loop = asyncio.get_running_loop()
+
+        def handler(loop, context):
+            if not isinstance(context.get("exception"), EndpointUnavailable):
+                loop.default_exception_handler(context)
+
+        loop.set_exception_handler(handler)
+        await super().run_async(data_gen, rank)
+
+    async def _send_request(self, server, payload: dict, semaphore: asyncio.Semaphore) -> InferenceResult:
+        """One attempt with truthful error kinds and the circuit breaker (see ``datatrove_compat``)."""
+        return await datatrove_compat.send_request(self, server, payload, semaphore)
+
     def _init_server(self, rank: int):
         server = super()._init_server(rank)
+        self.breaker = CircuitBreaker(
+            endpoint=getattr(server, "endpoint_url", None) or f"{self.config.server_type} server",
+            threshold=self.circuit_breaker,
+            request_timeout=self.config.request_timeout,
+            backend=self.backend,
+        )
         client = getattr(server, "client", None)
         if client is not None:
             client.base_url = server.endpoint_url.rstrip("/") + "/v1"
@@ -205,6 +145,8 @@ class MpGIInferenceRunner(InferenceRunner):
                         f"{self.api_key_env} (named by the recipe's api_key_env) where the tasks run"
                     )
                 client.api_key = key
+            # one attempt per call: retries, Retry-After and the circuit breaker are MpGI's
+            server.client = client.with_options(max_retries=0, timeout=self.config.request_timeout + 5)
         return server
 
 
@@ -217,15 +159,46 @@ def _usage_add(total: dict[str, int], usage: dict | None) -> None:
         total[key] = total.get(key, 0) + int((usage or {}).get(key) or 0)
 
 
-async def request_with_retries(
-    generate, payload: dict[str, Any], backend: BackendSpec, usage: dict[str, int], counters: dict[str, int]
-) -> InferenceResult:
-    """Send ``payload`` through datatrove's generate callback with a timeout and bounded retries.
+def answer_problem(result: InferenceResult, payload: dict[str, Any], checks: AnswerChecks) -> str | None:
+    """Why an answer must not be stored (``None`` if it may): truncated, longer than ``max_tokens`` allows,
+    empty, or a refusal (``checks.refusal_patterns``)."""
+    text = result.text.strip()
+    if not text:
+        return f"empty answer (finish_reason={result.finish_reason!r})"
+    max_tokens = payload.get("max_tokens") or payload.get("max_completion_tokens")
+    if result.finish_reason == "content_filter":
+        return "refusal (finish_reason=content_filter)"
+    if result.finish_reason == "length":
+        return f"truncated answer (finish_reason=length at max_tokens={max_tokens})"
+    limit = int(max_tokens * checks.chars_per_token) if isinstance(max_tokens, int) else checks.max_chars
+    if len(text) > limit:
+        return f"answer too long: {len(text)} characters for max_tokens={max_tokens} (at most {limit})"
+    head = text[:300]
+    for pattern in checks.refusal_patterns:
+        if re.search(pattern, head, re.IGNORECASE):
+            return f"refusal: {head[:80]!r}"
+    return None
 
-    Retries on timeouts, HTTP 5xx, connection errors, unparsable HTTP bodies and empty answers; each
-    retry carries a different ``seed`` (so that it is a new request, also for the request cache).
-    HTTP 400 fails at once. A server that never became ready raises ``ServerError`` (stage abort).
+
+async def request_with_retries(
+    generate,
+    payload: dict[str, Any],
+    backend: BackendSpec,
+    usage: dict[str, int],
+    counters: dict[str, int],
+    checks: AnswerChecks | None = None,
+) -> InferenceResult:
+    """Send ``payload`` through datatrove's generate callback with bounded retries.
+
+    Each attempt is bounded by ``request_timeout`` (in :func:`datatrove_compat.send_request`). Retries
+    timeouts, refused or reset connections, HTTP 408/429/5xx (waiting ``Retry-After`` when the server sends
+    it, at most 10 minutes), unparsable bodies and empty answers; each retry carries a different ``seed``
+    (a new request, also for the request cache). Other HTTP errors (400, 401, 404...) fail at once. A
+    tripped circuit breaker (:class:`EndpointUnavailable`) or a server that never became ready
+    (``ServerError``) aborts the stage. Answers that fail :func:`answer_problem` (``checks``) are retried
+    like errors and never returned.
     """
+    checks = checks if checks is not None else AnswerChecks()
     last_error = "no attempt"
     base_seed = int(payload.get("seed", 0) or 0)
     for attempt in range(backend.retries + 1):
@@ -234,25 +207,30 @@ async def request_with_retries(
             body["seed"] = base_seed + attempt
             counters["retries"] = counters.get("retries", 0) + 1
         counters["requests"] = counters.get("requests", 0) + 1
+        delay = backend.retry_backoff * 2**attempt
         try:
-            result = await asyncio.wait_for(generate(body), timeout=backend.request_timeout)
-        except asyncio.TimeoutError:
-            last_error = f"no answer within request_timeout={backend.request_timeout:g}s"
-        except InferenceError as e:
-            last_error = str(e.error)
-            if "BadRequestError" in last_error:
-                raise RequestFailed(f"the server rejected the request: {last_error[:300]}") from None
-        except ServerError as e:
+            result = await generate(body)
+        except RequestError as e:
             last_error = str(e)
-            if "InternalServerError" not in last_error:  # server down for good: abort the stage
-                raise
+            counters[f"error:{e.kind}"] = counters.get(f"error:{e.kind}", 0) + 1
+            if not e.retryable:
+                raise RequestFailed(f"the server rejected the request: {last_error[:300]}") from None
+            if e.retry_after is not None:
+                delay = min(e.retry_after, 600.0)
+        except EndpointUnavailable:
+            raise
+        except InferenceError as e:  # a 400 answered earlier, replayed from datatrove's request cache
+            raise RequestFailed(f"the server rejected the request: {str(e.error)[:300]}") from None
         else:
             _usage_add(usage, result.usage)
-            if result.text.strip():
+            problem = answer_problem(result, body, checks)
+            if problem is None:
                 return result
-            last_error = f"empty answer (finish_reason={result.finish_reason!r})"
-        if attempt < backend.retries and backend.retry_backoff:
-            await asyncio.sleep(backend.retry_backoff * 2**attempt)
+            last_error = problem
+            kind = problem.split(":")[0].split(" (")[0].replace(" ", "-")
+            counters[f"rejected:{kind}"] = counters.get(f"rejected:{kind}", 0) + 1
+        if attempt < backend.retries and delay:
+            await asyncio.sleep(delay)
     raise RequestFailed(f"{last_error[:300]} (after {backend.retries + 1} attempts)")
 
 
@@ -313,6 +291,47 @@ def _gen_name(name: str, k: int, n: int) -> str:
     return name if n == 1 else f"{name}#{k + 1}"
 
 
+def check_templates(recipe: Recipe, meta: dict[str, Any]) -> None:
+    """Render every template of ``recipe`` once with the variables of one document (``meta``), as the
+    rollouts will: an undefined variable or a sandbox violation is one ``ValueError`` before a stage
+    starts, not a crash of every task."""
+    for gen in recipe.generators:
+        render(
+            gen.prompt,
+            recipe,
+            perspective=gen.perspective,
+            relay_rules=gen.relay_rules,
+            rule_text=meta["rule_text"],
+            record=meta["record"],
+            facts=meta["facts"],
+        )
+    spec = recipe.integrator
+    if spec.backend == TEMPLATE_INTEGRATOR:
+        return
+    listing = [{"name": "rule", "perspective": "rule", "text": meta["rule_text"]}] + [
+        {"name": g.name, "perspective": g.perspective, "text": "..."} for g in recipe.generators
+    ]
+    for feedback in (None, "a caption contradicts the facts"):
+        render(
+            spec.prompt,
+            recipe,
+            perspectives=listing,
+            rule_text=meta["rule_text"],
+            captions=dict(spec.captions),
+            words=spec.words,
+            n_captions=spec.n_captions,
+            feedback=feedback,
+        )
+    render(
+        spec.repair_prompt,
+        recipe,
+        previous="{}",
+        error="not JSON",
+        captions=dict(spec.captions),
+        n_captions=spec.n_captions,
+    )
+
+
 @dataclass
 class GenerationRollout:
     """Rollout of one generation stage: every generator of ``backend`` for one image.
@@ -370,7 +389,9 @@ class GenerationRollout:
                 sampling["seed"] = int(sampling.get("seed", 0) or 0) + 1000 * k
             payload = chat_payload(text, image_url if gen.image else None, sampling)
             try:
-                result = await request_with_retries(generate, payload, spec, usage, counters)
+                result = await request_with_retries(
+                    generate, payload, spec, usage, counters, self.recipe.checks
+                )
             except RequestFailed as e:
                 return None, f"{name}: {e}"
             persp = Perspective(
@@ -411,6 +432,32 @@ def collect_perspectives(meta: dict[str, Any], recipe: Recipe) -> tuple[list[dic
         if res.get("status") != "ok":
             errors.append(res.get("error") or f"{backend}: failed")
     return perspectives, errors
+
+
+def check_caption_lengths(captions: list[Caption], spec) -> tuple[list[Caption], list[str]]:
+    """Captions whose word count fits their length's ``words`` range (within ``length_tolerance``), and
+    one problem line per rejected caption."""
+    good, problems = [], []
+    for cap in captions:
+        low, high = spec.words.get(cap.length, (1, 10**9))
+        n = len(cap.text.split())
+        if low * (1 - spec.length_tolerance) <= n <= high * (1 + spec.length_tolerance):
+            good.append(cap)
+        else:
+            problems.append(f"a {cap.length} caption must have {low} to {high} words, not {n}")
+    return good, problems
+
+
+def captions_response_format(wanted: dict[str, int], names: list[str]) -> dict[str, Any]:
+    """``response_format`` of type ``json_schema`` for servers with structured output (vLLM, sglang):
+    :data:`CAPTIONS_SCHEMA` narrowed to the lengths asked for and the perspectives' names."""
+    schema = copy.deepcopy(CAPTIONS_SCHEMA)
+    item = schema["properties"]["captions"]["items"]
+    item["properties"]["length"] = {"enum": [k for k, v in wanted.items() if v > 0]}
+    item["properties"]["sources"] = {"type": "array", "items": {"enum": list(names)}}
+    item["required"] = ["text", "length", "sources"]
+    schema["properties"]["captions"]["maxItems"] = max(1, sum(wanted.values()))
+    return {"type": "json_schema", "json_schema": {"name": "captions", "schema": schema}}
 
 
 @dataclass
@@ -469,7 +516,11 @@ class IntegrationRollout:
             messages = [{"role": "user", "content": prompt}]
             for repair in range(spec.max_repairs + 1):
                 payload = {"messages": list(messages), **spec.sampling}
-                result = await request_with_retries(generate, payload, backend, usage, counters)
+                if structured:
+                    payload["response_format"] = captions_response_format(captions_wanted, names)
+                result = await request_with_retries(
+                    generate, payload, backend, usage, counters, self.recipe.checks
+                )
                 try:
                     return validate_captions(extract_json(result.text), names)
                 except IntegrationError as e:
@@ -493,17 +544,27 @@ class IntegrationRollout:
                     ]
             raise AssertionError("unreachable")
 
+        structured = spec.structured_output == "json_schema" or (
+            spec.structured_output == "auto" and backend.server in ("vllm", "sglang")
+        )
+        stats["length_rejected"] = 0
         try:
             captions = await ask(dict(spec.captions), None)
             kept: list[Caption] = []
             rounds = 0
             while True:
+                captions, bad_length = check_caption_lengths(captions, spec)
+                stats["length_rejected"] += len(bad_length)
                 good, rejected = (
                     filter_captions(captions, facts) if spec.fact_filter != "off" else (captions, [])
                 )
                 stats["fact_rejected"] += len(rejected)
                 kept, missing = select_captions(kept + good, spec)
-                if not rejected or spec.fact_filter != "regenerate" or rounds >= spec.max_regenerations:
+                if (
+                    not (rejected or bad_length)
+                    or spec.fact_filter != "regenerate"
+                    or rounds >= spec.max_regenerations
+                ):
                     stats["fact_dropped"] += len(rejected)
                     break
                 wanted = {k: v for k, v in missing.items() if v > 0}
@@ -511,7 +572,9 @@ class IntegrationRollout:
                     break
                 rounds += 1
                 stats["regenerations"] += 1
-                problems = "; ".join(dict.fromkeys(p for _, chk in rejected for p in chk.problems))
+                problems = "; ".join(
+                    dict.fromkeys([p for _, chk in rejected for p in chk.problems] + bad_length)
+                )
                 captions = await ask(wanted, problems)
         except RequestFailed as e:
             self._progress.write(document.id, usage, False)
@@ -524,9 +587,14 @@ class IntegrationRollout:
             }
         if len(kept) < spec.min_captions:
             self._progress.write(document.id, usage, False)
+            why = (
+                f" ({stats['length_rejected']} outside the caption word ranges)"
+                if stats["length_rejected"]
+                else ""
+            )
             return {
                 "status": "failed",
-                "error": f"integration: only {len(kept)} valid captions (min_captions={spec.min_captions})",
+                "error": f"integration: only {len(kept)} valid captions (min_captions={spec.min_captions}){why}",
                 "usage": usage,
                 "counters": counters,
                 "stats": stats,
