@@ -15,15 +15,16 @@ from ..rules import (
     NUMBER_WORDS,
     SYNONYMS,
     RuleFacts,
-    absent_sentence,
-    article,
     count_phrase,
     counts_sentence,
+    cover_phrases,
     footprint_sentence,
     join_list,
     land_cover_sentence,
     plural,
     positions_sentence,
+    scene_phrase,
+    sizes_sentence,
 )
 from .recipe import LENGTHS, IntegratorSpec
 
@@ -179,6 +180,18 @@ _BREAKERS |= {
     "an",
 }
 _WORD_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+_QUANTITY = "qty"  # stands for a measured quantity in a clause: never a count, and it ends a look-back
+_BREAKERS.add(_QUANTITY)
+# A number with a unit or a percent sign, or a decimal, is a measurement ("16%", "270 m", "0.5 km",
+# "about 4 metres across"), not a count of the class named after it: "large vehicle 16%, small vehicle 2%".
+_QUANTITY_RE = re.compile(
+    r"(?<![\w.])(?:\d+(?:[.,]\d+)*|"
+    + "|".join(sorted(NUMBER_WORDS, key=len, reverse=True))
+    + r")(?:\s*(?:%|percent\b|per\s+cent\b|m²|km²|sq\b|square\b|km\b|m\b|cm\b|metres?\b|meters?\b|"
+    r"kilometres?\b|kilometers?\b|ft\b|feet\b|foot\b|miles?\b|pixels?\b|px\b|hectares?\b|ha\b|acres?\b|"
+    r"×|x(?=\s*\d)|by(?=\s+\d))|(?<=\d)[.,]\d+)",
+    re.IGNORECASE,
+)
 
 
 def _number(token: str) -> int | None:
@@ -236,7 +249,8 @@ def check_caption(text: str, facts: RuleFacts) -> FactCheck:
     if not classes:
         return check
     pattern, form_to_class = _class_regex_cached(classes)
-    for clause in re.split(r"[.;:!?]+", text.lower()):
+    text = _QUANTITY_RE.sub(f" {_QUANTITY} ", text.lower())
+    for clause in re.split(r"[.;:!?]+", text):
         clause = " ".join(_WORD_RE.findall(clause.replace("-", " ")))
         for match in pattern.finditer(clause):
             name = form_to_class[match.group(1)]
@@ -297,94 +311,117 @@ def select_captions(captions: list[Caption], spec: IntegratorSpec) -> tuple[list
 # --------------------------------------------------------------------------- #
 
 
-def _scene_np(facts: RuleFacts) -> str | None:
-    return facts.scene[0] if facts.scene else None
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def template_pools(facts: RuleFacts) -> dict[str, list[str]]:
+    """Every phrasing the template integrator can use for ``facts``, per length (distinct, in order).
+
+    Built for every combination of scene label (or none), counts (one, several, many classes, numbers
+    beyond twenty) and mask area shares: each sentence is grammatical (articles, plural and verb
+    agreement, no fragments), states only facts and never lists absent classes (negations are
+    rule facts, not caption content).
+    """
+    scene = scene_phrase(facts.scene[0]) if facts.scene else None
+    subject = scene or "the ground"
+    counts = list(facts.counts.items())
+    main = count_phrase(counts[0][1], counts[0][0]) if counts else None
+    count_list = join_list([count_phrase(n, c) for c, n in counts[:4]]) if counts else None
+    be = ("is" if counts[0][1] == 1 else "are") if counts else "are"
+    where = positions_sentence(facts)
+    foot = footprint_sentence(facts)
+    cover = land_cover_sentence(facts)
+    covers = cover_phrases(facts, max_classes=3)
+    opening = (
+        f"This remote sensing image shows {scene}." if scene else "This is an overhead remote sensing image."
+    )
+
+    short: list[str] = []
+    if scene and main:
+        short += [
+            f"An aerial view of {scene} with {main}.",
+            f"A remote sensing image of {scene} showing {main}.",
+            f"An overhead image of {scene} with {main}.",
+            f"There {be} {main} in this aerial view of {scene}.",
+        ]
+    elif scene:
+        short += [
+            f"A remote sensing image of {scene}.",
+            f"An aerial view of {scene}.",
+            f"{_cap(scene)} seen from above.",
+            f"An overhead image of {scene}.",
+            f"A top-down view of {scene}.",
+            f"{_cap(scene)} in a remote sensing image.",
+        ]
+    elif main:
+        short += [
+            f"An aerial image with {main}.",
+            f"A remote sensing image showing {main}.",
+            f"An overhead view of {main}.",
+            f"There {be} {main} in this aerial view.",
+        ]
+    else:
+        short += [
+            "A remote sensing image of the ground.",
+            "An aerial view of the ground.",
+            "An overhead image of the land below.",
+        ]
+    if covers:
+        short.append(f"An aerial image in which {covers[0]} of the area.")
+
+    medium: list[str] = []
+    if counts:
+        medium.append(
+            f"This remote sensing image shows {scene} with {count_list}."
+            if scene
+            else f"This remote sensing image shows {count_list}."
+        )
+        medium.append(f"In this overhead view of {subject}, there {be} {count_list}.")
+        if where:
+            medium.append(f"From above, {count_list} can be seen. {where}")
+    else:
+        medium += [
+            f"This remote sensing image shows {subject}, seen from directly above.",
+            f"Seen from directly above, the image shows {subject}.",
+        ]
+        if scene:
+            medium += [
+                f"The image is an overhead view of {scene}, taken from high above the ground.",
+                f"A remote sensing image that shows {scene} from directly above.",
+            ]
+    if foot:
+        medium.append(f"{opening} {foot}")
+    if cover:
+        medium.append(f"{opening} {cover}")
+
+    long: list[str] = []
+    long.append(" ".join(x for x in (opening, foot, counts_sentence(facts), where, cover) if x))
+    full_list = join_list([count_phrase(n, c) for c, n in counts])
+    if scene or not counts:
+        alt = [f"Seen from above, the image shows {subject}."]
+        if counts:
+            alt.append(f"There {be} {full_list} in it.")
+    else:
+        alt = [f"Seen from above, the image shows {full_list}."]
+    alt += [x for x in (where, foot) if x]
+    long.append(" ".join(alt))
+    if scene and not counts:
+        long.append(f"This overhead remote sensing image, taken from high above the ground, shows {scene}.")
+    sizes = sizes_sentence(facts)
+    if sizes:
+        long.append(" ".join(x for x in (opening, counts_sentence(facts), sizes) if x))
+    return {"short": short, "medium": medium, "long": long}
 
 
 def template_captions(facts: RuleFacts, spec: IntegratorSpec, seed: str) -> list[Caption]:
     """Deterministic captions of mixed lengths from the rule facts alone (no model).
 
-    ``seed`` (the image id) picks among phrasings, so that captions vary across images but a rerun
-    gives the same text. Every caption states only facts, so it passes :func:`check_caption`.
+    ``seed`` (the image id) picks among the phrasings of :func:`template_pools`, so that captions vary
+    across images but a rerun gives the same text. Every caption states only facts, so it passes
+    :func:`check_caption`.
     """
-    scene = _scene_np(facts)
-    counts = list(facts.counts.items())
-    count_list = join_list([count_phrase(n, c) for c, n in counts[:4]])
-    main = counts[0] if counts else None
-    place = f"{article(scene)} area" if scene and not scene.endswith(("area", "land")) else scene
-    short: list[str] = []
-    if scene and main:
-        short += [
-            f"{place[0].upper()}{place[1:]} with {count_phrase(main[1], main[0])}.",
-            f"{count_phrase(main[1], main[0]).capitalize()} in {place}.",
-            f"A remote sensing image of {place} with {count_phrase(main[1], main[0])}.",
-        ]
-    elif scene:
-        short += [
-            f"A remote sensing image of {place}.",
-            f"An aerial view of {place}.",
-            f"{place[0].upper()}{place[1:]} seen from above.",
-        ]
-    elif main:
-        short += [
-            f"An aerial image with {count_phrase(main[1], main[0])}.",
-            f"{count_phrase(main[1], main[0]).capitalize()} seen from above.",
-            f"A remote sensing image showing {count_phrase(main[1], main[0])}.",
-        ]
-    else:
-        short += [
-            "A remote sensing image.",
-            "An aerial view of the ground.",
-            "A satellite image seen from above.",
-        ]
-    if facts.land_cover:
-        top = next(iter(facts.land_cover))
-        short.append(f"An aerial image dominated by {top}.")
-
-    where = positions_sentence(facts)
-    foot = footprint_sentence(facts)
-    medium: list[str] = []
-    lead = f"This remote sensing image shows {place}" if scene else "This remote sensing image"
-    # `lead` continues into a clause; `opening` is a whole sentence on its own.
-    opening = f"{lead}." if scene else "This is a remote sensing image taken from directly above."
-    if counts:
-        medium.append(f"{lead} containing {count_list}.")
-        medium.append(f"{lead}; it contains {count_list}." if scene else f"{lead} contains {count_list}.")
-        if where:
-            medium.append(f"{count_list[0].upper()}{count_list[1:]} can be seen. {where}")
-    else:
-        medium.append(f"{lead}, seen from directly above.")
-        medium.append(f"{lead}; no annotated objects are listed for it.")
-    if foot:
-        medium.append(f"{opening} {foot}")
-    if facts.land_cover:
-        items = [f"{c} ({round(100 * f)}%)" for c, f in list(facts.land_cover.items())[:3] if f >= 0.01]
-        if items:
-            medium.append(f"{opening} The land cover is mostly {join_list(items)}.")
-
-    long: list[str] = []
-    parts = [opening]
-    if foot:
-        parts.append(foot)
-    parts += [s for s in (counts_sentence(facts), where, land_cover_sentence(facts)) if s]
-    long.append(" ".join(parts))
-    alt = [
-        f"Seen from above, the image shows {place}."
-        if scene
-        else "The image is an overhead view of the ground."
-    ]
-    if counts:
-        alt.append(f"The annotations list {join_list([count_phrase(n, c) for c, n in counts])}.")
-    if where:
-        alt.append(where)
-    if foot:
-        alt.append(foot)
-    long.append(" ".join(alt))
-    absent = absent_sentence(facts, max_classes=4)
-    if absent:
-        long.append(" ".join([*parts[:3], absent]))
-
-    pools = {"short": short, "medium": medium, "long": long}
+    pools = template_pools(facts)
     out: list[Caption] = []
     for length in LENGTHS:
         want = spec.captions.get(length, 0)
