@@ -55,6 +55,38 @@ class IntegrationError(ValueError):
 
 
 # --------------------------------------------------------------------------- #
+# Prompt turns
+# --------------------------------------------------------------------------- #
+
+_TURN_RE = re.compile(r"^<\|turn:(user|assistant)\|>[ \t]*$", re.MULTILINE)
+
+
+def prompt_messages(prompt: str) -> list[dict[str, str]]:
+    """Chat messages of a rendered prompt: one user message, or the turns a template marks.
+
+    A line ``<|turn:user|>`` or ``<|turn:assistant|>`` starts a turn, so that a template can show a
+    small model a worked example as a real exchange (few-shot), which it imitates far better than an
+    example inside one message. The last turn must be the user's.
+
+    Raises:
+        ValueError: turns are marked but the text does not end with a non-empty user turn.
+
+    Example:
+        >>> prompt_messages("<|turn:user|>\nQ1\n<|turn:assistant|>\nA1\n<|turn:user|>\nQ2")
+        [{'role': 'user', 'content': 'Q1'}, {'role': 'assistant', 'content': 'A1'}, {'role': 'user', 'content': 'Q2'}]
+    """
+    parts = _TURN_RE.split(prompt)
+    if len(parts) == 1:
+        return [{"role": "user", "content": prompt}]
+    if parts[0].strip():
+        raise ValueError(f"prompt text before the first <|turn:...|> marker: {parts[0].strip()[:80]!r}")
+    messages = [{"role": role, "content": text.strip()} for role, text in zip(parts[1::2], parts[2::2])]
+    if messages[-1]["role"] != "user" or not messages[-1]["content"]:
+        raise ValueError("a prompt with <|turn:...|> markers must end with a non-empty <|turn:user|>")
+    return messages
+
+
+# --------------------------------------------------------------------------- #
 # JSON extraction
 # --------------------------------------------------------------------------- #
 

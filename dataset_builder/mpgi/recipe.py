@@ -209,6 +209,9 @@ class IntegratorSpec:
             are dropped.
         min_captions: fewer valid captions than this marks the image failed.
         sampling: request parameters of the integration requests.
+        references, references_skip_splits, references_contamination, references_contamination_distance:
+            show the source's human captions as one more perspective (``hqrs.dataset_builder.mpgi.references``),
+            never for images of the skipped splits (default ``[test]``) or of the contamination sets.
     """
 
     backend: str = TEMPLATE_INTEGRATOR
@@ -223,6 +226,10 @@ class IntegratorSpec:
     max_regenerations: int = 1
     min_captions: int = 1
     sampling: dict[str, Any] = field(default_factory=lambda: {"temperature": 0.7, "max_tokens": 1024})
+    references: bool = False
+    references_skip_splits: list[str] = field(default_factory=lambda: ["test"])
+    references_contamination: list[str] = field(default_factory=list)
+    references_contamination_distance: int = 4
 
     @property
     def n_captions(self) -> int:
@@ -263,6 +270,21 @@ class IntegratorSpec:
             )
         if not isinstance(self.sampling, dict):
             raise RecipeError(f"{where}.sampling: expected a mapping, got {self.sampling!r}")
+        if not isinstance(self.references, bool):
+            raise RecipeError(f"{where}.references: expected true or false, got {self.references!r}")
+        for key in ("references_skip_splits", "references_contamination"):
+            value = getattr(self, key)
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise RecipeError(f"{where}.{key}: expected a list of strings, got {value!r}")
+        if (
+            isinstance(self.references_contamination_distance, bool)
+            or not isinstance(self.references_contamination_distance, int)
+            or not -1 <= self.references_contamination_distance <= 16
+        ):
+            raise RecipeError(
+                f"{where}.references_contamination_distance: expected an integer in [-1, 16], "
+                f"got {self.references_contamination_distance!r}"
+            )
 
 
 @dataclass
@@ -311,9 +333,9 @@ class Recipe:
         names = set()
         for i, gen in enumerate(self.generators):
             gen.validate(f"generators[{i}]")
-            if gen.name in names or gen.name == "rule":
+            if gen.name in names or gen.name in ("rule", "references"):
                 raise RecipeError(
-                    f"generators[{i}].name: {gen.name!r} is used twice (or is the reserved 'rule')"
+                    f"generators[{i}].name: {gen.name!r} is used twice (or is the reserved 'rule' or 'references')"
                 )
             names.add(gen.name)
             if gen.backend not in self.backends:

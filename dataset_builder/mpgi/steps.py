@@ -36,6 +36,7 @@ from .integrate import (
     IntegrationError,
     extract_json,
     filter_captions,
+    prompt_messages,
     select_captions,
     template_captions,
     validate_captions,
@@ -400,6 +401,8 @@ class GenerationRollout:
 def collect_perspectives(meta: dict[str, Any], recipe: Recipe) -> tuple[list[dict], list[str]]:
     """The rule perspective plus every generation stage's perspectives, and the stages' errors."""
     perspectives = [_perspective_dict(Perspective("rule", "rule", None, None, meta["rule_text"]))]
+    if meta.get("references"):  # the source's human captions, where allowed (mpgi.references)
+        perspectives.append(meta["references"])
     errors = []
     for backend in recipe.generator_backends():
         results = meta.get(GEN_KEY_PREFIX + backend) or []
@@ -466,7 +469,7 @@ class IntegrationRollout:
                 n_captions=sum(captions_wanted.values()),
                 feedback=feedback,
             )
-            messages = [{"role": "user", "content": prompt}]
+            messages = prompt_messages(prompt)  # a template may hold example turns
             for repair in range(spec.max_repairs + 1):
                 payload = {"messages": list(messages), **spec.sampling}
                 result = await request_with_retries(generate, payload, backend, usage, counters)
@@ -487,7 +490,7 @@ class IntegrationRollout:
                         n_captions=sum(captions_wanted.values()),
                     )
                     messages = [
-                        {"role": "user", "content": prompt},
+                        *prompt_messages(prompt),
                         {"role": "assistant", "content": result.text[:4000]},
                         {"role": "user", "content": repair_text},
                     ]
