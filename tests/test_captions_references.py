@@ -158,3 +158,26 @@ def test_prepare_errors(tmp_path, capsys):
     with pytest.raises(ModelPrepareError, match="--force"):
         prepare_model("smollm2", tmp_path / "busy", gguf=gguf)
     assert (tmp_path / "busy" / "keep.txt").read_text() == "x"
+
+
+def test_cut_off_answer_keeps_its_complete_captions():
+    """SmolLM2 often writes good captions, then repeats itself until max_tokens cuts the JSON."""
+    from hqrs.dataset_builder.mpgi.integrate import IntegrationError, extract_json, validate_captions
+
+    cut = (
+        '{"captions": [{"length": "short", "text": "A piece of farmland."}, {"length": "medium", '
+        '"text": "There is a piece of farmland. There is a piece of farmland. There is a piece of'
+    )
+    caps = validate_captions(extract_json(cut), ["rule", "references"])
+    assert [(c.text, c.length) for c in caps] == [("A piece of farmland.", "short")]
+    # braces inside strings do not fool it; a whole object is parsed as before
+    assert (
+        extract_json('Sure: {"captions": [{"text": "a } b", "length": "short"}, {"te')["captions"][0]["text"]
+        == "a } b"
+    )
+    assert extract_json('{"captions": [{"text": "x", "length": "long"}]} and more') == {
+        "captions": [{"text": "x", "length": "long"}]
+    }
+    for hopeless in ('{"captions": [{"length": "sh', "Sure! Here are the captions: {captions: oops", ""):
+        with pytest.raises(IntegrationError):
+            extract_json(hopeless)

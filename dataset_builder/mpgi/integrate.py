@@ -129,8 +129,48 @@ def _loose_fix(candidate: str) -> str:
     return s
 
 
+def _complete_captions_prefix(text: str) -> str | None:
+    """``{"captions": [{...}, {...}, {"te`` (an answer cut off by ``max_tokens``, or that rambles on after
+    its last caption) → ``{"captions": [{...}, {...}]}``: the complete caption objects, closed.
+
+    Small models often write good captions and then repeat themselves until the token limit; the complete
+    objects before the cut are kept, the broken one is dropped. ``None`` when no caption object is complete.
+    """
+    start = text.find("{")
+    if start < 0:
+        return None
+    stack: list[str] = []
+    in_str = esc = False
+    cut = None
+    for pos in range(start, len(text)):
+        c = text[pos]
+        if in_str:
+            if esc:
+                esc = False
+            elif c == "\\":
+                esc = True
+            elif c == '"':
+                in_str = False
+            continue
+        if c == '"':
+            in_str = True
+        elif c in "{[":
+            stack.append("}" if c == "{" else "]")
+        elif c in "}]":
+            if not stack or stack.pop() != c:
+                break
+            if not stack:
+                return None  # a whole object: not truncated, the normal parse handles it
+            if c == "}" and stack == ["}", "]"]:  # an item of the top-level list just closed
+                cut = pos + 1
+    if cut is None:
+        return None
+    return text[start:cut] + "]}"
+
+
 def extract_json(text: str) -> Any:
-    """The first JSON value in a model's answer: plain, inside a ```json fence, or embedded in prose.
+    """The first JSON value in a model's answer: plain, inside a ```json fence, or embedded in prose; else
+    the complete caption objects of an answer cut off mid-way (:func:`_complete_captions_prefix`).
 
     Raises:
         IntegrationError: when no candidate parses (even after removing trailing commas and smart quotes).
@@ -143,6 +183,13 @@ def extract_json(text: str) -> Any:
             return json.loads(cand)
         except json.JSONDecodeError:
             pass
+    prefix = _complete_captions_prefix(text)  # before the inner objects of a cut-off answer are tried
+    if prefix is not None:
+        for variant in (prefix, _loose_fix(prefix)):
+            try:
+                return json.loads(variant)
+            except json.JSONDecodeError:
+                continue
     for cand in _balanced_objects(text):
         for variant in (cand, _loose_fix(cand)):
             try:
