@@ -181,3 +181,40 @@ def test_cut_off_answer_keeps_its_complete_captions():
     for hopeless in ('{"captions": [{"length": "sh', "Sure! Here are the captions: {captions: oops", ""):
         with pytest.raises(IntegrationError):
             extract_json(hopeless)
+
+
+def test_repeated_text_keys_and_copied_examples():
+    """Two habits of SmolLM2-135M seen on rs_real: repeating the "text" key until the token limit, and
+    copying the worked example of the prompt (a river, for a DOTA parking lot)."""
+    from hqrs.dataset_builder.mpgi.integrate import (
+        IntegrationError,
+        example_texts,
+        extract_json,
+        validate_captions,
+    )
+
+    looping = (
+        '{"captions": [{"length": "short", "text": "An intersection with a few cars on the road.", '
+        '"text": "An intersection with a few cars on the road.", "text": "An intersection with a few'
+    )
+    assert extract_json(looping) == {
+        "captions": [{"length": "short", "text": "An intersection with a few cars on the road."}]
+    }
+    recipe = load_recipe("cpu-small")
+    text = render(
+        recipe.integrator.prompt,
+        recipe,
+        perspectives=[{"name": "rule", "perspective": "rule", "text": "It contains 50 large vehicles."}],
+        rule_text="It contains 50 large vehicles.",
+        captions=recipe.integrator.captions,
+        words=recipe.integrator.words,
+        n_captions=2,
+        feedback=None,
+    )
+    examples = example_texts(prompt_messages(text))
+    assert "a river between green fields." in examples
+    copied = extract_json('{"captions": [{"length": "short", "text": "A river between green fields."}, {"te')
+    with pytest.raises(IntegrationError, match="copies the example"):
+        validate_captions(copied, ["rule"], examples)
+    own = {"captions": [{"length": "short", "text": "Fifty large vehicles in a parking lot."}]}
+    assert validate_captions(own, ["rule"], examples)[0].text == "Fifty large vehicles in a parking lot."

@@ -164,8 +164,24 @@ def _complete_captions_prefix(text: str) -> str | None:
             if c == "}" and stack == ["}", "]"]:  # an item of the top-level list just closed
                 cut = pos + 1
     if cut is None:
-        return None
+        return _first_item_of_cut_off_answer(text[start:])
     return text[start:cut] + "]}"
+
+
+_ITEM_START_RE = re.compile(r'^\{\s*"captions"\s*:\s*\[\s*\{')
+_LENGTH_RE = re.compile(r'"length"\s*:\s*"(short|medium|long)"')
+_TEXT_RE = re.compile(r'"text"\s*:\s*"((?:[^"\\]|\\.)+)"')
+
+
+def _first_item_of_cut_off_answer(text: str) -> str | None:
+    """The first caption of ``{"captions": [{"length": "short", "text": "A.", "text": "A.", "te``: a small
+    model that repeats the ``text`` key until the token limit; its length and first complete text."""
+    if not _ITEM_START_RE.match(text):
+        return None
+    length, first = _LENGTH_RE.search(text), _TEXT_RE.search(text)
+    if length is None or first is None:
+        return None
+    return json.dumps({"captions": [{"length": length.group(1), "text": json.loads(f'"{first.group(1)}"')}]})
 
 
 def extract_json(text: str) -> Any:
@@ -199,11 +215,22 @@ def extract_json(text: str) -> Any:
     raise IntegrationError("the answer contains no valid JSON object")
 
 
-def validate_captions(data: Any, known_sources: list[str]) -> list[Caption]:
+def example_texts(messages: list[dict]) -> set[str]:
+    """Caption texts of the worked examples in a prompt's assistant turns (lower case, spaces folded)."""
+    out: set[str] = set()
+    for message in messages:
+        if message.get("role") == "assistant" and isinstance(message.get("content"), str):
+            out.update(" ".join(t.split()).lower() for t in _TEXT_RE.findall(message["content"]))
+    return out
+
+
+def validate_captions(data: Any, known_sources: list[str], examples: set[str] = frozenset()) -> list[Caption]:
     """Check ``data`` against :data:`CAPTIONS_SCHEMA` and turn it into :class:`Caption` objects.
 
     A bare list of caption objects is accepted as ``{"captions": [...]}``. Unknown source names are
-    dropped; a caption without any known source is attributed to all perspectives.
+    dropped; a caption without any known source is attributed to all perspectives. A caption copied from
+    the prompt's worked example (``examples``, see :func:`example_texts`) describes another image: it is
+    an error, like invalid JSON.
     """
     if isinstance(data, list):
         data = {"captions": data}
@@ -233,6 +260,10 @@ def validate_captions(data: Any, known_sources: list[str]) -> list[Caption]:
             raise IntegrationError(f'captions[{i}]."sources" must be a list of description names')
         sources = [s.strip("[] ") for s in sources]
         sources = [s for s in dict.fromkeys(sources) if s in known_sources] or list(known_sources)
+        if " ".join(text.split()).lower() in examples:
+            raise IntegrationError(
+                f"captions[{i}] copies the example answer; describe this image from its own notes"
+            )
         out.append(Caption(text=" ".join(text.split()), length=length, sources=sources))
     return out
 

@@ -34,6 +34,7 @@ from ..records import Caption, Perspective
 from ..rules import RuleFacts
 from .integrate import (
     IntegrationError,
+    example_texts,
     extract_json,
     filter_captions,
     prompt_messages,
@@ -474,7 +475,7 @@ class IntegrationRollout:
                 payload = {"messages": list(messages), **spec.sampling}
                 result = await request_with_retries(generate, payload, backend, usage, counters)
                 try:
-                    return validate_captions(extract_json(result.text), names)
+                    return validate_captions(extract_json(result.text), names, example_texts(messages))
                 except IntegrationError as e:
                     if repair == spec.max_repairs:
                         raise RequestFailed(
