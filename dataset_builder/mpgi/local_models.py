@@ -203,6 +203,8 @@ def _convert(source: Path, out: Path, spec: LocalModel, dtype: str, provenance: 
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
+        for path in [staging, *staging.iterdir()]:  # mkdtemp made it private; a model folder is shared
+            path.chmod(0o755 if path.is_dir() else 0o644)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         staging.rename(out)
