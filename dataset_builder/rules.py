@@ -37,7 +37,7 @@ from .records import ImageRecord, ObjectAnnotation
 _VOCAB = frozenset(
     """
     agricultural airplane airport area bare baseball basketball beach bridge buildings building center
-    chaparral chimney church commercial container court crane dam dense desert diamond expressway farmland
+    chaparral chimney church commercial container course court crane dam dense desert diamond expressway farmland
     field football forest freeway golf ground harbor harbour helicopter helipad home homes industrial
     intersection lake land large lot meadow medium mobile mountain overpass park parking pitch plane
     playground pond pool port railway residential resort river road roundabout runway school service
@@ -52,6 +52,7 @@ _CANONICAL = {
     "airplane": "plane",
     "golffield": "golf course",
     "golf field": "golf course",
+    "golfcourse": "golf course",
     "storagetanks": "storage tank",
     "storage tanks": "storage tank",
     "harbour": "harbor",
@@ -150,6 +151,45 @@ def join_list(items: list[str]) -> str:
     if len(items) <= 1:
         return "".join(items)
     return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+# Scene labels that name a kind of area by an adjective ("industrial" → "an industrial area").
+_AREA_SCENES = frozenset(
+    {"residential", "commercial", "industrial", "agricultural", "rural", "urban", "suburban"}
+)
+# Scene labels whose English noun phrase is not just the label with an article.
+_SCENE_PHRASES = {
+    "center": "a town center",
+    "parking": "a parking lot",
+    "plane": "planes at an airport",
+    "storage tank": "storage tanks",
+    "playfields": "playing fields",
+    "square": "a town square",
+    "mobile home": "a mobile home park",
+}
+# Mass nouns: no article ("farmland", "bare land").
+_MASS_SCENES = frozenset(
+    {"farmland", "bare land", "chaparral", "grassland", "cropland", "water", "snow", "ice"}
+)
+
+
+def scene_phrase(name: str) -> str:
+    """A noun phrase for a normalised scene label, article included when English needs one.
+
+    ``"dense residential"`` → ``"a dense residential area"``; ``"airport"`` → ``"an airport"``;
+    ``"farmland"`` → ``"farmland"``; ``"buildings"`` → ``"buildings"``; ``"center"`` → ``"a town center"``.
+    """
+    name = " ".join(name.split())
+    if name in _SCENE_PHRASES:
+        return _SCENE_PHRASES[name]
+    if name in _AREA_SCENES or name.endswith((" residential", " industrial", " commercial")):
+        return article(f"{name} area")
+    if name in _MASS_SCENES or name.endswith("land"):
+        return name
+    last = name.rsplit(" ", 1)[-1]
+    if last.endswith("s") and not last.endswith(("ss", "us", "is")):  # a plural label: "buildings"
+        return name
+    return article(name)
 
 
 # --------------------------------------------------------------------------- #
@@ -303,7 +343,11 @@ def rule_facts(record: ImageRecord) -> RuleFacts:
 # --------------------------------------------------------------------------- #
 
 
+_CELL_TEXT = {"top": "top center", "bottom": "bottom center"}  # "in the top" is not English
+
+
 def _where(cells: list[str]) -> str:
+    cells = [_CELL_TEXT.get(c, c) for c in cells]
     if len(cells) >= 5:
         return "spread across the image"
     if len(cells) == 1:
@@ -383,11 +427,34 @@ def sizes_sentence(facts: RuleFacts) -> str | None:
     return text + "."
 
 
-def land_cover_sentence(facts: RuleFacts, max_classes: int = 5, min_fraction: float = 0.01) -> str | None:
+# Mask classes named in the plural even without instance counts ("buildings cover", "water covers").
+_COUNTABLE_COVER = frozenset({"building", "road", "tree", "car", "house", "vehicle", "ship", "boat", "field"})
+
+
+def cover_phrases(facts: RuleFacts, max_classes: int = 5, min_fraction: float = 0.01) -> list[str]:
+    """``["large vehicles cover about 16%", "water about 2%"]``: the mask classes' shares of the image.
+
+    A class with annotated instances (a countable thing: vehicles, ships) is named in the plural, a class
+    without (water, forest, impervious surface) as it is; the first phrase carries the verb.
+    """
     items = [(c, f) for c, f in facts.land_cover.items() if f >= min_fraction][:max_classes]
-    if not items:
+    out = []
+    for i, (c, f) in enumerate(items):
+        counted = facts.counts.get(c, 0) > 0 or c.rsplit(" ", 1)[-1] in _COUNTABLE_COVER
+        name = plural(c) if counted else c
+        verb = ("cover" if counted else "covers") if i == 0 else ""
+        out.append(" ".join(w for w in (name, verb, f"about {round(100 * f)}%") if w))
+    return out
+
+
+def land_cover_sentence(facts: RuleFacts, max_classes: int = 5, min_fraction: float = 0.01) -> str | None:
+    """``"Large vehicles cover about 16% of the image, small vehicles about 2%."`` (mask area shares)."""
+    phrases = cover_phrases(facts, max_classes, min_fraction)
+    if not phrases:
         return None
-    return "Land cover: " + ", ".join(f"{c} {round(100 * f)}%" for c, f in items) + "."
+    first = phrases[0]
+    text = f"{first} of the image" + "".join(f", {p}" for p in phrases[1:]) + "."
+    return text[0].upper() + text[1:]
 
 
 SENTENCE_BUILDERS = (

@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "hqrs.scripts.convert",
     "hqrs.scripts.build",
     "hqrs.scripts.mpgi",
+    "hqrs.scripts.models",
     "hqrs.scripts.train",
     "hqrs.scripts.eval",
     "hqrs.scripts.push",

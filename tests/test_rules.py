@@ -82,7 +82,7 @@ def test_footprint_and_land_cover():
     )
     text = rule_text(record)
     assert "covers about 270 m × 220 m" in text
-    assert "Land cover: building 50%, low vegetation 25%." in text
+    assert "Buildings cover about 50% of the image, low vegetation about 25%." in text
     assert "road" not in text  # below 1%
 
 

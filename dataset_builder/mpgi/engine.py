@@ -39,6 +39,7 @@ import orjson
 from ..records import Caption, ImageRecord, MpGIResult, Perspective, atomic_write_bytes
 from ..rules import rule_facts, rule_text
 from .recipe import TEMPLATE_INTEGRATOR, Recipe
+from .references import ReferenceGuard
 from .steps import (
     GEN_KEY_PREFIX,
     INTEGRATION_KEY,
@@ -584,12 +585,14 @@ class _ProgressBar:
 # --------------------------------------------------------------------------- #
 
 
-def _prepare_doc(record: ImageRecord, prior: list[dict] | None) -> dict:
+def _prepare_doc(record: ImageRecord, prior: list[dict] | None, references=None) -> dict:
     # absolute: a run directory made with `--source imgs` must work from any working directory
     if not os.path.isabs(record.image):
         record = ImageRecord.from_dict({**record.to_dict(), "image": os.path.abspath(record.image)})
     facts = rule_facts(record)
     meta = {"record": record.to_dict(), "rule_text": rule_text(record, facts), "facts": facts.to_dict()}
+    if references is not None and (perspective := references.perspective(record)) is not None:
+        meta["references"] = perspective  # the source's human captions (mpgi.references)
     if prior:
         meta["prior_perspectives"] = prior
     return {"text": record.image, "id": record.image_id, "metadata": meta}
@@ -771,6 +774,7 @@ def run_mpgi(
         in_flight = {d["id"] for d in _iter_jsonl(passes[-1] / "input")}
     todo: list[dict] = []
     given: set[str] = set()
+    references = ReferenceGuard.from_spec(recipe.integrator)
     for record in records:
         if limit is not None and len(given) >= limit:
             break
@@ -786,8 +790,13 @@ def run_mpgi(
         if record.image_id in in_flight or (prev is not None and record.image_id in resumed_ids):
             continue  # just attempted (or still running): retry in a later call
         prior = [asdict(p) for p in prev.perspectives if p.generator != "rule"] if prev is not None else None
-        todo.append(_prepare_doc(record, prior))
+        todo.append(_prepare_doc(record, prior, references))
     report.records = len(given)
+    if references is not None and references.withheld:
+        logger.info(
+            "human references withheld: %s",
+            ", ".join(f"{n} ({why})" for why, n in references.withheld.items()),
+        )
 
     # 3. a new pass for them
     if todo and not in_flight:

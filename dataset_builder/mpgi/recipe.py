@@ -236,6 +236,9 @@ class IntegratorSpec:
         structured_output: ``auto`` sends the captions JSON schema as ``response_format``
             (``json_schema``) to vllm/sglang servers, which then generate valid JSON; ``json_schema``
             sends it to any server; ``off`` never does (the repair prompt handles invalid JSON).
+        references, references_skip_splits, references_contamination, references_contamination_distance:
+            show the source's human captions as one more perspective (``hqrs.dataset_builder.mpgi.references``),
+            never for images of the skipped splits (default ``[test]``) or of the contamination sets.
     """
 
     backend: str = TEMPLATE_INTEGRATOR
@@ -252,6 +255,10 @@ class IntegratorSpec:
     sampling: dict[str, Any] = field(default_factory=lambda: {"temperature": 0.7, "max_tokens": 1024})
     length_tolerance: float = 0.25
     structured_output: str = "auto"
+    references: bool = False
+    references_skip_splits: list[str] = field(default_factory=lambda: ["test"])
+    references_contamination: list[str] = field(default_factory=list)
+    references_contamination_distance: int = 4
 
     @property
     def n_captions(self) -> int:
@@ -298,6 +305,21 @@ class IntegratorSpec:
         if self.structured_output not in STRUCTURED_OUTPUT:
             raise RecipeError(
                 f"{where}.structured_output: {self.structured_output!r} is not one of {', '.join(STRUCTURED_OUTPUT)}"
+            )
+        if not isinstance(self.references, bool):
+            raise RecipeError(f"{where}.references: expected true or false, got {self.references!r}")
+        for key in ("references_skip_splits", "references_contamination"):
+            value = getattr(self, key)
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise RecipeError(f"{where}.{key}: expected a list of strings, got {value!r}")
+        if (
+            isinstance(self.references_contamination_distance, bool)
+            or not isinstance(self.references_contamination_distance, int)
+            or not -1 <= self.references_contamination_distance <= 16
+        ):
+            raise RecipeError(
+                f"{where}.references_contamination_distance: expected an integer in [-1, 16], "
+                f"got {self.references_contamination_distance!r}"
             )
 
 
@@ -389,9 +411,9 @@ class Recipe:
         names = set()
         for i, gen in enumerate(self.generators):
             gen.validate(f"generators[{i}]")
-            if gen.name in names or gen.name == "rule":
+            if gen.name in names or gen.name in ("rule", "references"):
                 raise RecipeError(
-                    f"generators[{i}].name: {gen.name!r} is used twice (or is the reserved 'rule')"
+                    f"generators[{i}].name: {gen.name!r} is used twice (or is the reserved 'rule' or 'references')"
                 )
             names.add(gen.name)
             if gen.backend not in self.backends:

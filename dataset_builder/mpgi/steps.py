@@ -42,8 +42,10 @@ from .datatrove_compat import (
 from .integrate import (
     CAPTIONS_SCHEMA,
     IntegrationError,
+    example_texts,
     extract_json,
     filter_captions,
+    prompt_messages,
     select_captions,
     template_captions,
     validate_captions,
@@ -421,6 +423,8 @@ class GenerationRollout:
 def collect_perspectives(meta: dict[str, Any], recipe: Recipe) -> tuple[list[dict], list[str]]:
     """The rule perspective plus every generation stage's perspectives, and the stages' errors."""
     perspectives = [_perspective_dict(Perspective("rule", "rule", None, None, meta["rule_text"]))]
+    if meta.get("references"):  # the source's human captions, where allowed (mpgi.references)
+        perspectives.append(meta["references"])
     errors = []
     for backend in recipe.generator_backends():
         results = meta.get(GEN_KEY_PREFIX + backend) or []
@@ -513,7 +517,7 @@ class IntegrationRollout:
                 n_captions=sum(captions_wanted.values()),
                 feedback=feedback,
             )
-            messages = [{"role": "user", "content": prompt}]
+            messages = prompt_messages(prompt)  # a template may hold example turns
             for repair in range(spec.max_repairs + 1):
                 payload = {"messages": list(messages), **spec.sampling}
                 if structured:
@@ -522,7 +526,7 @@ class IntegrationRollout:
                     generate, payload, backend, usage, counters, self.recipe.checks
                 )
                 try:
-                    return validate_captions(extract_json(result.text), names)
+                    return validate_captions(extract_json(result.text), names, example_texts(messages))
                 except IntegrationError as e:
                     if repair == spec.max_repairs:
                         raise RequestFailed(
@@ -538,7 +542,7 @@ class IntegrationRollout:
                         n_captions=sum(captions_wanted.values()),
                     )
                     messages = [
-                        {"role": "user", "content": prompt},
+                        *prompt_messages(prompt),
                         {"role": "assistant", "content": result.text[:4000]},
                         {"role": "user", "content": repair_text},
                     ]
