@@ -542,3 +542,17 @@ def test_datatrove_compat_version_range():
     with pytest.raises(RuntimeError):
         datatrove_compat.check_version("0.9.3")
     assert datatrove_compat.check_version("0.10.7rc1") == "0.10.7rc1"
+
+
+def test_truncated_answers_are_rejected_unless_the_recipe_accepts_them():
+    from datatrove.pipeline.inference.run_inference import InferenceResult
+
+    from hqrs.dataset_builder.mpgi.recipe import AnswerChecks, RecipeError
+    from hqrs.dataset_builder.mpgi.steps import answer_problem
+
+    cut = InferenceResult(text="A harbor with many", finish_reason="length", usage={})
+    payload = {"max_tokens": 4}
+    assert "finish_reason=length" in answer_problem(cut, payload, AnswerChecks())
+    assert answer_problem(cut, payload, AnswerChecks(accept_truncated=True)) is None
+    with pytest.raises(RecipeError, match="accept_truncated"):
+        AnswerChecks(accept_truncated="yes").validate("checks")

@@ -342,11 +342,16 @@ class AnswerChecks:
         chars_per_token: an answer longer than ``max_tokens`` x this many characters is rejected (a server
             that ignores ``max_tokens``).
         max_chars: the longest perspective accepted when the request sets no ``max_tokens``.
+        accept_truncated: keep an answer the server cut off at ``max_tokens`` (``finish_reason=length``;
+            its text may end mid-sentence) instead of retrying it. Off by default; meant for perspectives
+            deliberately capped by ``max_tokens`` and for random-weight test models, which never stop
+            by themselves.
     """
 
     refusal_patterns: list[str] = field(default_factory=lambda: list(DEFAULT_REFUSAL_PATTERNS))
     chars_per_token: float = 8.0
     max_chars: int = 20000
+    accept_truncated: bool = False
 
     def validate(self, where: str) -> None:
         if not isinstance(self.refusal_patterns, list) or not all(
@@ -362,6 +367,10 @@ class AnswerChecks:
                 ) from None
         self.chars_per_token = _positive_float(self.chars_per_token, f"{where}.chars_per_token")
         _positive_int(self.max_chars, f"{where}.max_chars")
+        if not isinstance(self.accept_truncated, bool):
+            raise RecipeError(
+                f"{where}.accept_truncated: expected true or false, got {self.accept_truncated!r}"
+            )
 
 
 @dataclass

@@ -162,15 +162,15 @@ def _usage_add(total: dict[str, int], usage: dict | None) -> None:
 
 
 def answer_problem(result: InferenceResult, payload: dict[str, Any], checks: AnswerChecks) -> str | None:
-    """Why an answer must not be stored (``None`` if it may): truncated, longer than ``max_tokens`` allows,
-    empty, or a refusal (``checks.refusal_patterns``)."""
+    """Why an answer must not be stored (``None`` if it may): truncated (unless ``checks.accept_truncated``),
+    longer than ``max_tokens`` allows, empty, or a refusal (``checks.refusal_patterns``)."""
     text = result.text.strip()
     if not text:
         return f"empty answer (finish_reason={result.finish_reason!r})"
     max_tokens = payload.get("max_tokens") or payload.get("max_completion_tokens")
     if result.finish_reason == "content_filter":
         return "refusal (finish_reason=content_filter)"
-    if result.finish_reason == "length":
+    if result.finish_reason == "length" and not checks.accept_truncated:
         return f"truncated answer (finish_reason=length at max_tokens={max_tokens})"
     limit = int(max_tokens * checks.chars_per_token) if isinstance(max_tokens, int) else checks.max_chars
     if len(text) > limit:
