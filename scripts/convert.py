@@ -177,9 +177,10 @@ def run_to_open_clip(args: argparse.Namespace) -> int:
     name = config.get("open_clip_model_name")
     if model_type == RS_COCA_MODEL_TYPE:
         coca = _rs_coca_module()
-        from transformers import AutoModel
+        from ..modeling.modeling_rs_coca import RSCoCaModel
 
-        model = AutoModel.from_pretrained(folder, trust_remote_code=True)
+        # the package's own class: the folder's modeling_rs_coca.py is data here and never runs
+        model = RSCoCaModel.from_pretrained(folder)
         state_dict = coca.coca_to_open_clip_state_dict(model)
     elif model_type == "clip":
         from transformers import CLIPModel

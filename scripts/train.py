@@ -250,7 +250,7 @@ def _eval_split(text: str | None) -> str | float | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hqrs.modeling.training import build_trainer
+    from hqrs.modeling.training import build_trainer, refuse_unsafe_pickles
     from hqrs.modeling.training_data import DataOptions
     from hqrs.modeling.training_lora import LoraOptions, merge_lora
 
@@ -293,7 +293,8 @@ def run(args: argparse.Namespace) -> int:
         gather_with_grad=not args.no_gather,
     )
     try:
-        result = trainer.train(resume_from_checkpoint=resume)
+        with refuse_unsafe_pickles(resume if isinstance(resume, str) else args.output_dir):
+            result = trainer.train(resume_from_checkpoint=resume)
         trainer.save_model()
         if trainer.is_world_process_zero():
             summary = {"output_dir": str(args.output_dir), "global_step": trainer.state.global_step}
@@ -310,8 +311,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_merge(args: argparse.Namespace) -> int:
+    from hqrs.modeling.training import refuse_unsafe_pickles
     from hqrs.modeling.training_lora import merge_lora
 
-    out = merge_lora(args.adapter_dir, args.out, base_model=args.base)
+    with refuse_unsafe_pickles(args.adapter_dir):
+        out = merge_lora(args.adapter_dir, args.out, base_model=args.base)
     print(f"merged model written to {out}")
     return 0
