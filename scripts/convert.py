@@ -47,7 +47,8 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     fwd.add_argument(
         "--model-name",
         required=True,
-        help="open_clip architecture of the checkpoint: ViT-B-32, ViT-B-16, ViT-L-14, ViT-L-14-336 "
+        help="open_clip architecture of the checkpoint: ViT-B-32, ViT-B-16, ViT-L-14, ViT-L-14-336, ViT-H-14, "
+        "ViT-bigG-14 "
         "(add -quickgelu for OpenAI-initialised weights such as HQRS-CLIP), coca_ViT-B-32, coca_ViT-L-14",
     )
     fwd.add_argument("--checkpoint", required=True, type=Path, help=".pt/.pth/.bin/.safetensors state dict")
