@@ -155,3 +155,36 @@ def test_rs_coca_padding_and_caption_loss_come_from_the_attention_mask(tokenizer
     torch.testing.assert_close(full.text_embeds, ones.text_embeds)
     torch.testing.assert_close(full.caption_loss, ones.caption_loss)
     assert not torch.allclose(full.text_embeds, out.text_embeds)
+
+
+def test_rs_coca_processor_fixes_tokenizers_saved_before(tmp_path):
+    from transformers import CLIPTokenizer
+
+    from hqrs.modeling.open_clip_processing import _vocab_and_merges
+    from hqrs.modeling.processing_rs_coca import RSCoCaProcessor
+
+    vocab, merges = _vocab_and_merges()
+    old = CLIPTokenizer(  # what build_tokenizer wrote before: "!" registered as a special token
+        vocab=dict(vocab),
+        merges=list(merges),
+        unk_token="<|endoftext|>",
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="!",
+        model_max_length=76,
+    )
+    assert old("a red roof!")["input_ids"][-2] == 0
+    old.save_pretrained(tmp_path)
+    from hqrs.modeling.open_clip_processing import build_image_processor
+
+    processor = RSCoCaProcessor(
+        build_image_processor("coca_ViT-B-32"), AutoTokenizer.from_pretrained(tmp_path)
+    )
+    assert processor(text=["a red roof!"], padding=False)["input_ids"][0] == [
+        49406,
+        320,
+        736,
+        6449,
+        256,
+        49407,
+    ]
