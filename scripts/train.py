@@ -276,22 +276,23 @@ def run(args: argparse.Namespace) -> int:
         if args.lora
         else None
     )
-    trainer = build_trainer(
-        args.kind,
-        args.model,
-        args.dataset,
-        config=args.config,
-        split=args.split,
-        eval_split=_eval_split(args.eval_split),
-        output_dir=args.output_dir,
-        training_args=training_args,
-        processor=args.processor,
-        lora=lora,
-        augment=args.augment,
-        data=data,
-        streaming=args.streaming,
-        gather_with_grad=not args.no_gather,
-    )
+    with refuse_unsafe_pickles(args.model):  # a pickled pytorch_model.bin in the model folder
+        trainer = build_trainer(
+            args.kind,
+            args.model,
+            args.dataset,
+            config=args.config,
+            split=args.split,
+            eval_split=_eval_split(args.eval_split),
+            output_dir=args.output_dir,
+            training_args=training_args,
+            processor=args.processor,
+            lora=lora,
+            augment=args.augment,
+            data=data,
+            streaming=args.streaming,
+            gather_with_grad=not args.no_gather,
+        )
     try:
         with refuse_unsafe_pickles(resume if isinstance(resume, str) else args.output_dir):
             result = trainer.train(resume_from_checkpoint=resume)

@@ -174,3 +174,15 @@ def test_eval_loads_known_folders_with_package_classes(tampered_coca, tmp_path, 
     for trust in (False, True):
         encoder = DualEncoder.from_pretrained(folder, device="cpu", trust_remote_code=trust)
         assert type(encoder.model) is RSCoCaModel and not marker.exists()
+
+
+def test_pickled_model_weights_are_a_clear_error_and_run_nothing(lora_run, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    shutil.copytree(lora_run / "base", model_dir)
+    (model_dir / "model.safetensors").unlink()
+    marker = tmp_path / "ran"
+    torch.save({"logit_scale": _RunsCode(marker)}, model_dir / "pytorch_model.bin")
+    code = _train_clip(model_dir, lora_run / "data", tmp_path / "out", "--max_steps", "1")
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert code == 1 and not marker.exists()
+    assert err.startswith("hqrs: error:") and "posix.system" in err and str(model_dir) in err
