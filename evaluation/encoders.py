@@ -92,6 +92,9 @@ class DualEncoder:
         if dtype not in dtypes:
             raise ValueError(f"dtype {dtype!r} is not one of {sorted(dtypes)}")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        from ..modeling.rs_coca_files import register_rs_coca_auto_classes  # models branch (#12.4)
+
+        register_rs_coca_auto_classes()  # RS-CoCa folders load with hqrs' classes, never the folder's code
         model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code, dtype=dtypes[dtype])
         for method in ("get_image_features", "get_text_features"):
             if not callable(getattr(model, method, None)):

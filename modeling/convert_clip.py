@@ -7,8 +7,10 @@ weight names. :data:`OPEN_CLIP_TO_HF_CLIP` is the declarative key table between 
 open_clip → HF → open_clip reproduces every tensor bit for bit.
 
 Supported: open_clip ViT architectures whose config transformers can represent (``ViT-B-32``,
-``ViT-B-16``, ``ViT-L-14``, ``ViT-L-14-336`` and their ``-quickgelu`` variants, or any config with the
-same building blocks). The activation follows the open_clip config: ``-quickgelu`` names (and
+``ViT-B-16``, ``ViT-L-14``, ``ViT-L-14-336``, ``ViT-H-14`` (head width 80), ``ViT-g-14`` and ``ViT-bigG-14``
+(head width 104, ``mlp_ratio`` 4.9231 -> ``int(width * mlp_ratio)`` as open_clip), and their ``-quickgelu``
+variants, or any config with the same building blocks). The key table is per-layer, so one table serves
+every depth and width. The activation follows the open_clip config: ``-quickgelu`` names (and
 ``force_quick_gelu=True``, open_clip's flag of the same name) give ``hidden_act="quick_gelu"``,
 plain names give exact GELU — as ``open_clip.create_model(name)`` builds them. Checkpoints
 fine-tuned from OpenAI weights (HQRS-CLIP is) were trained with QuickGELU: convert them with the

@@ -36,6 +36,7 @@ from .key_mapping import (
 )
 from .modeling_rs_coca import RSCoCaModel
 from .processing_rs_coca import RSCoCaProcessor
+from .rs_coca_files import save_rs_coca_remote_code
 
 __all__ = [
     "CAPTION_AUTO_CLASS",
@@ -369,17 +370,7 @@ def save_hf_coca(model: RSCoCaModel, processor: RSCoCaProcessor | None, out_dir:
                 "(it tells which image preprocessing to use)"
             )
         processor = build_rs_coca_processor(name, model.config)
-    type(model.config).register_for_auto_class("AutoConfig")
-    type(model).register_for_auto_class("AutoModel")
     model.save_pretrained(out)
-    # The same class also serves the captioning auto-class (and so the image-text-to-text pipeline).
-    import json
-
-    config_path = out / "config.json"
-    data = json.loads(config_path.read_text())
-    data.setdefault("auto_map", {})[CAPTION_AUTO_CLASS] = "modeling_rs_coca.RSCoCaModel"
-    config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    model.config.auto_map = data["auto_map"]
-    type(processor).register_for_auto_class("AutoProcessor")
     processor.save_pretrained(out)
+    save_rs_coca_remote_code(out)
     return out

@@ -329,8 +329,8 @@ class RSCoCaVisionTransformer(nn.Module):
 class RSCoCaTextTransformer(nn.Module):
     """Causal text transformer; with ``add_cls`` a learned CLS embedding is appended after the tokens.
 
-    Padding follows open_clip: a token is padding where ``attention_mask`` is 0 (default: ``input_ids ==
-    pad_token_id``). With ``config.correct_cls_mask=False`` (open_clip's and the released weights' behaviour) the
+    A token is padding only where ``attention_mask`` is 0 (default: no padding). The token id never decides:
+    the pad id 0 is also the BPE token ``"!"``, which real captions contain. With ``config.correct_cls_mask=False`` (open_clip's and the released weights' behaviour) the
     key mask is shifted right by one position, so key ``j`` is masked when token ``j - 1`` is padding.
     """
 
@@ -375,10 +375,7 @@ class RSCoCaTextTransformer(nn.Module):
         hidden = hidden + self.position_embedding(positions)
 
         if attention_mask is None:
-            if past:
-                token_valid = torch.ones(batch, past + seq_len, dtype=torch.bool, device=input_ids.device)
-            else:
-                token_valid = input_ids != self.config.pad_token_id
+            token_valid = torch.ones(batch, past + seq_len, dtype=torch.bool, device=input_ids.device)
         else:
             if attention_mask.shape != (batch, past + seq_len):
                 raise ValueError(
@@ -580,7 +577,8 @@ class RSCoCaModel(RSCoCaPreTrainedModel, GenerationMixin):
 
         * Contrastive + captioning (``input_ids``): returns ``image_embeds``/``text_embeds``, ``logits_per_*``,
           teacher-forced caption ``logits`` and, with ``return_loss`` and both modalities, the CoCa ``loss``.
-          Caption targets are ``labels`` (``-100`` ignored) or, by default, ``input_ids`` with padding ignored;
+          Caption targets are ``labels`` (``-100`` ignored) or, by default, ``input_ids`` where ``attention_mask``
+          is 1 (padding is what the mask marks 0, never a token id: ``"!"`` shares the pad id 0);
           position ``i`` is scored against target ``i + 1``. Caption logits and the loss need one caption per
           image; with a different number of texts (zero-shot classification) only the contrastive outputs are
           returned.
@@ -621,7 +619,9 @@ class RSCoCaModel(RSCoCaPreTrainedModel, GenerationMixin):
         loss = contrastive_loss = caption_loss = None
         if return_loss and logits is not None:
             contrastive_loss = self.config.contrastive_loss_weight * _clip_loss(logits_per_image)
-            caption_loss = self.config.caption_loss_weight * self._caption_loss(logits, input_ids, labels)
+            caption_loss = self.config.caption_loss_weight * self._caption_loss(
+                logits, input_ids, labels, attention_mask
+            )
             loss = contrastive_loss + caption_loss
         return RSCoCaOutput(
             loss=loss,
@@ -643,9 +643,9 @@ class RSCoCaModel(RSCoCaPreTrainedModel, GenerationMixin):
             raise ValueError("Captioning needs pixel_values or encoder_outputs (the vision tower's output).")
         return self.vision_model(pixel_values)
 
-    def _caption_loss(self, logits, input_ids, labels) -> torch.Tensor:
+    def _caption_loss(self, logits, input_ids, labels, attention_mask=None) -> torch.Tensor:
         if labels is None:
-            labels = input_ids.masked_fill(input_ids == self.config.pad_token_id, -100)
+            labels = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, -100)
         elif labels.shape != input_ids.shape:
             raise ValueError(
                 f"labels shape {tuple(labels.shape)} must equal input_ids shape {tuple(input_ids.shape)}."
@@ -681,8 +681,9 @@ class RSCoCaModel(RSCoCaPreTrainedModel, GenerationMixin):
         next_sequence_length: int | None = None,
         **kwargs,
     ) -> dict:
-        # open_clip masks the text tower by token id, also for the tokens it generates; keep that exactly.
-        token_valid = input_ids != self.config.pad_token_id
+        # Every prompt and generated token is real (the prompt is cut at its first <end_of_text>); a generated
+        # id 0 is the BPE token "!", not padding (open_clip masks it by id; we do not).
+        token_valid = torch.ones_like(input_ids, dtype=torch.bool)
         past = cache.get_seq_length() if cache is not None else 0
         return {
             "decoder_input_ids": input_ids[:, past:],

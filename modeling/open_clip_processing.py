@@ -6,9 +6,20 @@
   with id 0 (the token ``"!"``), so the tokenizer's ``pad_token`` is ``"!"`` (id 0) rather than the
   ``<|endoftext|>`` padding of the OpenAI checkpoints on the Hub. Call it with
   ``padding="max_length", truncation=True`` for open_clip's fixed 77-token layout: ``<|startoftext|>``,
-  up to 75 BPE tokens, ``<|endoftext|>``, zeros. ``attention_mask`` still marks the padding (a real
-  ``"!"`` in a caption keeps mask 1). CLIP pools the text at the first ``<|endoftext|>`` under a causal
-  mask, so the padding id does not change text embeddings either way.
+  up to 75 BPE tokens, ``<|endoftext|>``, zeros.
+  Ordinary text is never a special token: transformers registers every named special token (``"!"``
+  included) as an added token that would be cut out of the text before BPE, so the tokenizer is built
+  with ``split_special_tokens=True`` (saved in ``tokenizer_config.json``, so ``AutoTokenizer`` keeps it):
+  a literal ``"!"`` tokenizes as open_clip does (``"a red roof!"`` -> ``… 6449, 256, 49407``, ``"!!"``
+  -> ``748``). ``<|startoftext|>``/``<|endoftext|>`` are still added by the post-processor. Padding is
+  only what ``attention_mask`` marks 0; a real id-0 token (``"!"`` before other punctuation, e.g.
+  ``"c!?"``) keeps mask 1. CLIP pools the text at the first ``<|endoftext|>`` under a causal mask, so the
+  padding id does not change text embeddings either way.
+  Exceptions: open_clip recognises its own markers ``<start_of_text>``/``<end_of_text>`` when they occur
+  literally in a caption; here they are text like every other string, and transformers' CLIP word split
+  keeps its markers ``<|startoftext|>``/``<|endoftext|>`` apart from adjacent punctuation (so
+  ``"<|startoftext|>!"`` differs from open_clip by one token). ``decode(...,
+  skip_special_tokens=True)`` drops id 0 (the pad id) also where it was a real ``"!"`` sub-word.
   Text cleaning: open_clip runs ``ftfy.fix_text`` and ``html.unescape`` before lower-casing; a
   transformers tokenizer cannot (its normaliser is NFC + whitespace collapse + lower-case). Plain text
   tokenizes identically; text with HTML entities (``&amp;``) or mojibake does not — pass it through
@@ -116,7 +127,7 @@ def build_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
     if not isinstance(model_max_length, int) or model_max_length < 2:
         raise ValueError(f"model_max_length must be an int >= 2, got {model_max_length!r}")
     vocab, merges = _vocab_and_merges()
-    return CLIPTokenizer(
+    tokenizer = CLIPTokenizer(
         vocab=dict(vocab),
         merges=list(merges),
         unk_token=EOS_TOKEN,
@@ -124,7 +135,10 @@ def build_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
         eos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
         model_max_length=model_max_length,
+        # "!" (the pad) is an ordinary BPE token: never cut it, or any special string, out of the text.
+        split_special_tokens=True,
     )
+    return tokenizer
 
 
 def open_clip_preprocess_cfg(model_name: str) -> dict:

@@ -33,6 +33,11 @@ class RSCoCaProcessor(ProcessorMixin):
     """
 
     def __init__(self, image_processor=None, tokenizer=None, **kwargs):
+        if tokenizer is not None and getattr(tokenizer, "pad_token", None) == "!":
+            # "!" is open_clip's pad id 0 *and* an ordinary BPE token: never cut it out of the text as a
+            # special token (folders written before this was saved in tokenizer_config.json get it here)
+            tokenizer.split_special_tokens = True
+            tokenizer.init_kwargs["split_special_tokens"] = True
         super().__init__(image_processor, tokenizer)
 
     def __call__(

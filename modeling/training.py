@@ -48,10 +48,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import pickle
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,6 +66,8 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.utils import ModelOutput
 
+from .rs_coca_files import MODEL_TYPE as RS_COCA_MODEL_TYPE
+from .rs_coca_files import register_rs_coca_auto_classes, save_rs_coca_remote_code
 from .training_data import (
     DataOptions,
     ImageCaptionDataset,
@@ -71,7 +77,7 @@ from .training_data import (
     load_training_dataset,
     split_by_image,
 )
-from .training_lora import LoraOptions, apply_lora
+from .training_lora import LoraOptions, apply_lora, record_base_relative_to_adapter
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import EvalPrediction, PreTrainedModel
@@ -100,7 +106,58 @@ IMAGE_IDS = "image_ids"
 # Models
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def looks_local(model: str | os.PathLike) -> bool:
+    """Whether ``model`` can only mean a local path (``./x``, ``../x``, ``/x``, ``~/x``, ``a/b/c``, ``x/`` or
+    ``dir/x`` where ``dir`` exists here), not a Hub id ``NAME`` / ``ORG/NAME``."""
+    text = os.fspath(model)
+    if isinstance(model, Path) or not _HUB_ID.fullmatch(text):
+        return True
+    return "/" in text and Path(text.split("/", 1)[0]).is_dir()
+
+
+def check_local_model(model: str | os.PathLike, what: str = "model") -> None:
+    """Raise ``FileNotFoundError`` at once for a local-looking ``model`` path that does not exist.
+
+    Without this, transformers takes it for a Hub id and retries huggingface.co for ~30 s before failing.
+    """
+    path = Path(model).expanduser()
+    if not path.exists() and looks_local(model):
+        raise FileNotFoundError(
+            f"{what} folder {os.fspath(model)!r} does not exist (resolved to {str(path.resolve())!r}); give a "
+            "folder written by save_pretrained (e.g. by `hqrs convert`) or a Hub id ORG/NAME"
+        )
+
+
+@contextlib.contextmanager
+def refuse_unsafe_pickles(where: str | os.PathLike) -> Iterator[None]:
+    """Turn ``pickle.UnpicklingError`` from weights-only loading inside the block into a ``ValueError``.
+
+    ``torch.load(..., weights_only=True)`` (what transformers, peft and the Trainer use for ``.bin``/``.pt``/
+    ``.pth`` files) refuses pickles that hold anything but tensors and plain containers, before any of their
+    code runs; the raw error is a long traceback. ``where`` names the folder the files came from.
+    """
+    try:
+        yield
+    except pickle.UnpicklingError as exc:
+        # torch's message opens with advice to retry with weights_only=False (which would run the code) and
+        # ends with a docs link; the line between says what was refused
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reasons = [
+            ln for ln in lines if not ln.startswith(("Weights only load failed", "Check the documentation"))
+        ]
+        first = reasons[0] if reasons else "it holds objects other than tensors"
+        raise ValueError(
+            f"{os.fspath(where)!r} holds a pickled file (.bin/.pt/.pth) that safe weights-only loading refuses "
+            f"(nothing in it was run): {first[:300]}. Use checkpoints written by hqrs/transformers, or re-save "
+            "the weights as safetensors"
+        ) from None
+
+
 def _read_model_type(model: str | os.PathLike) -> str | None:
+    check_local_model(model)
     path = Path(model).expanduser()
     if path.is_dir():
         config_file = path / "config.json"
@@ -136,6 +193,12 @@ def model_kind(model: str | os.PathLike | PreTrainedModel) -> str:
     )
 
 
+def _is_rs_coca(model: Any) -> bool:
+    """An RS-CoCa model, or a peft model wrapping one."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(getattr(base, "config", None), "model_type", None) == RS_COCA_MODEL_TYPE
+
+
 def _model_classes(kind: str, model_type: str | None = None) -> tuple[type, Any]:
     if kind == "clip" and model_type == "resnet_clip":  # ResNet-CLIP (RN50/RN101), hqrs' remote-code family
         from .modeling_resnet_clip import ResNetCLIPModel
@@ -150,6 +213,8 @@ def _model_classes(kind: str, model_type: str | None = None) -> tuple[type, Any]
         from .modeling_rs_coca import RSCoCaModel
         from .processing_rs_coca import RSCoCaProcessor
 
+        # the package's classes load RS-CoCa folders: no folder code runs, nothing prompts
+        register_rs_coca_auto_classes()
         return RSCoCaModel, RSCoCaProcessor
     raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
 
@@ -371,6 +436,9 @@ class ImageTextTrainer(Trainer):
         inner.save_pretrained(output_dir, state_dict=state_dict)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
+        record_base_relative_to_adapter(output_dir)  # a LoRA adapter finds its base from anywhere
+        if _is_rs_coca(inner):  # the output folder and every checkpoint-N load without hqrs
+            save_rs_coca_remote_code(output_dir)
         Path(output_dir, "training_args.json").write_text(self.args.to_json_string(), encoding="utf-8")
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:

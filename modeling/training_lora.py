@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -114,6 +115,45 @@ def merge_lora_model(peft_model: PeftModel) -> PreTrainedModel:
     return peft_model.merge_and_unload()
 
 
+def resolve_recorded_base(adapter_dir: str | Path, recorded: str) -> str:
+    """The base model an adapter records (``base_model_name_or_path``), as a usable folder or Hub id.
+
+    A relative path is tried relative to the adapter folder first (``hqrs train --lora`` records it so), then
+    relative to the working directory; a local-looking path found in neither is a ``FileNotFoundError`` that
+    says where it looked and suggests ``--base``. Anything else is a Hub id and returned unchanged.
+    """
+    from .training import looks_local
+
+    adapter_dir = Path(adapter_dir)
+    path = Path(recorded).expanduser()
+    candidates = [path] if path.is_absolute() else [adapter_dir / path, path]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return os.fspath(candidate)
+    if looks_local(recorded) or any(c.exists() for c in candidates):
+        tried = ", ".join(repr(str(c.resolve())) for c in candidates)
+        raise FileNotFoundError(
+            f"the base model {recorded!r} recorded in {str(adapter_dir / 'adapter_config.json')!r} is not a folder "
+            f"(looked at {tried}); pass the base model folder with --base"
+        )
+    return recorded
+
+
+def record_base_relative_to_adapter(adapter_dir: str | Path) -> None:
+    """Rewrite a local ``base_model_name_or_path`` in ``adapter_dir/adapter_config.json`` relative to the adapter,
+    so ``merge-lora`` finds the base from any working directory (and after moving both folders together)."""
+    config_file = Path(adapter_dir) / "adapter_config.json"
+    if not config_file.is_file():
+        return
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    recorded = config.get("base_model_name_or_path")
+    if not recorded or not Path(recorded).expanduser().is_dir():
+        return  # a Hub id, or nothing to record
+    relative = os.path.relpath(Path(recorded).expanduser().resolve(), Path(adapter_dir).resolve())
+    config["base_model_name_or_path"] = relative
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def merge_lora(adapter_dir: str | Path, out_dir: str | Path, *, base_model: str | Path | None = None) -> Path:
     """Fold the adapter saved in ``adapter_dir`` into its base model and save a full model to ``out_dir``.
 
@@ -128,7 +168,8 @@ def merge_lora(adapter_dir: str | Path, out_dir: str | Path, *, base_model: str 
     """
     from peft import PeftModel
 
-    from .training import load_model_and_processor, model_kind
+    from .rs_coca_files import save_rs_coca_remote_code
+    from .training import check_local_model, load_model_and_processor, model_kind
 
     adapter_dir = Path(adapter_dir)
     config_file = adapter_dir / "adapter_config.json"
@@ -137,13 +178,20 @@ def merge_lora(adapter_dir: str | Path, out_dir: str | Path, *, base_model: str 
             f"{str(adapter_dir)!r} is not a LoRA adapter folder (no adapter_config.json); give the output "
             "folder of `hqrs train --lora` or one of its checkpoint-* folders"
         )
-    recorded = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
-    base = base_model if base_model is not None else recorded
-    if not base:
+    try:
+        recorded = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{str(config_file)!r} is not valid JSON: {exc}") from None
+    if base_model is not None:
+        check_local_model(base_model, what="--base model")
+        base = base_model
+    elif not recorded:
         raise ValueError(
             f"{str(config_file)!r} records no base model (base_model_name_or_path); pass the base model folder "
             "(--base)"
         )
+    else:
+        base = resolve_recorded_base(adapter_dir, recorded)
     kind = model_kind(base)
     has_own = any((adapter_dir / n).is_file() for n in ("processor_config.json", "preprocessor_config.json"))
     model, processor = load_model_and_processor(
@@ -154,5 +202,7 @@ def merge_lora(adapter_dir: str | Path, out_dir: str | Path, *, base_model: str 
     merged.save_pretrained(out_dir)
     if processor is not None:
         processor.save_pretrained(out_dir)
+    if kind == "coca":  # the merged folder loads without hqrs, like every RS-CoCa folder hqrs writes
+        save_rs_coca_remote_code(out_dir)
     logger.info("merged %s into %s -> %s", adapter_dir, base, out_dir)
     return out_dir

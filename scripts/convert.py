@@ -47,7 +47,8 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     fwd.add_argument(
         "--model-name",
         required=True,
-        help="open_clip architecture of the checkpoint: ViT-B-32, ViT-B-16, ViT-L-14, ViT-L-14-336 "
+        help="open_clip architecture of the checkpoint: ViT-B-32, ViT-B-16, ViT-L-14, ViT-L-14-336, ViT-H-14, "
+        "ViT-bigG-14 "
         "(add -quickgelu for OpenAI-initialised weights such as HQRS-CLIP), coca_ViT-B-32, coca_ViT-L-14",
     )
     fwd.add_argument("--checkpoint", required=True, type=Path, help=".pt/.pth/.bin/.safetensors state dict")
@@ -217,9 +218,10 @@ def run_to_open_clip(args: argparse.Namespace) -> int:
     name = config.get("open_clip_model_name")
     if model_type == RS_COCA_MODEL_TYPE:
         coca = _rs_coca_module()
-        from transformers import AutoModel
+        from ..modeling.modeling_rs_coca import RSCoCaModel
 
-        model = AutoModel.from_pretrained(folder, trust_remote_code=True)
+        # the package's own class: the folder's modeling_rs_coca.py is data here and never runs
+        model = RSCoCaModel.from_pretrained(folder)
         state_dict = coca.coca_to_open_clip_state_dict(model)
     elif model_type == RESNET_CLIP_MODEL_TYPE:
         state_dict = _resnet_clip_to_open_clip(folder)

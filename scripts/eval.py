@@ -515,6 +515,9 @@ def _generate_captions(args, entries) -> tuple[dict[str, str], str]:
     from hqrs.evaluation.data import load_image, resolve_images
 
     paths = resolve_images(entries, args.images)
+    from hqrs.modeling.rs_coca_files import register_rs_coca_auto_classes  # models branch (#12.4)
+
+    register_rs_coca_auto_classes()  # RS-CoCa folders load with hqrs' classes, never the folder's code
     model = AutoModel.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     if not callable(getattr(model, "generate", None)):
         raise ValueError(f"model in {str(args.model)!r} ({type(model).__name__}) cannot generate captions")

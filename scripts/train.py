@@ -250,7 +250,7 @@ def _eval_split(text: str | None) -> str | float | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hqrs.modeling.training import build_trainer
+    from hqrs.modeling.training import build_trainer, refuse_unsafe_pickles
     from hqrs.modeling.training_data import DataOptions
     from hqrs.modeling.training_lora import LoraOptions, merge_lora
 
@@ -276,24 +276,26 @@ def run(args: argparse.Namespace) -> int:
         if args.lora
         else None
     )
-    trainer = build_trainer(
-        args.kind,
-        args.model,
-        args.dataset,
-        config=args.config,
-        split=args.split,
-        eval_split=_eval_split(args.eval_split),
-        output_dir=args.output_dir,
-        training_args=training_args,
-        processor=args.processor,
-        lora=lora,
-        augment=args.augment,
-        data=data,
-        streaming=args.streaming,
-        gather_with_grad=not args.no_gather,
-    )
+    with refuse_unsafe_pickles(args.model):  # a pickled pytorch_model.bin in the model folder
+        trainer = build_trainer(
+            args.kind,
+            args.model,
+            args.dataset,
+            config=args.config,
+            split=args.split,
+            eval_split=_eval_split(args.eval_split),
+            output_dir=args.output_dir,
+            training_args=training_args,
+            processor=args.processor,
+            lora=lora,
+            augment=args.augment,
+            data=data,
+            streaming=args.streaming,
+            gather_with_grad=not args.no_gather,
+        )
     try:
-        result = trainer.train(resume_from_checkpoint=resume)
+        with refuse_unsafe_pickles(resume if isinstance(resume, str) else args.output_dir):
+            result = trainer.train(resume_from_checkpoint=resume)
         trainer.save_model()
         if trainer.is_world_process_zero():
             summary = {"output_dir": str(args.output_dir), "global_step": trainer.state.global_step}
@@ -310,8 +312,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_merge(args: argparse.Namespace) -> int:
+    from hqrs.modeling.training import refuse_unsafe_pickles
     from hqrs.modeling.training_lora import merge_lora
 
-    out = merge_lora(args.adapter_dir, args.out, base_model=args.base)
+    with refuse_unsafe_pickles(args.adapter_dir):
+        out = merge_lora(args.adapter_dir, args.out, base_model=args.base)
     print(f"merged model written to {out}")
     return 0

@@ -151,7 +151,8 @@ def test_lora_saves_adapters_and_merge_matches(tmp_path, model_dir, data_dir, rs
     files = {p.name for p in out.iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors", "processor_config.json"} <= files
     assert "model.safetensors" not in files
-    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(model_dir)
+    recorded = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert (out / recorded).resolve() == model_dir.resolve()  # recorded relative to the adapter
 
     merged_dir = merge_lora(out, tmp_path / "merged")
     merged = CLIPModel.from_pretrained(merged_dir).eval()

@@ -145,11 +145,13 @@ def tiny_coca_config():
 
 
 def tiny_coca_processor():
+    import copy
+
     from transformers import CLIPImageProcessor
 
     from hqrs.modeling.processing_rs_coca import RSCoCaProcessor
 
-    tokenizer = _tokenizer()
+    tokenizer = copy.deepcopy(_tokenizer())  # model_max_length changes below: never on the shared one
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
     )
