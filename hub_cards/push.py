@@ -15,6 +15,7 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from .cards import MODEL_KINDS, model_kind, render_dataset_card, render_model_card
@@ -233,8 +234,6 @@ def _without_local_paths(value, root: Path):
 
 
 def _package_source(name: str) -> bytes:
-    from importlib import resources
-
     return resources.files("hqrs.modeling").joinpath(name).read_bytes()
 
 
