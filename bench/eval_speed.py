@@ -63,7 +63,7 @@ def baseline_zeroshot(model, proc, data, templates, classnames, bs):
 
 def baseline_retrieval(model, proc, paths, captions, bs):
     from hqrs.evaluation.data import load_image
-    from hqrs.evaluation.retrieval import retrieval_metrics
+    from hqrs.modeling.recall import retrieval_metrics
 
     img_emb, txt_emb, t2i = [], [], []
     with torch.no_grad():

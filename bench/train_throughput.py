@@ -116,7 +116,7 @@ def run_open_clip(args: argparse.Namespace, work: Path) -> dict:
     import torch
     from safetensors.torch import load_file
 
-    from hqrs.modeling.training_data import decode_image
+    from hqrs.dataset_builder.imaging import decode_image
 
     _register(work)
     torch.manual_seed(args.seed)

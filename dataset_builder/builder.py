@@ -41,10 +41,12 @@ from typing import Any
 import datasets
 from datasets import Features, Image, List, Value
 
-from hqrs.hub_cards.cards import PAPER_CITATION
+from hqrs.dataset_builder import PAPER_CITATION
 
+from .mpgi import iter_results, load_recipe, run_mpgi
 from .planning import SPLITS, Plan, SplitSettings, make_plan
 from .records import Caption, MpGIResult
+from .sources import captions_csv_spec, iter_records, load_source, load_sources
 from .sources.base import SkipReport
 from .sources.images import image_cell
 
@@ -195,8 +197,6 @@ def iter_staged(files: list[str]) -> Iterator[dict[str, Any]]:
 def results_from_captions_csv(spec: str, report: SkipReport, pool=None) -> Iterator[MpGIResult]:
     """Results from a released caption CSV: the CSV captions are the final captions (image analysis in
     ``pool``'s workers if given)."""
-    from .sources import captions_csv_spec, iter_records, load_source
-
     # the same duplicate check as the --source path (iter_records): one skip per exact duplicate
     for record in iter_records([load_source(captions_csv_spec(spec)[0])], report, pool):
         captions = [
@@ -284,9 +284,6 @@ class HQRSIT(datasets.GeneratorBasedBuilder):
         :meth:`plan`)."""
         cfg = self.config
         if cfg.sources:
-            from .mpgi import load_recipe, run_mpgi
-            from .sources import iter_records, load_sources
-
             mpgi_dir = Path(cfg.mpgi_dir or Path(self._cache_dir_root) / "hqrs_mpgi")
             run_mpgi(
                 iter_records(load_sources(list(cfg.sources)), report, pool),
@@ -298,8 +295,6 @@ class HQRSIT(datasets.GeneratorBasedBuilder):
         elif cfg.run_dir:
             run_dir = Path(cfg.run_dir)
         elif cfg.captions_csv:
-            from .sources import captions_csv_spec
-
             # (not Path(spec).exists(): datasets patches this module's Path to read "kind:..." as a URL)
             csv_path = captions_csv_spec(cfg.captions_csv)[1]
             return results_from_captions_csv(cfg.captions_csv, report, pool), [
@@ -311,8 +306,6 @@ class HQRSIT(datasets.GeneratorBasedBuilder):
             raise ValueError("HQRSIT needs an input: run_dir=, captions_csv= or sources=")
         if not (run_dir / "recipe.json").is_file():
             raise ValueError(f"{str(run_dir)!r} is not an MpGI run directory (no recipe.json)")
-        from .mpgi import iter_results
-
         return iter_results(run_dir), ["run", _tree_fingerprint(run_dir / "passes")]
 
     def plan(self, report: SkipReport | None = None, pool=None) -> tuple[Plan, Path]:

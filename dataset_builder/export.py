@@ -15,6 +15,7 @@ row group by row group from its staged list.
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 import logging
@@ -26,6 +27,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tqdm.auto import tqdm
 
 from .builder import (
     CONFIG_NAMES,
@@ -208,8 +211,6 @@ def _write_wds(task: _Task, tmp: Path, pool=None) -> int:
 
 
 def _write_csv_part(task: _Task, tmp: Path, pool=None) -> int:
-    import csv
-
     root = Path(task.out).parent.parent  # OUT (the part files are OUT/.parts/*.tsv)
     images_dir = inside(root, "images")  # a pre-planted OUT/images link to elsewhere is refused
     images_dir.mkdir(parents=True, exist_ok=True)
@@ -279,8 +280,6 @@ def _drop_stale_shards(out: Path, tasks: list[_Task], stamp: dict[str, Any]) -> 
 
 def _run_tasks(tasks: list[_Task], pool, progress: bool) -> list[dict[str, Any]]:
     """Write the shards one after the other; with ``pool`` the image re-encoding of each runs in it."""
-    from tqdm.auto import tqdm
-
     results = []
     with tqdm(total=len(tasks), desc="writing shards", unit=" shards", disable=not progress) as bar:
         for task in tasks:

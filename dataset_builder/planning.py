@@ -31,8 +31,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
 from .records import MpGIResult, atomic_write_bytes, check_image_id, file_content_id
-from .sources import duplicate_reason
+from .sources import IMAGE_EXTENSIONS, duplicate_reason, load_sources
 from .sources.base import SkipReport, bad_text
 from .sources.images import SkipItem, file_perceptual_hash, hamming, pixel_limit
 
@@ -198,9 +201,6 @@ class EvalSet:
 def load_eval_sets(specs: Iterable[str], report: SkipReport | None = None) -> EvalSet:
     """Evaluation images from source specs (``karpathy:rsicd.json?splits=test``), folders of images,
     or a JSON file ``{"content_ids": [...], "phashes": [...]}``."""
-    from .records import file_content_id
-    from .sources import IMAGE_EXTENSIONS, load_sources
-
     out = EvalSet()
     report = report if report is not None else SkipReport()
     for spec in specs:
@@ -247,8 +247,6 @@ def verify_image(path: str | os.PathLike, image_id: str, allowed_roots: Iterable
     Raises:
         ValueError / OSError / SkipItem: what is wrong, naming the path.
     """
-    from PIL import Image, UnidentifiedImageError
-
     check_image_id(image_id)
     p = Path(path)
     try:
@@ -334,8 +332,6 @@ def make_plan(
             report.items.extend(existing.skips)
             report.records.update(existing.records)
         return existing
-    from tqdm.auto import tqdm
-
     report = report if report is not None else SkipReport()
     items_before, records_before = len(report.items), Counter(report.records)
     report_local = SkipReport()

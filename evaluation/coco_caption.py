@@ -31,7 +31,7 @@ Example:
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import logging
 import math
 import os
@@ -44,6 +44,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .data import karpathy_entries
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +77,6 @@ ROUGE_BETA = 1.2
 
 def pycocoevalcap_dir() -> Path:
     """Folder of the installed ``pycocoevalcap`` (its jars are the reference implementation)."""
-    import importlib.util
-
     spec = importlib.util.find_spec("pycocoevalcap")
     if spec is None or not spec.submodule_search_locations:
         raise OSError(
@@ -154,25 +154,6 @@ def _check_text(text: Any, where: str) -> str:
             f"{where} is not valid Unicode text ({exc.reason} at {exc.start}): {text!r}"
         ) from None
     return text
-
-
-def load_json_utf8(path: str | Path, what: str) -> Any:
-    """Read a JSON file that must be UTF-8; errors name the file and the byte offset."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} file {str(path)!r} does not exist")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ValueError(
-            f"{what} file {str(path)!r} is not UTF-8 (byte {data[exc.start : exc.start + 1]!r} at offset "
-            f"{exc.start}); re-save it as UTF-8"
-        ) from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{what} file {str(path)!r} is not valid JSON: {exc}") from None
 
 
 # ----------------------------------------------------------------------------------------- tokenizer
@@ -599,8 +580,6 @@ def pycocoevalcap_scores(
 
 def karpathy_references(karpathy: Mapping[str, Any], split: str | None = "test") -> dict[str, list[str]]:
     """``{filename: [raw captions]}`` of a Karpathy-style ``{"images": [...]}`` file (one split or all)."""
-    from .data import karpathy_entries
-
     return {e.filename: e.captions for e in karpathy_entries(karpathy, split)}
 
 
@@ -612,7 +591,6 @@ __all__ = [
     "bleu",
     "cider_d",
     "karpathy_references",
-    "load_json_utf8",
     "normalize_metrics",
     "ptb_tokenize",
     "pycocoevalcap_scores",

@@ -17,6 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
+from hqrs.dataset_builder.imaging import decode_image
+from hqrs.dataset_builder.io import load_json_utf8
+from hqrs.dataset_builder.sources import SkipReport, load_source, parse_spec
+
 
 @dataclass
 class KarpathyEntry:
@@ -63,8 +69,6 @@ def karpathy_entries(
 
 
 def load_karpathy(path: str | Path, split: str | None = "test") -> list[KarpathyEntry]:
-    from .coco_caption import load_json_utf8
-
     return karpathy_entries(load_json_utf8(path, "Karpathy"), split, where=f"Karpathy file {str(path)!r}")
 
 
@@ -194,10 +198,6 @@ class ClassificationData:
 
 def load_image(item: Any):
     """RGB PIL image from a path, a PIL image, raw bytes or a ``datasets.Image(decode=False)`` cell."""
-    from PIL import Image
-
-    from hqrs.modeling.training_data import decode_image
-
     try:
         return decode_image(item)
     except (OSError, Image.DecompressionBombError) as exc:
@@ -216,8 +216,6 @@ def load_class_folder(spec: str | Path) -> ClassificationData:
     error in the middle of encoding (``folder:DIR?verify=false`` turns that off); the perceptual hash is
     not computed. Any other source option works as in ``hqrs build``.
     """
-    from hqrs.dataset_builder.sources import SkipReport, load_source, parse_spec
-
     text = str(spec)
     kind, path, options = parse_spec(text if text.startswith("folder:") else f"folder:{text}")
     if not Path(path).is_dir():

@@ -34,6 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hqrs.dataset_builder.mpgi.engine import iter_results
+from hqrs.dataset_builder.mpgi.integrate import check_caption
+from hqrs.dataset_builder.records import MpGIResult
+from hqrs.dataset_builder.rules import rule_facts
+
+from .data import open_dataset
+
 _WORD = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")
 
 
@@ -89,16 +96,12 @@ def text_statistics(texts: Sequence[str], max_n: int = 4) -> dict[str, Any]:
 def fact_problems(text: str, facts: Any) -> list[str]:
     """Contradictions of ``text`` with an image's :class:`~hqrs.dataset_builder.rules.RuleFacts`, found
     by the MpGI integration stage's own filter (:func:`hqrs.dataset_builder.mpgi.integrate.check_caption`)."""
-    from hqrs.dataset_builder.mpgi.integrate import check_caption
-
     return check_caption(text, facts).problems
 
 
 def fact_consistency(items: Sequence[CaptionItem]) -> dict[str, Any]:
     """Share of captions (in %) that the MpGI fact filter accepts, over the captions whose source record
     states something checkable (annotated counts or exhaustively annotated classes)."""
-    from hqrs.dataset_builder.rules import rule_facts
-
     facts_of: dict[int, Any] = {}  # one RuleFacts per record, however many captions it has
     checked = 0
     n_bad = 0
@@ -179,15 +182,11 @@ def load_dataset_captions(
     if (is_run or is_jsonl) and (split != "all" or config is not None):
         raise ValueError(f"{str(path)!r} is an MpGI run / results file: it has no splits or configs")
     if is_run:  # an MpGI run directory
-        from hqrs.dataset_builder.mpgi.engine import iter_results
-
         return _from_results(path.name, iter_results(path), images)
     if path.is_dir() and (path / "data").is_dir():  # the folder `hqrs build` writes
         data = _load_hf(path, caption_column, images, name=path.name, split=split, config=config)
         run_dir = _build_run_dir(path)
         if run_dir is not None:  # the records behind the rows: facts for the consistency check
-            from hqrs.dataset_builder.mpgi.engine import iter_results
-
             records = {res.image_id: res.record for res in iter_results(run_dir)}
             for it in data.items:
                 it.record = records.get(it.image_key)
@@ -228,8 +227,6 @@ def _from_results(name: str, results, images: bool) -> DatasetCaptions:
 
 
 def _load_mpgi_jsonl(name: str, files: Sequence[Path], images: bool) -> DatasetCaptions:
-    from hqrs.dataset_builder.records import MpGIResult
-
     def results():
         for f in files:
             with open(f, encoding="utf-8") as fh:
@@ -253,8 +250,6 @@ def _load_hf(
     config: str | None = None,
 ) -> DatasetCaptions:
     import datasets
-
-    from .data import open_dataset
 
     is_saved = path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
     if not is_saved and not (path.suffix == ".parquet" or (path.is_dir() and any(path.rglob("*.parquet")))):

@@ -19,6 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
+from .data import load_image
+
 logger = logging.getLogger(__name__)
 
 # Text towers whose embedding does not depend on how far a caption is padded (causal attention, pooled
@@ -50,8 +54,6 @@ class _ImageBatches:
         return len(self.items)
 
     def __getitem__(self, i: int):
-        from .data import load_image
-
         image = load_image(self.items[i])
         return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
 
@@ -156,7 +158,6 @@ class DualEncoder:
         """``[len(items), dim]`` normalised embeddings of images given as paths or PIL images."""
         import torch
         from torch.utils.data import DataLoader
-        from tqdm.auto import tqdm
 
         if len(items) == 0:
             raise ValueError("no images to encode")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from PIL import Image, ImageDraw, ImageFont
+
 
 def _font(size: int):
-    from PIL import ImageFont
-
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has no sized default font
@@ -20,8 +21,6 @@ def confusion_matrix_png(
 ) -> Path:
     """Row-normalised confusion matrix (rows = true class, columns = predicted) as a PNG heat map, with
     the axis titles "true class" (left, vertical) and "predicted class" (top)."""
-    from PIL import Image, ImageDraw
-
     n = len(classnames)
     if n == 0 or len(matrix) != n or any(len(r) != n for r in matrix):
         raise ValueError(f"confusion matrix must be {n}×{n} for {n} class names")
@@ -74,8 +73,6 @@ def histogram_png(
     values: Sequence[float], path: str | Path, title: str, bins: int = 30, xlabel: str = ""
 ) -> Path:
     """Bar histogram of ``values`` as a PNG."""
-    from PIL import Image, ImageDraw
-
     if not values:
         raise ValueError(f"no values to plot for {title!r}")
     lo, hi = min(values), max(values)
@@ -119,8 +116,6 @@ def nice_ticks(lo: float, hi: float, target: int = 6) -> list[float]:
     >>> nice_ticks(3, 47)
     [10.0, 20.0, 30.0, 40.0]
     """
-    import math
-
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
         return [float(lo)]
     raw = (hi - lo) / max(1, target - 1)

@@ -25,6 +25,7 @@ Schema ``hqrs-eval/1`` (one JSON object per evaluation)::
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import platform
 from collections.abc import Mapping
@@ -108,8 +109,6 @@ def weights_sha256(model_dir: str | Path) -> str:
     Raises:
         FileNotFoundError: the folder holds no ``*.safetensors`` file.
     """
-    import hashlib
-
     folder = Path(model_dir)
     files = sorted(folder.glob("*.safetensors"))
     if not files:

@@ -54,6 +54,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
 
 Polygon = Sequence[Sequence[float]]  # [[x, y], ...] in pixels (x = column, y = row)
 
@@ -341,8 +343,6 @@ def probability_map(
 
 def model_probability_map(encoder, image_path: Path, caption_embeddings, params: SeLoParams = DEFAULT):
     """``{caption index: [H, W] map}`` for one image and the (normalised) caption embeddings."""
-    from PIL import Image
-
     cv2 = _cv2()
     bgr = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
     if bgr is None:
@@ -370,8 +370,6 @@ def evaluate_selo(
 ) -> dict[str, Any]:
     """Mean Rsu / Ras / Rda / Rmi of ``encoder`` (a :class:`~hqrs.evaluation.encoders.DualEncoder`) on
     ``data``; tiles of an image are embedded once for all its captions."""
-    from tqdm.auto import tqdm
-
     by_image: dict[Path, list[int]] = {}
     for i, s in enumerate(data.samples):
         by_image.setdefault(s.image, []).append(i)

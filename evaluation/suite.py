@@ -25,6 +25,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 SUITE_SCHEMA = "hqrs-eval-suite/1"
 TASKS = {
     "zeroshot": ("dataset",),
@@ -46,8 +48,6 @@ _TASK_TYPE = {
 
 
 def _suites_file() -> dict[str, Any]:
-    import yaml
-
     text = resources.files("hqrs.evaluation").joinpath("eval_suites.yaml").read_text(encoding="utf-8")
     return yaml.safe_load(text)
 
@@ -64,8 +64,6 @@ def load_suite(spec: str | Path) -> dict[str, Any]:
         ValueError: unknown name, or an entry / reference row that breaks the schema (the message names
             the entry and the field).
     """
-    import yaml
-
     path = Path(str(spec))
     if path.suffix in (".yaml", ".yml") and path.is_file():
         try:

@@ -18,13 +18,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from .data import normalize_classname
+
 TEMPLATES_FILE = Path(__file__).resolve().parent / "zeroshot_templates.yaml"
 
 
 @lru_cache(maxsize=1)
 def _template_file() -> dict[str, Any]:
-    import yaml
-
     return yaml.safe_load(TEMPLATES_FILE.read_text(encoding="utf-8"))
 
 
@@ -50,8 +52,6 @@ def resolve_templates(spec: str | None) -> tuple[str, list[str]]:
         )
     text = path.read_text(encoding="utf-8")
     if path.suffix in (".yaml", ".yml", ".json"):
-        import yaml
-
         data = yaml.safe_load(text)
         templates = data.get("templates") if isinstance(data, dict) else data
     else:
@@ -106,8 +106,6 @@ def classification_metrics(logits, labels: Sequence[int], classnames: Sequence[s
 
 def evaluate_zeroshot(encoder, data, templates: Sequence[str]) -> dict[str, Any]:
     """Zero-shot classify ``data`` (:class:`~hqrs.evaluation.data.ClassificationData`)."""
-    from .data import normalize_classname
-
     prompt_names = [normalize_classname(c) for c in data.classnames]
     weights = classifier_weights(encoder, prompt_names, templates)
     image_emb = encoder.encode_images(data.images)

@@ -8,17 +8,19 @@ huggingface_hub's :class:`~huggingface_hub.ModelCard` / :class:`~huggingface_hub
 from __future__ import annotations
 
 import json
+import logging
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
-PAPER_CITATION = """@article{he2025mpgi,
-  title   = {Enhancing Remote Sensing Vision-Language Models Through MLLM and LLM-Based High-Quality Image-Text Dataset Generation},
-  author  = {He, Yiguo and Zhu, Junjie and Li, Yiying and Zhang, Xiaoyu and Qiu, Chunping and Wang, Jun and Huang, Qiangjuan and Yang, Ke},
-  journal = {arXiv preprint arXiv:2507.16716},
-  year    = {2025}
-}"""
+from safetensors import safe_open
+
+from hqrs.dataset_builder import PAPER_CITATION
+from hqrs.dataset_builder.io import load_json_utf8
+from hqrs.evaluation.results import SCHEMA, model_index_entry, weights_sha256
 
 RS_TAGS = ["remote-sensing", "earth-observation", "aerial-imagery", "vision-language", "hqrs", "mpgi"]
 
@@ -153,11 +155,7 @@ def load_eval_results(
     records no weights hash, is a ``ValueError`` naming the file and both identities, unless
     ``allow_other_model`` (then each such file is logged as a warning).
     """
-    import logging
-
     from huggingface_hub import EvalResult
-
-    from hqrs.evaluation.results import model_index_entry, weights_sha256
 
     expected = weights_sha256(model_dir) if model_dir is not None else None
     foreign: list[str] = []
@@ -284,8 +282,6 @@ def render_model_card(
 
 
 def _count_parameters(model_dir: str | Path) -> str:
-    from safetensors import safe_open
-
     total = 0
     for path in sorted(Path(model_dir).glob("*.safetensors")):
         with safe_open(path, framework="pt") as f:
@@ -426,8 +422,6 @@ _UNKNOWN_LICENSE = "not recorded: check the source's own terms"
 
 
 def _known_source(*names: str) -> dict[str, str] | None:
-    import re
-
     for name in names:
         if str(name).lower() in KNOWN_SOURCES:
             return KNOWN_SOURCES[str(name).lower()]
@@ -445,8 +439,6 @@ def sources_from_report(
     ``records`` counts by source name; a caption-file build lists its file), with the images it gave,
     its licence where :data:`KNOWN_SOURCES` knows it, and the user's ``--sources`` entries (matched by
     name) overriding or adding rows."""
-    from urllib.parse import parse_qs
-
     rows: list[dict[str, Any]] = []
     inp = report.get("input") or {}
     records = report.get("records") or {}
@@ -559,8 +551,6 @@ def stats_table(stats: dict[str, Any] | None) -> dict[str, Any]:
     """The card's statistics table from ``stats``: the results JSON of ``hqrs eval dataset`` (schema
     ``hqrs-eval/1``: its metrics by name, plus the image count), or any JSON object (its numbers and
     strings)."""
-    from hqrs.evaluation.results import SCHEMA
-
     if not stats:
         return {}
     if not isinstance(stats, dict):
@@ -589,8 +579,6 @@ def _number(value: float) -> int | float:
 
 def load_sources_list(path: str | Path) -> list[dict[str, str]]:
     """Read the ``--sources`` JSON: a list of ``{"name", "license", "citation"}`` objects."""
-    from hqrs.evaluation.coco_caption import load_json_utf8
-
     data = load_json_utf8(path, "source datasets")
     if not isinstance(data, list) or not all(isinstance(s, dict) and s.get("name") for s in data):
         raise ValueError(

@@ -15,6 +15,7 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from ..modeling.rs_coca_files import is_rs_coca_folder, save_rs_coca_remote_code
@@ -236,8 +237,6 @@ def _without_local_paths(value, root: Path):
 
 
 def _package_source(name: str) -> bytes:
-    from importlib import resources
-
     return resources.files("hqrs.modeling").joinpath(name).read_bytes()
 
 

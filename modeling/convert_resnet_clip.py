@@ -39,6 +39,7 @@ import torch
 from .configuration_resnet_clip import ResNetCLIPConfig
 from .key_mapping import OPEN_CLIP_PLAIN_TEXT, WEIGHT_OR_BIAS, KeyTable, Rule, check_complete, resblock_rules
 from .modeling_resnet_clip import ResNetCLIPModel
+from .open_clip_processing import build_image_processor, build_tokenizer
 from .processing_resnet_clip import ResNetCLIPProcessor
 
 logger = logging.getLogger(__name__)
@@ -306,8 +307,6 @@ def _open_clip_expected_shapes(model_name: str) -> dict[str, tuple[int, ...]]:
 
 def build_resnet_clip_processor(model_name: str, config: ResNetCLIPConfig) -> ResNetCLIPProcessor:
     """open_clip's eval transform for ``model_name`` + the offline CLIP BPE tokenizer, as a processor."""
-    from .open_clip_processing import build_image_processor, build_tokenizer
-
     tokenizer = build_tokenizer(model_max_length=config.text_config.max_position_embeddings)
     text = config.text_config
     if (tokenizer.pad_token_id, tokenizer.eos_token_id) != (text.pad_token_id, text.eos_token_id):

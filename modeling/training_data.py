@@ -32,7 +32,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import math
 import os
@@ -42,10 +41,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from PIL import Image
+
+from hqrs.dataset_builder.imaging import decode_image
 
 if TYPE_CHECKING:  # pragma: no cover
     from datasets import Dataset, IterableDataset
-    from PIL import Image as PILImage
 
 logger = logging.getLogger(__name__)
 
@@ -135,9 +136,7 @@ class RSAugment:
                 return left, top, left + w, top + h
         return 0, 0, width, height
 
-    def __call__(self, image: PILImage.Image, rng: np.random.Generator) -> PILImage.Image:
-        from PIL import Image
-
+    def __call__(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
         # Draw every random number whatever the settings, so one option does not shift the others.
         flip_h, flip_v = rng.random() < self.hflip, rng.random() < self.vflip
         turns = int(rng.integers(0, 4)) if self.rot90 else 0
@@ -353,15 +352,15 @@ def _resolve_columns(
 
 def _undecoded(ds: Any, image_column: str) -> Any:
     """Turn off ``datasets``' own image decoding so a broken file can be reported with its row."""
-    from datasets import Image
+    import datasets
 
     features = getattr(ds, "features", None)
     if (
         features is not None
-        and isinstance(features.get(image_column), Image)
+        and isinstance(features.get(image_column), datasets.Image)
         and features[image_column].decode
     ):
-        return ds.cast_column(image_column, Image(decode=False))
+        return ds.cast_column(image_column, datasets.Image(decode=False))
     return ds
 
 
@@ -371,37 +370,6 @@ def _describe_image(value: Any) -> str:
     if isinstance(value, (str, os.PathLike)):
         return repr(os.fspath(value))
     return f"<{type(value).__name__}>"
-
-
-def decode_image(value: Any) -> PILImage.Image:
-    """An RGB PIL image from a ``datasets.Image(decode=False)`` cell, raw bytes, a path or a PIL image.
-
-    Decodes exactly as ``datasets.Image`` does: an EXIF Orientation tag is applied
-    (``ImageOps.exif_transpose``), so training, evaluation and ``load_dataset`` see the same pixels.
-    Datasets built by ``hqrs build`` carry no Orientation other than 1 (their pixels, ``width`` /
-    ``height`` and boxes are all in the stored frame), so for them this is the stored frame.
-    """
-    from PIL import Image, ImageOps
-
-    if isinstance(value, Image.Image):
-        image = value
-    elif isinstance(value, dict):
-        if value.get("bytes"):
-            image = Image.open(io.BytesIO(value["bytes"]))
-        elif value.get("path"):
-            image = Image.open(value["path"])
-        else:
-            raise ValueError("image cell has neither bytes nor path")
-    elif isinstance(value, (bytes, bytearray)):
-        image = Image.open(io.BytesIO(value))
-    elif isinstance(value, (str, os.PathLike)):
-        image = Image.open(value)
-    else:
-        raise ValueError(f"unsupported image value of type {type(value).__name__}")
-    image.load()
-    if image.getexif().get(0x0112) is not None:  # the test datasets.Image.decode_example makes
-        image = ImageOps.exif_transpose(image)
-    return image.convert("RGB")
 
 
 def _captions_of(value: Any, row: int, column: str) -> list[str]:

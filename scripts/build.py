@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from .cli import leaf_parser
 
@@ -119,8 +120,6 @@ def register(subparsers, parents) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ..dataset_builder.export import EXIT_SKIPPED, export_dataset
 
     out = Path(args.out)

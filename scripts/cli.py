@@ -19,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 logger = logging.getLogger("hqrs")
 
 # Modules that define ``register(subparsers, parents)``; one per top-level sub-command.
@@ -131,8 +133,6 @@ def apply_config_file(leaf: argparse.ArgumentParser, path: Path) -> list[str]:
         ValueError: the file is not YAML, not a mapping, names an unknown option or a value
             outside an option's choices.
     """
-    import yaml
-
     if not path.is_file():
         raise FileNotFoundError(f"--config-file {str(path)!r} does not exist or is not a file")
     try:

@@ -7,6 +7,7 @@ Every sub-command prints its metrics and writes a results JSON (schema ``hqrs-ev
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 from pathlib import Path
@@ -390,7 +391,6 @@ def _entry_args(args, entry: dict, data_root: Path, out: Path) -> argparse.Names
 
 
 def run_suite(args) -> int:
-    import json
 
     from hqrs.evaluation.results import model_identity
     from hqrs.evaluation.suite import (
@@ -543,10 +543,10 @@ def _generate_captions(args, entries) -> tuple[dict[str, str], str]:
 
 
 def run_captions(args) -> int:
+    from hqrs.dataset_builder.io import load_json_utf8
     from hqrs.evaluation.coco_caption import (
         SPICE_UNAVAILABLE,
         karpathy_references,
-        load_json_utf8,
         normalize_metrics,
         score_captions,
     )

@@ -78,7 +78,7 @@ def run_model(args) -> int:
 
 
 def run_dataset(args) -> int:
-    from hqrs.evaluation.coco_caption import load_json_utf8
+    from hqrs.dataset_builder.io import load_json_utf8
     from hqrs.hub_cards.cards import load_sources_list
     from hqrs.hub_cards.push import stage_dataset
 

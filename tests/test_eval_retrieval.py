@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hqrs.evaluation.data import karpathy_entries, load_karpathy, resolve_images
-from hqrs.evaluation.retrieval import hits_at_k, retrieval_metrics
+from hqrs.modeling.recall import hits_at_k, retrieval_metrics
 
 
 def _clip_benchmark_metrics(image_emb, text_emb, text_to_image, ks):

@@ -12,10 +12,10 @@ import pytest
 import tifffile
 from PIL import Image
 
+from hqrs.dataset_builder.imaging import decode_image
 from hqrs.dataset_builder.sources import SkipReport, load_source
 from hqrs.dataset_builder.sources import images as images_mod
 from hqrs.dataset_builder.sources.images import ImageSettings, SkipItem, load_image
-from hqrs.modeling.training_data import decode_image
 
 ORIENTATION = 0x0112
 

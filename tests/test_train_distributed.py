@@ -40,8 +40,8 @@ def test_gathered_loss_and_grads_equal_single_process(tmp_path, rs_real, process
     from safetensors.torch import load_file, save_file
     from transformers import CLIPModel
 
+    from hqrs.dataset_builder.imaging import decode_image
     from hqrs.modeling.modeling_rs_coca import RSCoCaModel
-    from hqrs.modeling.training_data import decode_image
 
     records = tf.ucm_records(rs_real, limit=8)
     images = [decode_image(r["image"]) for r in records]

@@ -124,7 +124,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, model_d
 def test_lora_saves_adapters_and_merge_matches(tmp_path, model_dir, data_dir, rs_real):
     from peft import PeftModel
 
-    from hqrs.modeling.training_data import decode_image
+    from hqrs.dataset_builder.imaging import decode_image
     from hqrs.modeling.training_lora import merge_lora
 
     out = tmp_path / "lora"

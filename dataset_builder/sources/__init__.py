@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ..records import ImageRecord
 from .adapters import KIND_ALIASES, SOURCE_KINDS
 from .base import SkipReport, Source, parse_spec
@@ -96,8 +98,6 @@ def load_sources(specs: str | Path | Iterable[str | dict[str, Any]]) -> list[Sou
 
 
 def _from_yaml(path: Path) -> list[Source]:
-    import yaml
-
     if not path.is_file():
         raise ValueError(f"sources file {str(path)!r} does not exist")
     try:

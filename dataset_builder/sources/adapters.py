@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import defusedxml.ElementTree as SafeET
 import numpy as np
+import yaml
 from defusedxml import DefusedXmlException
 from PIL import Image
 
@@ -614,8 +615,6 @@ def _palette(value: Any) -> dict[str, Any]:
             f"palette {text!r} is neither a preset ({', '.join(MASK_PRESETS)}) nor a YAML/JSON file "
             "mapping class name → [r, g, b] (color masks) or → index (index masks)"
         )
-    import yaml
-
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     if not isinstance(data, dict) or not data:
         raise ValueError(f"palette file {text!r} must hold a mapping class name → colour or index")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
+from ..parallel import bounded_map
 from ..records import ImageRecord, MaskSummary, ObjectAnnotation
 from .images import (
     IMAGE_EXTENSIONS,
@@ -316,8 +317,6 @@ class Source:
             yield record
 
     def _pooled(self, report: SkipReport, pool) -> Iterator[ImageRecord]:
-        from ..parallel import bounded_map
-
         self._deferred = True
         try:
             for item, loaded in bounded_map(_analyse, self._records(report), pool, remote=_remote):
