@@ -317,7 +317,7 @@ def run_stages(
             logger.info("Slurm jobs of this pass are still queued or running: nothing submitted")
             return False
         blocked = sorted({j for s in states for j in s["blocked_jobs"]})
-        if blocked:
+        if blocked:  # nothing runs: what still waits on a dependency waits on a failed stage, forever
             logger.info("cancelling Slurm jobs blocked behind a failed stage: %s", ", ".join(blocked))
             _slurm_cmd(["scancel", *blocked])
         executors = []
@@ -424,8 +424,10 @@ def stage_task_states(logging_dir: str | os.PathLike, tasks: int) -> dict[str, A
         if queue is None:
             out["unknown"] = len(rest)
             return out
+        # jobs waiting on a dependency (array stages and their merge-stats jobs): stale when nothing of
+        # the pass is running any more, cancelled then by run_stages before it resubmits
         out["blocked_jobs"] = sorted(
-            {j for (j, _), (state, reason) in queue.items() if "DependencyNeverSatisfied" in reason}
+            {j for (j, i), (_, reason) in queue.items() if i != "*" and reason.startswith("Dependency")}
         )
         try:
             order = json.loads((folder / "ranks_to_run.json").read_text())
