@@ -20,7 +20,7 @@ fi
 [ "$(id -u)" = 0 ] || { echo "slurm-up: needs root (SlurmUser=root)" >&2; exit 1; }
 
 host=$(hostname -s)
-cpus=$(nproc)
+cpus=$(getconf _NPROCESSORS_ONLN)
 mem_mb=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 512 ))
 mkdir -p "$DIR"/{state,spool,log} /etc/munge /run/munge /etc/slurm
 if [ -f "$CONF" ] && ! grep -qF "$MARK" "$CONF"; then

@@ -205,7 +205,21 @@ def init_ray() -> str:
     # the workers run this interpreter (the venv hqrs runs in), whoever started the cluster
     runtime_env = {"py_executable": sys.executable}
     if address:
-        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
+        host = address.split("://")[-1].rsplit(":", 1)[0]
+        if host.startswith("127.") or host == "localhost":
+            # Ray rewrites a loopback address to the machine's own address, where a cluster started with
+            # --node-ip-address 127.0.0.1 does not listen: join this machine's cluster ("auto", which
+            # also picks up its auth token) on loopback instead
+            # ("auto" reads RAY_ADDRESS first, so it is set aside meanwhile)
+            saved = os.environ.pop("RAY_ADDRESS")
+            try:
+                ray.init(
+                    address="auto", _node_ip_address="127.0.0.1", log_to_driver=False, runtime_env=runtime_env
+                )
+            finally:
+                os.environ["RAY_ADDRESS"] = saved
+        else:
+            ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
         return f"address {address}"
     ray.init(
         _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False, runtime_env=runtime_env
