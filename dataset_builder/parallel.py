@@ -221,8 +221,14 @@ def init_ray() -> str:
         else:
             ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
         return f"address {address}"
+    # "local": always a new in-process instance (a bare ray.init() joins any cluster recorded on this
+    # machine, and hangs on a stale record of one that was killed)
     ray.init(
-        _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False, runtime_env=runtime_env
+        address="local",
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env=runtime_env,
     )
     return "in-process"
 
