@@ -40,11 +40,14 @@ def partition() -> str:
 
 
 @pytest.fixture(autouse=True)
-def _loopback_only():
+def _loopback_only_and_cancel_leftovers(tmp_path):
     from pytest_socket import socket_allow_hosts
 
     socket_allow_hosts(["127.0.0.1", "::1"], allow_unix_socket=True)
     yield
+    left = sorted({j["job"] for run in tmp_path.iterdir() if run.is_dir() for j in queued(run)})
+    if left:  # a test that failed midway leaves no jobs behind
+        subprocess.run(["scancel", *left], timeout=30, check=False)
 
 
 def _tags(run: Path) -> set[str]:
@@ -139,9 +142,16 @@ def test_model_recipe_scancel_one_task_then_resume(rs_real, partition, tmp_path)
         assert out.returncode == 0, out.stderr[-3000:]
         # 3 answers, then every request is held: a task is mid-run; cancel it
         wait_for(lambda: server.held >= 1, 300, "a held request")
-        running = [j for j in queued(run) if j["state"] == "RUNNING"]
-        assert running, queued(run)
-        victim = running[0]
+        slurm_logs = run / "passes" / "0000" / "stages" / "gen-m" / "logs" / "slurm_logs"
+
+        def started():  # running and past its start (its log exists): mid-run, not mid-launch
+            return [
+                j
+                for j in queued(run)
+                if j["state"] == "RUNNING" and (slurm_logs / f"{j['job']}_{j['index']}.out").is_file()
+            ]
+
+        victim = wait_for(started, 60, "a started task")[0]
         subprocess.run(["scancel", f"{victim['job']}_{victim['index']}"], check=True, timeout=30)
         wait_for(lambda: all(j["id"] != victim["id"] for j in queued(run)), 60, "the cancelled task to end")
         server.release(drop_held=True)  # the cancelled task's request is never answered
