@@ -45,6 +45,8 @@ def _loopback_only_and_cancel_leftovers(tmp_path):
 
     socket_allow_hosts(["127.0.0.1", "::1"], allow_unix_socket=True)
     yield
+    if shutil.which("squeue") is None:
+        return
     left = sorted({j["job"] for run in tmp_path.iterdir() if run.is_dir() for j in queued(run)})
     if left:  # a test that failed midway leaves no jobs behind
         subprocess.run(["scancel", *left], timeout=30, check=False)
