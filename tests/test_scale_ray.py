@@ -150,3 +150,32 @@ def test_in_process_offline_build_equals_local(rs_real, ray_address, tmp_path):
         assert b.returncode == 0, b.stderr[-2000:]
     rows = built_rows(tmp_path / "build_run")
     assert len(rows) == 24 and rows == built_rows(tmp_path / "build_local")
+
+
+def test_in_process_failed_tasks_stop_the_run_and_show_their_logs(rs_real, ray_address, tmp_path):
+    """No server behind the endpoint: every task fails; the run stops with one error line naming the
+    task logs, and `status` lists the failed tasks with their logs (never "done")."""
+    import socket
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    recipe = loop_recipe(f"http://127.0.0.1:{port}")
+    recipe["backends"]["m"].update(server_ready_attempts=2, server_ready_delay=0.1)
+    (tmp_path / "recipe.yaml").write_text(json.dumps(recipe))
+    env = bare_env()
+    env.pop("RAY_ADDRESS", None)
+    run = tmp_path / "run"
+    args = ["--source", f"folder:{rs_real / AID}", "--limit", "4", "--tasks", "2", "--no-progress"]
+    out = hqrs(
+        "mpgi", "run", "--executor", "ray", "--recipe", tmp_path / "recipe.yaml", "--out", run, *args, env=env
+    )
+    assert out.returncode == 1, out.stdout + out.stderr[-3000:]
+    error = out.stderr.strip().splitlines()[-1]
+    assert error.startswith("hqrs: error: MpGI pass 0000 stopped: StageIncompleteError: 2 of 2 task(s)")
+    assert "task_00000.log" in error
+    status = hqrs("mpgi", "status", run)
+    assert status.returncode == 2 and "0 ok, 0 failed, 4 pending" in status.stdout
+    failed = status_json(run)["failed_tasks"]
+    assert [(f["stage"], f["rank"]) for f in failed] == [("gen:m", 0), ("gen:m", 1)]
+    assert all(Path(f["log"]).is_file() and f"log {f['log']}" in status.stdout for f in failed)
