@@ -134,7 +134,7 @@ def status_command(args: argparse.Namespace) -> int:
     status = run_status(args.run_dir)
     if args.json:
         print(json.dumps(status, indent=2))
-        return 0
+        return 2 if status.get("failed_tasks") else 0
     print(
         f"{status['run_dir']}: recipe {status['recipe']} ({(status['recipe_hash'] or '?')[:12]}), "
         f"{status['records']} records: {status['ok']} ok, {status['failed']} failed, {status['pending']} pending"
@@ -147,4 +147,18 @@ def status_command(args: argparse.Namespace) -> int:
         print(f"  pass {p['pass']} ({p['records']} records, {state})")
         for stage, c in p["stages"].items():
             print(f"    {stage:<24} done {c['done']:>7}  failed {c['failed']:>7}  pending {c['pending']:>7}")
+            t = p.get("tasks", {}).get(stage)
+            if t and t["launched"] and not p["complete"]:
+                blocked = f", {t['blocked']} blocked by a failed stage" if t["blocked"] else ""
+                print(
+                    f"    {'':<24} tasks ({t['executor']}): {t['completed']} completed, {t['running']} running, "
+                    f"{t['pending']} queued, {len(t['failed'])} FAILED{blocked}"
+                )
+    for task in status.get("failed_tasks", []):
+        print(f"  FAILED: pass {task['pass']} {task['stage']} task {task['rank']}: log {task['log']}")
+    if status.get("failed_tasks"):
+        print(
+            "  rerun the same `hqrs mpgi run` command to resubmit the failed tasks (finished ones are kept)"
+        )
+        return 2
     return 0

@@ -36,6 +36,7 @@ from typing import Any
 
 import orjson
 
+from ..parallel import ExecutorConfigError, check_executor, run_stages, stage_task_states
 from ..records import Caption, ImageRecord, MpGIResult, Perspective, atomic_write_bytes
 from ..rules import rule_facts, rule_text
 from .recipe import TEMPLATE_INTEGRATOR, Recipe
@@ -263,39 +264,11 @@ def build_executor(
     options: dict[str, Any] | None = None,
     job_name: str = "mpgi",
 ):
-    """A datatrove executor for one stage; ``options`` are the recipe's ``execution.slurm``/``ray`` args."""
-    options = dict(options or {})
-    if kind == "local":
-        from datatrove.executor import LocalPipelineExecutor
+    """A datatrove executor for one stage; ``options`` are the recipe's ``execution.slurm``/``ray`` args
+    (see :func:`hqrs.dataset_builder.parallel.make_executor`)."""
+    from ..parallel import make_executor
 
-        return LocalPipelineExecutor(
-            pipeline,
-            tasks=tasks,
-            workers=workers,
-            logging_dir=logging_dir,
-            depends=depends,
-            start_method="spawn",
-        )
-    if kind == "slurm":
-        from datatrove.executor import SlurmPipelineExecutor
-
-        missing = [k for k in ("partition", "time") if k not in options]
-        if missing:
-            raise ValueError(
-                f"--executor slurm needs {' and '.join(missing)}: set execution.slurm.{missing[0]} in the recipe "
-                f"or pass --set execution.slurm.{missing[0]}=..."
-            )
-        options.setdefault("job_name", job_name)
-        return SlurmPipelineExecutor(
-            pipeline, tasks=tasks, workers=workers, logging_dir=logging_dir, depends=depends, **options
-        )
-    if kind == "ray":
-        from datatrove.executor import RayPipelineExecutor
-
-        return RayPipelineExecutor(
-            pipeline, tasks=tasks, workers=workers, logging_dir=logging_dir, depends=depends, **options
-        )
-    raise ValueError(f"unknown executor {kind!r}: use one of {', '.join(EXECUTORS)}")
+    return make_executor(kind, pipeline, logging_dir, tasks, workers, depends, options, job_name)
 
 
 # --------------------------------------------------------------------------- #
@@ -494,6 +467,12 @@ def run_status(run_dir: str | os.PathLike) -> dict[str, Any]:
                 "records": n,
                 "complete": (pass_dir / "DONE.json").exists(),
                 "stages": stages,
+                "tasks": {  # per-task state: completed / running / pending / failed (with log paths)
+                    stage.key: stage_task_states(
+                        pass_dir / "stages" / stage.folder / "logs", info.get("tasks", 1)
+                    )
+                    for stage in recipe_stages(recipe)
+                },
             }
         )
         for doc in _iter_jsonl(pass_dir / "input"):
@@ -518,6 +497,13 @@ def run_status(run_dir: str | os.PathLike) -> dict[str, Any]:
         "pending": len(all_ids - finished),
         "failed_by_reason": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
         "passes": passes,
+        "failed_tasks": [
+            {"pass": p["pass"], "stage": key, **task}
+            for p in passes
+            if not p["complete"]
+            for key, states in p["tasks"].items()
+            for task in states["failed"]
+        ],
     }
 
 
@@ -618,29 +604,22 @@ def _run_pass(
     """Run (or resume) every stage of one pass; True when its last stage is complete."""
     stages = recipe_stages(recipe)
     options = {"slurm": recipe.execution.slurm, "ray": recipe.execution.ray}.get(executor)
-    previous = None
     input_folder = str(pass_dir / "input")
-    folders = []
+    folders, chain = [], []
     for i, stage in enumerate(stages):
         stage_dir = pass_dir / "stages" / stage.folder
         stage_dir.mkdir(parents=True, exist_ok=True)
         folders.append((stage.key, stage_dir / "progress"))
-        previous = build_executor(
-            executor,
-            stage_pipeline(recipe, stage, input_folder, stage_dir),
-            logging_dir=str(stage_dir / "logs"),
-            tasks=tasks,
-            workers=workers,
-            depends=previous,
-            options=options,
-            job_name=f"mpgi-{pass_dir.name}-{i}-{stage.folder}",
-        )
+        pipeline = stage_pipeline(recipe, stage, input_folder, stage_dir)
+        chain.append((pipeline, str(stage_dir / "logs"), f"mpgi-{pass_dir.name}-{i}-{stage.folder}"))
         input_folder = str(stage_dir / "output")
     for name in dict.fromkeys(s.backend for s in stages if s.backend is not None):
         check_endpoint(recipe, name)
     try:
         with _ProgressBar(folders if executor == "local" else [], records, progress and executor == "local"):
-            previous.run()
+            run_stages(executor, chain, tasks, workers, options)
+    except ExecutorConfigError:
+        raise
     except Exception as e:
         down = _operational_error(e)
         if down is not None:
@@ -716,6 +695,8 @@ def run_mpgi(
         raise ValueError(f"tasks and workers must be >= 1, got tasks={tasks!r} workers={workers!r}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit!r}")
+    # an executor that cannot run here stops before the run directory is claimed
+    check_executor(executor, {"slurm": recipe.execution.slurm, "ray": recipe.execution.ray}.get(executor))
     started = time.perf_counter()
     from .datatrove_compat import check_version
 
