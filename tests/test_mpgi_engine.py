@@ -197,9 +197,12 @@ def test_failures_are_retried_bounded_marked_and_rerun(tmp_path):
         assert [r.image_id for r in failed] == [records[6].image_id]
         assert "after 3 attempts" in failed[0].error and failed[0].captions == []
         answered_before = sum(server.answered.values())
-        # the server heals; a rerun retries only the failed record
+        # the server heals; a rerun retries only the failed record. A longer timeout for it (an operational
+        # setting, same run directory): with 1 s a loaded machine can time a request out, and its retry
+        # (another seed) would be a second answered request
         server.plan = None
-        again = run_mpgi(records, recipe, tmp_path / "run", progress=False)
+        patient = recipe_from_dict(loop_recipe(server.url, request_timeout=30.0))
+        again = run_mpgi(records, patient, tmp_path / "run", progress=False)
         assert (again.ok, again.failed, again.skipped, again.processed) == (7, 0, 6, 1)
         assert sum(server.answered.values()) - answered_before == 4
     results = list(iter_results(tmp_path / "run"))
