@@ -16,10 +16,14 @@ without answering), ``"bad-http-json"`` (200 with an unparsable body), ``"empty"
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
 import json
 import re
+import socket
+import struct
+import sys
 import threading
 import time
 from collections import Counter
@@ -235,9 +239,6 @@ class LoopbackServer:
         if action == "reset":
             sock = writer.get_extra_info("socket")
             if sock is not None:
-                import socket
-                import struct
-
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             writer.transport.abort()
             return
@@ -311,9 +312,6 @@ def main(argv: list[str] | None = None) -> int:
     its stdin closes, then prints ``{"answered", "received", "first_request_at", "last_answer_at"}``
     (``time.monotonic()`` values, comparable across processes on one machine) and exits.
     """
-    import argparse
-    import sys
-
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds every answer waits")
     args = parser.parse_args(argv)
