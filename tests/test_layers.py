@@ -36,8 +36,9 @@ LAYERS = ("core", "sources", "mpgi", "dataset", "modeling", "evaluation", "hub",
 # Every module of the five folders -> its layer. A new module: add it here, in its folder's block.
 _DB = "hqrs.dataset_builder"
 LAYER_OF = {
-    # core: records, io, imaging helpers, generic process-pool plumbing
+    # core: records, io, imaging helpers, generic process-pool plumbing, the loopback test HTTP server
     f"{_DB}": "core",
+    f"{_DB}.http_testing": "core",
     f"{_DB}.records": "core",
     f"{_DB}.io": "core",
     f"{_DB}.imaging": "core",
