@@ -21,6 +21,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..modeling.loading import register_rs_coca_auto_classes
 from .data import load_image
 
 logger = logging.getLogger(__name__)
@@ -94,8 +95,6 @@ class DualEncoder:
         if dtype not in dtypes:
             raise ValueError(f"dtype {dtype!r} is not one of {sorted(dtypes)}")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        from ..modeling.rs_coca_files import register_rs_coca_auto_classes  # models branch (#12.4)
-
         register_rs_coca_auto_classes()  # RS-CoCa folders load with hqrs' classes, never the folder's code
         model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code, dtype=dtypes[dtype])
         for method in ("get_image_features", "get_text_features"):

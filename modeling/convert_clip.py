@@ -51,6 +51,7 @@ from .key_mapping import (
     check_complete,
     resblock_rules,
 )
+from .open_clip_processing import build_clip_processor
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import CLIPConfig, CLIPModel, CLIPProcessor
@@ -382,8 +383,6 @@ def save_hf_clip(model: CLIPModel, processor: CLIPProcessor | None, out_dir: str
     ``model.config.open_clip_model_name``. The folder loads offline with ``CLIPModel.from_pretrained``,
     ``AutoProcessor.from_pretrained`` and ``pipeline("zero-shot-image-classification", model=DIR)``.
     """
-    from .open_clip_processing import build_clip_processor
-
     out = Path(out_dir)
     name = getattr(model.config, OPEN_CLIP_NAME_ATTR, None)
     if processor is None:

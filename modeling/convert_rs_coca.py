@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,6 +36,7 @@ from .key_mapping import (
     resblock_rules,
 )
 from .modeling_rs_coca import RSCoCaModel
+from .open_clip_processing import build_image_processor, build_tokenizer
 from .processing_rs_coca import RSCoCaProcessor
 from .rs_coca_files import save_rs_coca_remote_code
 
@@ -312,8 +314,6 @@ def _is_registered(model_name: str) -> bool:
 
 
 def _open_clip_expected_shapes(model_name: str) -> dict[str, tuple[int, ...]]:
-    import logging
-
     import open_clip
 
     root = logging.getLogger()
@@ -342,8 +342,6 @@ def default_generation_config(config: RSCoCaConfig):
 
 def build_rs_coca_processor(model_name: str, config: RSCoCaConfig) -> RSCoCaProcessor:
     """Processor for an open_clip CoCa architecture: open_clip's eval transform + CLIP BPE tokenizer."""
-    from .open_clip_processing import build_image_processor, build_tokenizer
-
     tokenizer = build_tokenizer(model_max_length=config.text_config.max_position_embeddings)
     if tokenizer.pad_token_id != config.pad_token_id or tokenizer.eos_token_id != config.eos_token_id:
         raise ValueError(

@@ -39,7 +39,9 @@ Example:
 from __future__ import annotations
 
 import os
+import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 __all__ = [
     "OPS",
@@ -473,9 +476,6 @@ def _refused(path: Path, why: str, exc: BaseException) -> ValueError:
 
 
 def _torch_load(path: Path) -> Any:
-    import pickle
-    import warnings
-
     is_zip = zipfile.is_zipfile(path)
     try:
         with warnings.catch_warnings():
@@ -502,7 +502,6 @@ def _torch_load(path: Path) -> Any:
 
 
 def _safetensors_load(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:

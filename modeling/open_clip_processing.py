@@ -41,9 +41,12 @@ from __future__ import annotations
 
 import gzip
 import html
+from dataclasses import asdict
 from functools import lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING
+
+import ftfy
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTokenizer
@@ -73,8 +76,6 @@ def clean_text(text: str) -> str:
     The tokenizer itself collapses whitespace and lower-cases, so ``tok(clean_text(t))`` gives exactly
     ``open_clip.get_tokenizer(...)([t])`` ids for any text.
     """
-    import ftfy
-
     text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text))
     return text.strip()
@@ -147,8 +148,6 @@ def open_clip_preprocess_cfg(model_name: str) -> dict:
     The same values ``open_clip.create_model_and_transforms(model_name, pretrained=None)`` uses:
     open_clip's ``PreprocessCfg`` defaults with ``size`` set to the vision tower's ``image_size``.
     """
-    from dataclasses import asdict
-
     import open_clip
     from open_clip.transform import PreprocessCfg
 

@@ -7,9 +7,11 @@ that point at them. Every writer of an RS-CoCa folder calls :func:`save_rs_coca_
 Trainer's ``save_model`` and every ``checkpoint-N`` (``hqrs train coca``), ``merge-lora``'s merged folder and
 ``hqrs push``'s staged folder. The code always comes from this package, never from the folder being copied.
 
-Inside ``hqrs`` the package's own classes load RS-CoCa folders: :func:`register_rs_coca_auto_classes`
-registers them with the transformers auto classes, so ``AutoModel``/``AutoProcessor`` and
-``RSCoCaProcessor.from_pretrained`` use them without running (or asking to run) a folder's own code.
+Inside ``hqrs`` the package's own classes load RS-CoCa folders:
+:func:`hqrs.modeling.loading.register_rs_coca_auto_classes` registers them with the transformers auto classes,
+so ``AutoModel``/``AutoProcessor`` and ``RSCoCaProcessor.from_pretrained`` use them without running (or asking
+to run) a folder's own code. It lives there, next to the classes, so that this module stays free of torch and
+transformers (``hqrs push`` uses it).
 
 Example:
     >>> from hqrs.modeling.rs_coca_files import REMOTE_CODE_FILES
@@ -30,7 +32,6 @@ __all__ = [
     "PROCESSOR_AUTO_MAP",
     "REMOTE_CODE_FILES",
     "is_rs_coca_folder",
-    "register_rs_coca_auto_classes",
     "save_rs_coca_remote_code",
 ]
 
@@ -111,23 +112,3 @@ def save_rs_coca_remote_code(folder: str | os.PathLike) -> Path:
             nested["auto_map"] = {**(nested.get("auto_map") or {}), **PROCESSOR_AUTO_MAP}
         _write_json(path, data)
     return out
-
-
-def register_rs_coca_auto_classes() -> None:
-    """Register the package's RS-CoCa classes with ``AutoConfig``/``AutoModel``/
-    ``AutoModelForImageTextToText``/``AutoProcessor`` (idempotent).
-
-    Afterwards transformers treats ``rs_coca`` as a known model type in this process: it loads RS-CoCa
-    folders with these classes and never runs (or prompts to run) the folder's own code, even with
-    ``trust_remote_code=True``.
-    """
-    from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
-
-    from .configuration_rs_coca import RSCoCaConfig
-    from .modeling_rs_coca import RSCoCaModel
-    from .processing_rs_coca import RSCoCaProcessor
-
-    AutoConfig.register(MODEL_TYPE, RSCoCaConfig, exist_ok=True)
-    AutoModel.register(RSCoCaConfig, RSCoCaModel, exist_ok=True)
-    AutoModelForImageTextToText.register(RSCoCaConfig, RSCoCaModel, exist_ok=True)
-    AutoProcessor.register(RSCoCaConfig, RSCoCaProcessor, exist_ok=True)

@@ -32,7 +32,7 @@ pushed to the dataset by a callback, and every random draw is seeded by ``(seed,
 run resumed from a checkpoint ends with the same weights as an uninterrupted one.
 
 Evaluation on a held-out split reports retrieval recall (image→text and text→image R@1/5/10 and their
-mean, in percent, by :mod:`hqrs.evaluation.retrieval`) on every caption of every held-out image, via
+mean, in percent, by :mod:`hqrs.modeling.recall`, as ``hqrs eval`` does) on every caption of every held-out image, via
 ``compute_metrics``.
 
 Example:
@@ -49,12 +49,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
 import pickle
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,8 +64,10 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.utils import ModelOutput
 
+from .loading import KINDS, load_model_and_processor, model_kind
+from .recall import retrieval_metrics as recall_at_k
 from .rs_coca_files import MODEL_TYPE as RS_COCA_MODEL_TYPE
-from .rs_coca_files import register_rs_coca_auto_classes, save_rs_coca_remote_code
+from .rs_coca_files import save_rs_coca_remote_code
 from .training_data import (
     DataOptions,
     ImageCaptionDataset,
@@ -96,39 +96,12 @@ __all__ = [
     "retrieval_metrics",
 ]
 
-#: ``hqrs train`` kinds and the ``model_type`` of ``config.json`` each accepts.
-KINDS = {"clip": ("clip", "resnet_clip"), "coca": ("rs_coca",)}  # resnet_clip: RN50/RN101 (ResNet-CLIP)
 #: Image-id key of the batches: the evaluation metrics' ground truth, ignored by the loss.
 IMAGE_IDS = "image_ids"
 
 
 # --------------------------------------------------------------------------------------------------
 # Models
-
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
-
-
-def looks_local(model: str | os.PathLike) -> bool:
-    """Whether ``model`` can only mean a local path (``./x``, ``../x``, ``/x``, ``~/x``, ``a/b/c``, ``x/`` or
-    ``dir/x`` where ``dir`` exists here), not a Hub id ``NAME`` / ``ORG/NAME``."""
-    text = os.fspath(model)
-    if isinstance(model, Path) or not _HUB_ID.fullmatch(text):
-        return True
-    return "/" in text and Path(text.split("/", 1)[0]).is_dir()
-
-
-def check_local_model(model: str | os.PathLike, what: str = "model") -> None:
-    """Raise ``FileNotFoundError`` at once for a local-looking ``model`` path that does not exist.
-
-    Without this, transformers takes it for a Hub id and retries huggingface.co for ~30 s before failing.
-    """
-    path = Path(model).expanduser()
-    if not path.exists() and looks_local(model):
-        raise FileNotFoundError(
-            f"{what} folder {os.fspath(model)!r} does not exist (resolved to {str(path.resolve())!r}); give a "
-            "folder written by save_pretrained (e.g. by `hqrs convert`) or a Hub id ORG/NAME"
-        )
 
 
 @contextlib.contextmanager
@@ -156,119 +129,10 @@ def refuse_unsafe_pickles(where: str | os.PathLike) -> Iterator[None]:
         ) from None
 
 
-def _read_model_type(model: str | os.PathLike) -> str | None:
-    check_local_model(model)
-    path = Path(model).expanduser()
-    if path.is_dir():
-        config_file = path / "config.json"
-        if not config_file.is_file():
-            raise ValueError(
-                f"model folder {str(model)!r} has no config.json; give a folder written by save_pretrained "
-                "(e.g. by `hqrs convert`)"
-            )
-        try:
-            return json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{str(config_file)!r} is not valid JSON: {exc}") from None
-    if path.exists():
-        raise ValueError(f"model {str(model)!r} is a file; give the model folder")
-    from transformers import PretrainedConfig
-
-    config_dict, _ = PretrainedConfig.get_config_dict(str(model))
-    return config_dict.get("model_type")
-
-
-def model_kind(model: str | os.PathLike | PreTrainedModel) -> str:
-    """``"clip"`` or ``"coca"`` for a model folder / Hub id / model object; ``ValueError`` otherwise."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type is None and isinstance(model, (str, os.PathLike)):
-        model_type = _read_model_type(model)
-    for kind, types in KINDS.items():
-        if model_type in types:
-            return kind
-    accepted = ", ".join(f"{t!r} ({k})" for k, ts in KINDS.items() for t in ts)
-    name = str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
-    raise ValueError(
-        f"{name!r} is not a CLIP or RS-CoCa model: model_type is {model_type!r}, expected {accepted}"
-    )
-
-
 def _is_rs_coca(model: Any) -> bool:
     """An RS-CoCa model, or a peft model wrapping one."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return getattr(getattr(base, "config", None), "model_type", None) == RS_COCA_MODEL_TYPE
-
-
-def _model_classes(kind: str, model_type: str | None = None) -> tuple[type, Any]:
-    if kind == "clip" and model_type == "resnet_clip":  # ResNet-CLIP (RN50/RN101), hqrs' remote-code family
-        from .modeling_resnet_clip import ResNetCLIPModel
-        from .processing_resnet_clip import ResNetCLIPProcessor
-
-        return ResNetCLIPModel, ResNetCLIPProcessor
-    if kind == "clip":
-        from transformers import CLIPModel, CLIPProcessor
-
-        return CLIPModel, CLIPProcessor
-    if kind == "coca":
-        from .modeling_rs_coca import RSCoCaModel
-        from .processing_rs_coca import RSCoCaProcessor
-
-        # the package's classes load RS-CoCa folders: no folder code runs, nothing prompts
-        register_rs_coca_auto_classes()
-        return RSCoCaModel, RSCoCaProcessor
-    raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
-
-
-def load_model_and_processor(
-    kind: str,
-    model: str | os.PathLike | PreTrainedModel,
-    *,
-    processor: Any = None,
-    require_processor: bool = True,
-) -> tuple[PreTrainedModel, Any]:
-    """Load (or check) the model of ``kind`` and its processor.
-
-    Args:
-        kind: ``"clip"`` or ``"coca"``.
-        model: a model folder, a Hub id or a model object.
-        processor: a processor object, or a folder to load it from; default: the model folder.
-        require_processor: raise when no processor can be found (else return ``None`` for it).
-    """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
-    found = model_kind(model)
-    if found != kind:
-        raise ValueError(
-            f"model {_name(model)!r} is a {found!r} model, not {kind!r}; use `hqrs train {found}`"
-        )
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type is None and isinstance(model, (str, os.PathLike)):
-        model_type = _read_model_type(model)
-    model_cls, processor_cls = _model_classes(kind, model_type)
-    if isinstance(model, (str, os.PathLike)):
-        loaded = model_cls.from_pretrained(os.fspath(model))
-    elif isinstance(model, nn.Module):
-        loaded = model
-    else:
-        raise ValueError(f"model must be a folder, a Hub id or a model object, got {type(model).__name__}")
-    source = processor if processor is not None else model if isinstance(model, (str, os.PathLike)) else None
-    if source is None or not isinstance(source, (str, os.PathLike)):
-        if source is None and require_processor:
-            raise ValueError("a model object was given without its processor; pass processor=")
-        return loaded, source
-    try:
-        return loaded, processor_cls.from_pretrained(os.fspath(source))
-    except (OSError, ValueError, TypeError) as exc:
-        if not require_processor:
-            return loaded, None
-        raise ValueError(
-            f"no usable processor in {os.fspath(source)!r} ({type(exc).__name__}: {exc}); save one next to the "
-            "model with processor.save_pretrained(folder) or pass --processor"
-        ) from exc
-
-
-def _name(model: Any) -> str:
-    return os.fspath(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
 
 
 @dataclass
@@ -493,11 +357,9 @@ def retrieval_metrics(eval_pred: EvalPrediction, ks: tuple[int, ...] = (1, 5, 10
 
     ``predictions`` are ``(image_embeds, text_embeds)`` (one row per evaluated caption), ``label_ids``
     the image id of each row. Images are de-duplicated by id and scored with
-    :func:`hqrs.evaluation.retrieval.retrieval_metrics` (clip_benchmark protocol: every caption of an
+    :func:`hqrs.modeling.recall.retrieval_metrics` (clip_benchmark protocol: every caption of an
     image is a positive): ``image_to_text_R@k``, ``text_to_image_R@k`` in percent and ``mean_recall``.
     """
-    from hqrs.evaluation.retrieval import retrieval_metrics as recall_at_k
-
     image_embeds, text_embeds = (
         torch.as_tensor(np.asarray(p), dtype=torch.float32) for p in eval_pred.predictions[:2]
     )

@@ -26,6 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .loading import check_local_model, load_model_and_processor, looks_local, model_kind
+from .rs_coca_files import save_rs_coca_remote_code
+
 if TYPE_CHECKING:  # pragma: no cover
     from peft import PeftModel
     from transformers import PreTrainedModel
@@ -122,8 +125,6 @@ def resolve_recorded_base(adapter_dir: str | Path, recorded: str) -> str:
     relative to the working directory; a local-looking path found in neither is a ``FileNotFoundError`` that
     says where it looked and suggests ``--base``. Anything else is a Hub id and returned unchanged.
     """
-    from .training import looks_local
-
     adapter_dir = Path(adapter_dir)
     path = Path(recorded).expanduser()
     candidates = [path] if path.is_absolute() else [adapter_dir / path, path]
@@ -167,9 +168,6 @@ def merge_lora(adapter_dir: str | Path, out_dir: str | Path, *, base_model: str 
     The processor is copied from ``adapter_dir`` when it holds one, else from the base model.
     """
     from peft import PeftModel
-
-    from .rs_coca_files import save_rs_coca_remote_code
-    from .training import check_local_model, load_model_and_processor, model_kind
 
     adapter_dir = Path(adapter_dir)
     config_file = adapter_dir / "adapter_config.json"

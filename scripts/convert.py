@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 from pathlib import Path
@@ -83,8 +84,6 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def _rs_coca_module():
-    import importlib
-
     try:
         return importlib.import_module(RS_COCA_MODULE)
     except ModuleNotFoundError as exc:

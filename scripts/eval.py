@@ -515,7 +515,7 @@ def _generate_captions(args, entries) -> tuple[dict[str, str], str]:
     from hqrs.evaluation.data import load_image, resolve_images
 
     paths = resolve_images(entries, args.images)
-    from hqrs.modeling.rs_coca_files import register_rs_coca_auto_classes  # models branch (#12.4)
+    from hqrs.modeling.loading import register_rs_coca_auto_classes
 
     register_rs_coca_auto_classes()  # RS-CoCa folders load with hqrs' classes, never the folder's code
     model = AutoModel.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)

@@ -10,11 +10,14 @@ and any other field goes through ``--trainer-arg NAME=VALUE`` (repeatable). They
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import json
 import logging
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from .cli import leaf_parser
 
@@ -83,8 +86,6 @@ def _trainer_arg(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--trainer-arg takes NAME=VALUE, got {text!r}")
     name, raw = text.split("=", 1)
-    import yaml
-
     try:
         value = yaml.safe_load(raw) if raw.strip() else raw
     except yaml.YAMLError:
@@ -205,8 +206,6 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _training_arguments(args: argparse.Namespace) -> dict[str, Any]:
-    import dataclasses
-
     from transformers import TrainingArguments
 
     fields = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}

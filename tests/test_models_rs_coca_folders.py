@@ -170,9 +170,9 @@ def test_every_rs_coca_folder_loads_without_hqrs(coca_runs, tmp_path):
 def test_hqrs_loads_rs_coca_folders_with_its_own_classes(coca_runs):
     from transformers import AutoModel, AutoProcessor
 
+    from hqrs.modeling.loading import register_rs_coca_auto_classes
     from hqrs.modeling.modeling_rs_coca import RSCoCaModel
     from hqrs.modeling.processing_rs_coca import RSCoCaProcessor
-    from hqrs.modeling.rs_coca_files import register_rs_coca_auto_classes
 
     root, *_ = coca_runs
     register_rs_coca_auto_classes()

@@ -18,16 +18,21 @@ datatrove upgrade is a clear error, not a silent change of behaviour.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import dataclasses
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from importlib import metadata
 from typing import Any
 from urllib.parse import urlparse
 
+import multiprocess
+import multiprocess.util
 import orjson
 from datatrove.data import Document
 from datatrove.pipeline.inference.checkpointing import CheckpointManager, RequestCache
@@ -259,8 +264,6 @@ def _retry_after(headers: dict[str, str]) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
-        from email.utils import parsedate_to_datetime
-
         try:
             return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
         except (TypeError, ValueError):
@@ -510,9 +513,6 @@ def die_with_parent() -> bool:
 
     Returns False where that is not available (not Linux); then a ``kill -9`` of the parent can still
     leave children behind, as before."""
-    import ctypes
-    import signal
-
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -529,9 +529,6 @@ def install_child_reaper() -> None:
     """Children that datatrove starts (the ``multiprocess.Manager`` server of ``LocalPipelineExecutor``,
     pool workers) die with the process that started them: forked ones through ``register_after_fork``,
     spawned ones when they import this module to unpickle the pipeline."""
-    import multiprocess
-    import multiprocess.util
-
     if getattr(install_child_reaper, "_done", False):
         return
     install_child_reaper._done = True

@@ -19,27 +19,34 @@ ones (keeping their successful perspectives) and new ones.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
 import platform
+import re
 import shutil
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import orjson
+from tqdm.auto import tqdm
 
 from ..parallel import ExecutorConfigError, check_executor, run_stages, stage_task_states
 from ..records import Caption, ImageRecord, MpGIResult, Perspective, atomic_write_bytes
 from ..rules import rule_facts, rule_text
-from .recipe import TEMPLATE_INTEGRATOR, Recipe
+from .datatrove_compat import EndpointUnavailable, check_version
+from .recipe import TEMPLATE_INTEGRATOR, Recipe, recipe_from_dict
 from .references import ReferenceGuard
 from .steps import (
     GEN_KEY_PREFIX,
@@ -68,8 +75,6 @@ def check_optional_backends(recipe: Recipe, executor: str) -> None:
     """Every optional package the run needs is importable here, else one :class:`MpGIRunError` listing
     them all (before any pass starts). vllm/sglang are checked for the local executor only (Slurm and
     Ray tasks run in their own environments)."""
-    import importlib.util
-
     missing = []
     used = set(recipe.generator_backends()) | {recipe.integrator.backend}
     for name in sorted(used & set(recipe.backends)):
@@ -91,14 +96,9 @@ def check_endpoint(recipe: Recipe, name: str, attempts: int = 3) -> None:
     """``GET <root>/v1/models`` of an ``endpoint`` backend; a server that does not answer (or rejects the
     API key) is one :class:`MpGIRunError` naming the endpoint, the error and the fix, before a stage
     starts. Any other HTTP answer counts as up."""
-    import urllib.error
-    import urllib.request
-
     spec = recipe.backends[name]
     if spec.server != "endpoint":
         return
-    from urllib.parse import urlparse
-
     headers = {}
     remote = urlparse(spec.server_root).hostname not in ("localhost", "127.0.0.1", "::1")
     if spec.api_key_env and remote and not os.environ.get(spec.api_key_env):
@@ -359,8 +359,6 @@ def result_from_document(doc: dict, recipe: Recipe) -> MpGIResult:
 
 
 def _load_recipe_of_run(run_dir: Path) -> Recipe:
-    from .recipe import recipe_from_dict
-
     data = _read_json(run_dir / "recipe.json")
     if data is None:
         raise ValueError(
@@ -428,8 +426,6 @@ _REASONS = (
 
 def failure_reason(error: str | None) -> str:
     """A short reason of a failed record's error (for counts in ``hqrs mpgi status``)."""
-    import re
-
     error = error or ""
     for reason, needle in _REASONS:
         if needle in error:
@@ -534,8 +530,6 @@ class _ProgressBar:
             self._thread.join(timeout=5)
 
     def _loop(self) -> None:
-        from tqdm.auto import tqdm
-
         offsets: dict[Path, int] = {}
         for key, folder in self.folders:
             seen: set[str] = set()
@@ -623,8 +617,6 @@ def _run_pass(
     except Exception as e:
         down = _operational_error(e)
         if down is not None:
-            from .datatrove_compat import EndpointUnavailable
-
             hint = (
                 ""
                 if isinstance(down, EndpointUnavailable)
@@ -698,8 +690,6 @@ def run_mpgi(
     # an executor that cannot run here stops before the run directory is claimed
     check_executor(executor, {"slurm": recipe.execution.slurm, "ray": recipe.execution.ray}.get(executor))
     started = time.perf_counter()
-    from .datatrove_compat import check_version
-
     try:
         check_version()
     except RuntimeError as e:
@@ -842,8 +832,6 @@ def _execute_pass(
     if (
         chunk != recipe.execution.records_per_chunk
     ):  # datatrove's checkpoints of this pass count in its chunks
-        from dataclasses import replace
-
         recipe = replace(recipe, execution=replace(recipe.execution, records_per_chunk=chunk))
     entry = next((e for e in manifest["passes"] if e.get("pass") == index), None)
     if entry is None:

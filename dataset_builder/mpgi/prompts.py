@@ -20,6 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from PIL import Image
+
+from ..sources.images import pixel_limit
 
 if TYPE_CHECKING:
     from .recipe import Recipe
@@ -153,10 +156,6 @@ def image_data_url(path: str | Path, max_side: int = 1024) -> str:
     PNG and JPEG files that are small enough are sent byte for byte; everything else (TIFF, large
     images) is re-encoded as PNG (lossless).
     """
-    from PIL import Image
-
-    from ..sources.images import pixel_limit
-
     path = Path(path)
     data = path.read_bytes()
     mime = mimetypes.guess_type(path.name)[0] or ""

@@ -33,6 +33,8 @@ from typing import Any
 
 import yaml
 
+from .prompts import template_source
+
 SERVER_TYPES = ("vllm", "sglang", "endpoint")
 FACT_FILTER_MODES = ("off", "drop", "regenerate")
 LENGTHS = ("short", "medium", "long")
@@ -485,8 +487,6 @@ class Recipe:
     def hash(self, legacy: bool = False) -> str:
         """SHA-256 of the canonical JSON of :meth:`content` plus the text of every template it uses
         (``legacy``: of the whole recipe, as run directories made before 0.x recorded it)."""
-        from .prompts import template_source
-
         payload = self.to_dict() if legacy else self.content()
         templates = {gen.prompt for gen in self.generators}
         if self.integrator.backend != TEMPLATE_INTEGRATOR:

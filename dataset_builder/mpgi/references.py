@@ -26,8 +26,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..records import ImageRecord
+from ..sources import SkipReport, load_source
 
 GENERATOR = "references"
 PERSPECTIVE = "human-references"
@@ -67,10 +69,6 @@ class ReferenceGuard:
 
     def add_contamination(self, specs: Iterable[str]) -> None:
         """Read the images of source specs (``KIND:PATH?...``; a folder means ``images:FOLDER``)."""
-        from pathlib import Path
-
-        from ..sources import SkipReport, load_source
-
         for spec in specs:
             if Path(spec).is_dir():
                 spec = f"images:{spec}"
