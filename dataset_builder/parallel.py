@@ -10,6 +10,7 @@ whatever ``num_proc`` is.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import multiprocessing
@@ -21,6 +22,7 @@ import subprocess
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -160,8 +162,6 @@ def check_executor(kind: str, options: dict[str, Any] | None = None, environment
                 "fix execution.slurm.partition"
             )
     if kind == "ray":
-        import importlib.util
-
         if importlib.util.find_spec("ray") is None:
             raise ExecutorConfigError(
                 "--executor ray needs Ray in this environment: pip install 'hqrs[ray]' (or 'ray[default]')"
@@ -234,8 +234,6 @@ def init_ray() -> str:
 
 
 def _write_launch(logging_dir: str | os.PathLike, kind: str, job_id: Any = None) -> None:
-    from datetime import datetime, timezone
-
     folder = Path(logging_dir)
     folder.mkdir(parents=True, exist_ok=True)
     data = {

@@ -42,7 +42,7 @@ from urllib.parse import urlparse
 import orjson
 from tqdm.auto import tqdm
 
-from ..parallel import ExecutorConfigError, check_executor, run_stages, stage_task_states
+from ..parallel import ExecutorConfigError, check_executor, make_executor, run_stages, stage_task_states
 from ..records import Caption, ImageRecord, MpGIResult, Perspective, atomic_write_bytes
 from ..rules import rule_facts, rule_text
 from .datatrove_compat import EndpointUnavailable, check_version
@@ -266,8 +266,6 @@ def build_executor(
 ):
     """A datatrove executor for one stage; ``options`` are the recipe's ``execution.slurm``/``ray`` args
     (see :func:`hqrs.dataset_builder.parallel.make_executor`)."""
-    from ..parallel import make_executor
-
     return make_executor(kind, pipeline, logging_dir, tasks, workers, depends, options, job_name)
 
 
