@@ -172,3 +172,14 @@ def test_config_file_missing_required_still_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.parse_args(["train", "clip", "--config-file", str(cfg)])
     assert "--dataset" in capsys.readouterr().err
+
+
+def test_help_does_not_load_the_engine():
+    """``hqrs --help`` builds every sub-command's parser without importing datatrove or torch (start-up)."""
+    code = (
+        "import sys; from hqrs.scripts import cli; cli.build_parser(); "
+        "heavy = [m for m in ('datatrove', 'torch', 'transformers', 'hqrs.dataset_builder.mpgi.engine') "
+        "if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
