@@ -16,6 +16,7 @@ from hqrs.dataset_builder.mpgi import iter_results, run_mpgi, run_status
 from hqrs.dataset_builder.mpgi.engine import MpGIRunError
 from hqrs.dataset_builder.mpgi.loopback import LoopbackServer, prompt_text
 from hqrs.dataset_builder.mpgi.recipe import recipe_from_dict
+from hqrs.dataset_builder.parallel import ExecutorConfigError
 from tests.test_mpgi_engine import index_images, loop_recipe, make_records, site_of
 
 
@@ -253,7 +254,9 @@ def test_missing_ray_is_reported_before_the_pass(tmp_path):
 
     if importlib.util.find_spec("ray") is not None:
         pytest.skip("ray is installed here")
-    with pytest.raises(MpGIRunError, match=r"ray \(--executor ray; pip install"):
+    with pytest.raises(
+        ExecutorConfigError, match=r"--executor ray needs Ray in this environment: pip install"
+    ):
         run_mpgi(
             make_records(tmp_path / "img", 1),
             recipe_from_dict({"name": "o"}),

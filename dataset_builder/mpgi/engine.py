@@ -74,17 +74,14 @@ class MpGIRunError(RuntimeError):
 def check_optional_backends(recipe: Recipe, executor: str) -> None:
     """Every optional package the run needs is importable here, else one :class:`MpGIRunError` listing
     them all (before any pass starts). vllm/sglang are checked for the local executor only (Slurm and
-    Ray tasks run in their own environments)."""
+    Ray tasks run in their own environments); the executor itself (Ray installed, ``sbatch`` on PATH, a
+    partition that exists) is :func:`hqrs.dataset_builder.parallel.check_executor`'s, called first."""
     missing = []
     used = set(recipe.generator_backends()) | {recipe.integrator.backend}
     for name in sorted(used & set(recipe.backends)):
         server = recipe.backends[name].server
         if executor == "local" and server in ("vllm", "sglang") and importlib.util.find_spec(server) is None:
             missing.append(f"{server} (backends.{name}.server; pip install {server})")
-    if executor == "ray" and importlib.util.find_spec("ray") is None:
-        missing.append("ray (--executor ray; pip install 'ray[default]')")
-    if executor == "slurm" and shutil.which("sbatch") is None:
-        missing.append("sbatch (--executor slurm runs where Slurm's sbatch is on PATH)")
     if missing:
         raise MpGIRunError(
             f"recipe {recipe.name!r} needs what is not installed here: {'; '.join(missing)}; install it, or use "

@@ -506,6 +506,11 @@ class IntegrationRollout:
             "invalid_dropped": 0,
         }
 
+        # An integration answer is checked as captions JSON: the complete captions of an answer cut off at
+        # max_tokens are kept (integrate.extract_json) and fewer than min_captions fail the record; refusals,
+        # empty and over-long answers are still rejected here.
+        checks = dataclasses.replace(self.recipe.checks, accept_truncated=True)
+
         async def ask(captions_wanted: dict[str, int], feedback: str | None) -> list[Caption]:
             prompt = render(
                 spec.prompt,
@@ -522,9 +527,7 @@ class IntegrationRollout:
                 payload = {"messages": list(messages), **spec.sampling}
                 if structured:
                     payload["response_format"] = captions_response_format(captions_wanted, names)
-                result = await request_with_retries(
-                    generate, payload, backend, usage, counters, self.recipe.checks
-                )
+                result = await request_with_retries(generate, payload, backend, usage, counters, checks)
                 try:
                     return validate_captions(extract_json(result.text), names, example_texts(messages))
                 except IntegrationError as e:
