@@ -24,6 +24,19 @@ from .cli import leaf_parser
 
 logger = logging.getLogger("hqrs.convert")
 
+# `hqrs convert --help`: plain text (the module docstring above is reST for the API docs)
+CONVERT_HELP = """\
+hqrs convert open-clip --model-name NAME --checkpoint PATH --out DIR
+    open_clip state dict (.pt/.pth/.bin/.safetensors, also open_clip_train's {"state_dict": ...}
+    with module. prefixes; read weights-only) -> a folder that from_pretrained loads. CLIP ViT names
+    give a transformers CLIPModel folder, RN50/RN101 a ResNet-CLIP folder, coca_* names an RS-CoCa
+    folder (both with their remote code).
+
+hqrs convert to-open-clip DIR --out PATH [--format safetensors|pt]
+    a converted folder -> an open_clip state dict that
+    open_clip.create_model(NAME).load_state_dict(sd, strict=True) accepts; NAME is read from the
+    folder's config.json (open_clip_model_name, written by the forward conversion)."""
+
 RS_COCA_MODULE = "hqrs.modeling.convert_rs_coca"
 RS_COCA_MODEL_TYPE = "rs_coca"
 
@@ -32,7 +45,7 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "convert",
         help="convert open_clip checkpoints to transformers folders and back",
-        description=__doc__.split("\n\n", 1)[1],
+        description=CONVERT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="convert_command", metavar="SUBCOMMAND", required=True)
