@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,14 +114,18 @@ def test_readme_runs_in_order(tmp_path):
         "PYTHONUNBUFFERED": "1",
     }
     ran = 0
+    timings: list[str] = []
     for block in blocks:
         if block.skip is not None or (block.needs_rs_real and not have_rs_real):
             continue
+        start = time.perf_counter()
         res = _run(block, tmp_path, env)
+        timings.append(f"README.md:{block.line} ({block.lang}) {time.perf_counter() - start:.1f} s")
         if res.returncode != 0:
             pytest.fail(
                 f"README.md:{block.line} ({block.lang}) exited {res.returncode}\n--- code\n{block.code}\n"
                 f"--- stdout (tail)\n{res.stdout[-3000:]}\n--- stderr (tail)\n{res.stderr[-5000:]}"
             )
         ran += 1
+    print("\n".join(timings))  # seconds per block: shown with -s / -rP
     assert ran, "no README block ran"
