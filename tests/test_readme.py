@@ -8,7 +8,8 @@ A block opts out with an HTML comment on the line right before its fence, giving
 The two set-up blocks (``<!-- ci:install -->`` / ``<!-- ci:test -->``) are run by ``.ci/run`` itself.
 Blocks share the folder (later steps use what earlier ones wrote) and run with this interpreter's
 environment on ``PATH`` (``hqrs``, ``python``), offline. ``rs_real/`` in the folder links to the real
-samples when they are present (blocks that read them are skipped otherwise).
+samples when they are present; a block that reads them is marked ``<!-- readme-test: needs rs_real -->`` on
+the line before its fence and is skipped where they are absent.
 """
 
 from __future__ import annotations
@@ -79,11 +80,22 @@ def test_readme_blocks_are_runnable_or_say_why_not():
             assert len(b.skip) > 8, f"README.md:{b.line}: say why the block is skipped"
 
 
+def test_blocks_reading_rs_real_are_marked():
+    """Where the samples are absent the runnable blocks must still pass: a block reading ``rs_real/`` says so."""
+    for b in readme_blocks(README.read_text(encoding="utf-8")):
+        if b.skip is None and b.lang in ("bash", "python") and not b.needs_rs_real:
+            assert "rs_real" not in b.code, (
+                f"README.md:{b.line} reads rs_real/: mark it <!-- readme-test: needs rs_real -->"
+            )
+
+
 def test_readme_skip_markers_parse():
     text = "x\n<!-- readme-test: skip (needs a GPU) -->\n```bash\necho hi\n```\n```python\nprint(1)\n```\n"
     a, b = readme_blocks(text)
     assert (a.lang, a.skip, a.code) == ("bash", "needs a GPU", "echo hi")
     assert (b.lang, b.skip, b.line) == ("python", None, 6)
+    (c,) = readme_blocks("<!-- readme-test: needs rs_real -->\n```bash\nls rs_real\n```\n")
+    assert c.needs_rs_real and c.skip is None
     with pytest.raises(ValueError, match="never closes"):
         readme_blocks("```bash\necho")
 
