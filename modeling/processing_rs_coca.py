@@ -5,7 +5,7 @@ Shipped as remote code next to the RS-CoCa model files; it imports nothing from 
 
 from __future__ import annotations
 
-from transformers import ProcessorMixin
+from transformers import CLIPTokenizer, ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
 
 __all__ = ["RSCoCaProcessor"]
@@ -51,8 +51,6 @@ class RSCoCaProcessor(ProcessorMixin):
         and then warned "You are using a model of type `rs_coca` to instantiate a model of type ``". The class
         is known here, so neither the model config nor remote code is consulted.
         """
-        from transformers import CLIPTokenizer
-
         kwargs.pop("trust_remote_code", None)
         if sub_processor_type != "tokenizer":  # no other tokenizer attribute exists; keep transformers' rule
             return super()._load_tokenizer_from_pretrained(
