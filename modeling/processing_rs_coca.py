@@ -5,7 +5,7 @@ Shipped as remote code next to the RS-CoCa model files; it imports nothing from 
 
 from __future__ import annotations
 
-from transformers import ProcessorMixin
+from transformers import CLIPTokenizer, ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
 
 __all__ = ["RSCoCaProcessor"]
@@ -39,6 +39,24 @@ class RSCoCaProcessor(ProcessorMixin):
             tokenizer.split_special_tokens = True
             tokenizer.init_kwargs["split_special_tokens"] = True
         super().__init__(image_processor, tokenizer)
+
+    @classmethod
+    def _load_tokenizer_from_pretrained(
+        cls, sub_processor_type, pretrained_model_name_or_path, subfolder="", **kwargs
+    ):
+        """The tokenizer is always the CLIP BPE tokenizer saved next to the processor: load that class directly.
+
+        transformers' default (``AutoTokenizer``) first reads ``config.json`` to choose a tokenizer class. In a
+        process where ``rs_coca`` is not a registered model type, that asked whether to run the folder's code
+        and then warned "You are using a model of type `rs_coca` to instantiate a model of type ``". The class
+        is known here, so neither the model config nor remote code is consulted.
+        """
+        kwargs.pop("trust_remote_code", None)
+        if sub_processor_type != "tokenizer":  # no other tokenizer attribute exists; keep transformers' rule
+            return super()._load_tokenizer_from_pretrained(
+                sub_processor_type, pretrained_model_name_or_path, subfolder=subfolder, **kwargs
+            )
+        return CLIPTokenizer.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
 
     def __call__(
         self,

@@ -25,6 +25,19 @@ from .cli import leaf_parser
 
 logger = logging.getLogger("hqrs.convert")
 
+# `hqrs convert --help`: plain text (the module docstring above is reST for the API docs)
+CONVERT_HELP = """\
+hqrs convert open-clip --model-name NAME --checkpoint PATH --out DIR
+    open_clip state dict (.pt/.pth/.bin/.safetensors, also open_clip_train's {"state_dict": ...}
+    with module. prefixes; read weights-only) -> a folder that from_pretrained loads. CLIP ViT names
+    give a transformers CLIPModel folder, RN50/RN101 a ResNet-CLIP folder, coca_* names an RS-CoCa
+    folder (both with their remote code).
+
+hqrs convert to-open-clip DIR --out PATH [--format safetensors|pt]
+    a converted folder -> an open_clip state dict that
+    open_clip.create_model(NAME).load_state_dict(sd, strict=True) accepts; NAME is read from the
+    folder's config.json (open_clip_model_name, written by the forward conversion)."""
+
 RS_COCA_MODULE = "hqrs.modeling.convert_rs_coca"
 RS_COCA_MODEL_TYPE = "rs_coca"
 
@@ -33,7 +46,7 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "convert",
         help="convert open_clip checkpoints to transformers folders and back",
-        description=__doc__.split("\n\n", 1)[1],
+        description=CONVERT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="convert_command", metavar="SUBCOMMAND", required=True)
@@ -47,10 +60,20 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     )
     fwd.add_argument(
         "--model-name",
-        required=True,
+        default=None,
         help="open_clip architecture of the checkpoint: ViT-B-32, ViT-B-16, ViT-L-14, ViT-L-14-336, ViT-H-14, "
         "ViT-bigG-14 "
-        "(add -quickgelu for OpenAI-initialised weights such as HQRS-CLIP), coca_ViT-B-32, coca_ViT-L-14",
+        "(add -quickgelu for OpenAI-initialised weights such as HQRS-CLIP), coca_ViT-B-32, coca_ViT-L-14 "
+        "(required unless --model-config names it)",
+    )
+    fwd.add_argument(
+        "--model-config",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="an open_clip model config of your own (open_clip's format: embed_dim, vision_cfg, text_cfg, and "
+        "multimodal_cfg for CoCa); registered with open_clip under its file name without .json (coca_*.json "
+        "for a CoCa), which is the architecture name",
     )
     fwd.add_argument("--checkpoint", required=True, type=Path, help=".pt/.pth/.bin/.safetensors state dict")
     fwd.add_argument(
@@ -80,6 +103,14 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="file format (default: from the --out suffix, safetensors unless it ends in .pt/.pth/.bin)",
     )
     back.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    back.add_argument(
+        "--model-config",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="the open_clip config JSON the folder was converted with (--model-config of open-clip): the "
+        "state dict is then checked key by key against that architecture",
+    )
     back.set_defaults(func=run_to_open_clip)
 
 
@@ -101,10 +132,59 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
         raise ValueError(f"--out {str(out)!r} is not empty; choose a new folder or pass --overwrite")
 
 
+def register_model_config(path: Path, model_name: str | None) -> str:
+    """Register the open_clip model config JSON at ``path`` (``open_clip.add_model_config``); returns its name.
+
+    open_clip names a config file by its stem, so ``coca_mini.json`` is the architecture ``coca_mini``.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        ValueError: not a JSON object with ``embed_dim``, ``vision_cfg`` and ``text_cfg``; a stem that is one of
+            open_clip's own architectures; or ``model_name`` given and different from the stem.
+    """
+    import open_clip
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--model-config {str(path)!r} is not a file")
+    if path.suffix != ".json":
+        raise ValueError(
+            f"--model-config {str(path)!r} must be a .json file (open_clip names it by its stem)"
+        )
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--model-config {str(path)!r} is not valid JSON: {exc}") from None
+    missing = [
+        k for k in ("embed_dim", "vision_cfg", "text_cfg") if not isinstance(cfg, dict) or k not in cfg
+    ]
+    if missing:
+        raise ValueError(
+            f"--model-config {str(path)!r} lacks {', '.join(missing)}: give an open_clip model config "
+            "(embed_dim, vision_cfg, text_cfg[, multimodal_cfg]) as in open_clip's model_configs/"
+        )
+    name = path.stem
+    if model_name is not None and model_name != name:
+        raise ValueError(
+            f"--model-name {model_name!r} differs from the architecture {name!r} that --model-config "
+            f"{str(path)!r} registers (open_clip names a config by its file name); drop --model-name"
+        )
+    known = open_clip.get_model_config(name)
+    if known is not None and known != cfg:
+        raise ValueError(
+            f"--model-config {str(path)!r} would replace open_clip's own architecture {name!r}; rename the file"
+        )
+    open_clip.add_model_config(path)
+    return name
+
+
 def run_open_clip(args: argparse.Namespace) -> int:
     from ..modeling.key_mapping import load_checkpoint
 
     _check_out_dir(args.out, args.overwrite)
+    if args.model_config is not None:
+        args.model_name = register_model_config(args.model_config, args.model_name)
+    elif args.model_name is None:
+        raise ValueError("give --model-name (an open_clip architecture) or --model-config (a config JSON)")
     name = args.model_name
     if _resnet_clip_name(name):  # RN50 / RN101 ...: the ResNet-CLIP remote-code family
         return _run_open_clip_resnet(args)
@@ -215,6 +295,8 @@ def run_to_open_clip(args: argparse.Namespace) -> int:
     config = _folder_config(folder)
     model_type = config.get("model_type")
     name = config.get("open_clip_model_name")
+    if args.model_config is not None:
+        register_model_config(args.model_config, name)
     if model_type == RS_COCA_MODEL_TYPE:
         coca = _rs_coca_module()
         from ..modeling.modeling_rs_coca import RSCoCaModel

@@ -131,6 +131,9 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     merge.set_defaults(func=run_merge)
 
 
+_METAVAR = {int: "N", float: "X", str: "VALUE"}
+
+
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     data = p.add_argument_group("model and data")
     data.add_argument("--model", required=True, help="model folder or Hub id (config.json + processor)")
@@ -183,17 +186,22 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--merge", action="store_true", help="after training, write OUTPUT_DIR/merged (needs --lora)"
     )
 
-    group = p.add_argument_group("Trainer arguments (transformers.TrainingArguments)")
+    group = p.add_argument_group(
+        "Trainer arguments (transformers.TrainingArguments)",
+        "each option also takes TrainingArguments' own spelling (--learning_rate for --learning-rate)",
+    )
     for name, kind, help_text in TRAINER_OPTIONS:
-        flags = [f"--{name.replace('_', '-')}", f"--{name}"]
-        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
+        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
         if kind is bool:
             kwargs.update(type=_bool, nargs="?", const=True, metavar="BOOL")
         elif kind is list:
             kwargs.update(nargs="+", metavar="NAME")
         else:
-            kwargs.update(type=kind)
-        group.add_argument(*flags, **kwargs)
+            kwargs.update(type=kind, metavar=_METAVAR.get(kind, "VALUE"))
+        dashed = f"--{name.replace('_', '-')}"
+        group.add_argument(dashed, help=help_text, **kwargs)
+        if dashed != f"--{name}":  # TrainingArguments' own spelling parses too, without a second help line
+            group.add_argument(f"--{name}", help=argparse.SUPPRESS, **kwargs)
     group.add_argument(
         "--trainer-arg",
         dest="trainer_args",

@@ -183,3 +183,43 @@ def test_help_does_not_load_the_engine():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _all_parsers(parser, path=("hqrs",)):
+    """Every parser of the CLI tree with its command path (``hqrs train clip``)."""
+    import argparse
+
+    yield " ".join(path), parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _all_parsers(sub, (*path, name))
+
+
+def test_every_help_is_plain_text_and_lists_each_option_once():
+    """#15.12: `hqrs convert --help` showed reST (``...``), `hqrs train --help` each Trainer option twice
+    (``--learning-rate LEARNING_RATE, --learning_rate LEARNING_RATE``)."""
+    import re
+
+    seen = 0
+    for path, parser in _all_parsers(cli.build_parser()):
+        text = parser.format_help()
+        assert "``" not in text and ":func:" not in text, f"{path} --help shows reST markup"
+        for line in text.splitlines():
+            flags = re.findall(r"(?<![\w-])--[\w-]+", line.split("  ", 2)[1] if line.startswith("  ") else "")
+            canon = [f.replace("_", "-") for f in flags]
+            assert len(canon) == len(set(canon)), f"{path} --help lists an option twice: {line.strip()!r}"
+        seen += 1
+    assert seen > 15
+
+
+def test_train_takes_trainer_spelling_of_options():
+    """The TrainingArguments spelling (--learning_rate) still parses, though help shows it once."""
+    args = cli.parse_args(
+        ["train", "clip", "--model", "m", "--dataset", "d", "--output-dir", "o", "--learning_rate", "0.5"]
+    )
+    assert args.learning_rate == 0.5
+    args = cli.parse_args(
+        ["train", "clip", "--model", "m", "--dataset", "d", "--output-dir", "o", "--learning-rate", "0.25"]
+    )
+    assert args.learning_rate == 0.25

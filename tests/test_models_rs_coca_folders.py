@@ -180,3 +180,34 @@ def test_hqrs_loads_rs_coca_folders_with_its_own_classes(coca_runs):
     model = AutoModel.from_pretrained(root / "full", trust_remote_code=True)
     processor = AutoProcessor.from_pretrained(root / "full", trust_remote_code=True)
     assert type(model) is RSCoCaModel and type(processor) is RSCoCaProcessor
+
+
+def test_rs_coca_processor_loads_its_tokenizer_without_the_model_config(tmp_path):
+    """#15.12: ``RSCoCaProcessor.from_pretrained`` in a process where ``rs_coca`` is not registered asked
+    "Do you wish to run the custom code? [y/N]" and warned "model of type `rs_coca` to instantiate a model of
+    type ``" (transformers' AutoTokenizer read config.json to choose the tokenizer class)."""
+    from hqrs.modeling.rs_coca_files import save_rs_coca_remote_code
+
+    folder = tf.make_tiny_coca_dir(tmp_path / "coca")
+    save_rs_coca_remote_code(folder)
+    code = textwrap.dedent(
+        """
+        import sys
+        from hqrs.modeling.processing_rs_coca import RSCoCaProcessor
+        p = RSCoCaProcessor.from_pretrained(sys.argv[1])
+        print(type(p.tokenizer).__name__, p(text=["a red roof!"])["input_ids"][0][:6])
+        """
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(folder)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "of type" not in res.stderr and "[y/N]" not in res.stderr + res.stdout, res.stderr[-3000:]
+    assert res.stdout.split()[0] == "CLIPTokenizer"
+    assert res.stdout.strip().endswith("[49406, 320, 736, 6449, 256, 49407]")
