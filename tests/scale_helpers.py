@@ -56,8 +56,9 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 1.0):
 
 
 def loop_recipe(url: str, records_per_chunk: int = 1) -> dict:
-    """A model-backed recipe against the loopback server: one MLLM perspective + LLM integration
-    (2 requests per record), checkpointing every document."""
+    """A model-backed recipe against the loopback server: one MLLM perspective + LLM integration (at
+    least 2 requests per record; the echoed captions miss the word ranges once, so 3), checkpointing
+    every document."""
     return {
         "name": "loop-scale",
         "backends": {

@@ -123,17 +123,20 @@ def test_cluster_model_recipe_worker_killed_mid_run(rs_real, ray_address, tmp_pa
             if proc.poll() is None:
                 proc.kill()
         assert proc.returncode == 0 and f"{n} ok, 0 failed, 0 pending" in out, out[-4000:]
-        # Ray resubmitted the killed rank; datatrove's checkpoints and request cache kept its answers
-        assert sum(server.answered.values()) == 2 * n, server.answered
+        # Ray resubmitted the killed rank; datatrove's checkpoints and request cache kept its answers: the
+        # server answered exactly what an uninterrupted run of the same input asks for (measured below)
+        answered = sum(server.answered.values())
+        assert answered >= 2 * n, server.answered
         st = status_json(run)
         assert st["passes"][0]["complete"] and st["failed_tasks"] == [] and st["ok"] == n
         again = hqrs(
             "mpgi", "run", "--executor", "ray", "--out", run, *args, env=bare_env(RAY_ADDRESS=ray_address)
         )
         assert f"{n} ok" in again.stdout and "0 already done" not in again.stdout, again.stdout
-        assert sum(server.answered.values()) == 2 * n
+        assert sum(server.answered.values()) == answered  # the collecting rerun sends nothing
         local = hqrs("mpgi", "run", "--out", tmp_path / "local", *args)
         assert local.returncode == 0, local.stderr[-2000:]
+        assert sum(server.answered.values()) - answered == answered, server.answered  # nothing sent twice
     assert captions_by_image(run) == captions_by_image(tmp_path / "local")
 
 
@@ -152,16 +155,15 @@ def test_in_process_offline_build_equals_local(rs_real, ray_address, tmp_path):
     assert len(rows) == 24 and rows == built_rows(tmp_path / "build_local")
 
 
-def test_in_process_failed_tasks_stop_the_run_and_show_their_logs(rs_real, ray_address, tmp_path):
-    """No server behind the endpoint: every task fails; the run stops with one error line naming the
-    task logs, and `status` lists the failed tasks with their logs (never "done")."""
-    import socket
-
-    with socket.socket() as s:  # a loopback port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    recipe = loop_recipe(f"http://127.0.0.1:{port}")
-    recipe["backends"]["m"].update(server_ready_attempts=2, server_ready_delay=0.1)
+def test_in_process_failed_tasks_stop_the_run_and_show_their_logs(rs_real, ray_address, tmp_path, request):
+    """A server that is up for the probe but resets every request: every task stops (circuit breaker);
+    the run stops with one error line naming the task logs, and `status` lists the failed tasks with
+    their logs (never "done")."""
+    server = LoopbackServer(plan=lambda payload, attempt: "reset")
+    server.__enter__()
+    request.addfinalizer(lambda: server.__exit__(None, None, None))
+    recipe = loop_recipe(server.url)
+    recipe["backends"]["m"].update(circuit_breaker=2, retries=0)
     (tmp_path / "recipe.yaml").write_text(json.dumps(recipe))
     env = bare_env()
     env.pop("RAY_ADDRESS", None)

@@ -175,9 +175,11 @@ def test_model_recipe_scancel_one_task_then_resume(rs_real, partition, tmp_path)
         wait_for(lambda: not queued(run), 300, "the resubmitted jobs to finish")
         collect = hqrs(*args)
         assert f"{n} ok, 0 failed, 0 pending" in collect.stdout, collect.stdout + collect.stderr[-2000:]
-        # 2 requests per record answered in all: nothing answered before the cancel was sent again
-        # (records of one class can send the same payload, so count answers, not distinct payloads)
-        assert sum(server.answered.values()) == 2 * n, server.answered
+        # nothing answered before the cancel was sent again: the server answered exactly what an
+        # uninterrupted run of the same input asks for (measured below; records of one class can send the
+        # same payload, so count answers, not distinct payloads)
+        answered = sum(server.answered.values())
+        assert answered >= 2 * n, server.answered
         slurm_captions = captions_by_image(run)
         assert len(slurm_captions) == n
 
@@ -187,6 +189,7 @@ def test_model_recipe_scancel_one_task_then_resume(rs_real, partition, tmp_path)
             "--out", local, "--tasks", "4",
         )  # fmt: skip
         assert out.returncode == 0, out.stderr[-2000:]
+        assert sum(server.answered.values()) - answered == answered, server.answered
     assert captions_by_image(local) == slurm_captions
 
 
