@@ -218,3 +218,14 @@ def test_repeated_text_keys_and_copied_examples():
         validate_captions(copied, ["rule"], examples)
     own = {"captions": [{"length": "short", "text": "Fifty large vehicles in a parking lot."}]}
     assert validate_captions(own, ["rule"], examples)[0].text == "Fifty large vehicles in a parking lot."
+
+
+def test_cut_off_answer_with_a_broken_escape_is_an_integration_error():
+    """A small model's cut-off answer whose first text has an invalid JSON escape was a raw JSONDecodeError
+    (out of the record, not an IntegrationError the repair prompt handles)."""
+    from hqrs.dataset_builder.mpgi.integrate import IntegrationError, extract_json
+
+    with pytest.raises(IntegrationError, match="no valid JSON"):
+        extract_json('{"captions": [{"length": "short", "text": "A \\q river", "te')
+    ok = extract_json('{"captions": [{"length": "short", "text": "A \\"river\\"", "te')
+    assert ok == {"captions": [{"length": "short", "text": 'A "river"'}]}

@@ -93,32 +93,41 @@ def prompt_messages(prompt: str) -> list[dict[str, str]]:
 _FENCE_RE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
 
 
+def _brackets(text: str, start: int):
+    """The brackets of ``text[start:]`` outside JSON strings: ``(pos, char, stack)`` after each one, with
+    ``stack`` the closers still open. Stops at the first closer that does not match."""
+    stack: list[str] = []
+    in_str = esc = False
+    for pos in range(start, len(text)):
+        c = text[pos]
+        if in_str:
+            if esc:
+                esc = False
+            elif c == "\\":
+                esc = True
+            elif c == '"':
+                in_str = False
+            continue
+        if c == '"':
+            in_str = True
+        elif c in "{[":
+            stack.append("}" if c == "{" else "]")
+            yield pos, c, stack
+        elif c in "}]":
+            if not stack or stack.pop() != c:
+                return
+            yield pos, c, stack
+
+
 def _balanced_objects(text: str):
     """Yield every balanced ``{...}`` / ``[...]`` substring, outermost first, skipping string contents."""
     for start, ch in enumerate(text):
         if ch not in "{[":
             continue
-        stack, in_str, esc = [], False, False
-        for end in range(start, len(text)):
-            c = text[end]
-            if in_str:
-                if esc:
-                    esc = False
-                elif c == "\\":
-                    esc = True
-                elif c == '"':
-                    in_str = False
-                continue
-            if c == '"':
-                in_str = True
-            elif c in "{[":
-                stack.append("}" if c == "{" else "]")
-            elif c in "}]":
-                if not stack or stack.pop() != c:
-                    break
-                if not stack:
-                    yield text[start : end + 1]
-                    break
+        for end, c, stack in _brackets(text, start):
+            if c in "}]" and not stack:
+                yield text[start : end + 1]
+                break
 
 
 def _loose_fix(candidate: str) -> str:
@@ -139,26 +148,9 @@ def _complete_captions_prefix(text: str) -> str | None:
     start = text.find("{")
     if start < 0:
         return None
-    stack: list[str] = []
-    in_str = esc = False
     cut = None
-    for pos in range(start, len(text)):
-        c = text[pos]
-        if in_str:
-            if esc:
-                esc = False
-            elif c == "\\":
-                esc = True
-            elif c == '"':
-                in_str = False
-            continue
-        if c == '"':
-            in_str = True
-        elif c in "{[":
-            stack.append("}" if c == "{" else "]")
-        elif c in "}]":
-            if not stack or stack.pop() != c:
-                break
+    for pos, c, stack in _brackets(text, start):
+        if c in "}]":
             if not stack:
                 return None  # a whole object: not truncated, the normal parse handles it
             if c == "}" and stack == ["}", "]"]:  # an item of the top-level list just closed
@@ -181,7 +173,11 @@ def _first_item_of_cut_off_answer(text: str) -> str | None:
     length, first = _LENGTH_RE.search(text), _TEXT_RE.search(text)
     if length is None or first is None:
         return None
-    return json.dumps({"captions": [{"length": length.group(1), "text": json.loads(f'"{first.group(1)}"')}]})
+    try:  # the model's string, with its escapes; a broken escape (``\\q``) means no caption
+        first_text = json.loads(f'"{first.group(1)}"')
+    except json.JSONDecodeError:
+        return None
+    return json.dumps({"captions": [{"length": length.group(1), "text": first_text}]})
 
 
 def extract_json(text: str) -> Any:
