@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from .cli import leaf_parser
+from .mpgi import quiet_datatrove
 
 logger = logging.getLogger("hqrs.build")
 
@@ -150,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         contamination=tuple(args.contamination or ()),
         contamination_distance=args.contamination_distance,
         keep_original=args.keep_original,
-        progress=args.progress,
+        progress=quiet_datatrove(args),
         allowed_roots=tuple(args.allow_root or ()),
     )
     splits = ", ".join(f"{s} {v['images']}" for s, v in report["splits"].items())

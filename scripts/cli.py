@@ -115,11 +115,30 @@ def leaf_parser(
 
 
 def _option_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    return {
-        a.dest: a
-        for a in parser._actions
-        if a.option_strings and a.dest not in ("help", "config_file", "verbose", "quiet", argparse.SUPPRESS)
-    }
+    """The options a config file may set, by flag name (``--format`` → ``format``) and by destination
+    (``fmt``), both with ``_`` for ``-``."""
+    found: dict[str, argparse.Action] = {}
+    for a in parser._actions:
+        if not a.option_strings or a.dest in ("help", "config_file", "verbose", "quiet", argparse.SUPPRESS):
+            continue
+        for flag in a.option_strings:
+            if flag.startswith("--"):
+                found.setdefault(flag[2:].replace("-", "_"), a)
+        found.setdefault(a.dest, a)
+    return found
+
+
+def _flag_names(parser: argparse.ArgumentParser) -> list[str]:
+    return sorted(
+        {
+            f[2:]
+            for a in parser._actions
+            if a.dest not in ("help", "config_file")
+            for f in a.option_strings
+            if f.startswith("--")
+        }
+        | {a.dest.replace("_", "-") for a in parser._actions if not a.option_strings}
+    )
 
 
 def apply_config_file(leaf: argparse.ArgumentParser, path: Path) -> list[str]:
@@ -137,6 +156,10 @@ def apply_config_file(leaf: argparse.ArgumentParser, path: Path) -> list[str]:
         raise FileNotFoundError(f"--config-file {str(path)!r} does not exist or is not a file")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"--config-file {str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
     except yaml.YAMLError as exc:
         raise ValueError(f"--config-file {str(path)!r} is not valid YAML: {exc}") from None
     if data is None:
@@ -152,7 +175,7 @@ def apply_config_file(leaf: argparse.ArgumentParser, path: Path) -> list[str]:
         dest = str(key).replace("-", "_")
         action = actions.get(dest) or positionals.get(dest)
         if action is None:
-            known = ", ".join(sorted(d.replace("_", "-") for d in [*actions, *positionals])) or "(none)"
+            known = ", ".join(_flag_names(leaf)) or "(none)"
             raise ValueError(
                 f"--config-file {str(path)!r}: unknown option {key!r} for '{leaf.prog}'; known: {known}"
             )
@@ -162,7 +185,13 @@ def apply_config_file(leaf: argparse.ArgumentParser, path: Path) -> list[str]:
             )
         if isinstance(value, str) and action.type is not None:
             value = action.type(value)
-        defaults[dest] = value
+        if action.nargs == 0 and dest != action.dest:  # a flag by its name (no-progress: true)
+            if not isinstance(value, bool):
+                raise ValueError(
+                    f"--config-file {str(path)!r}: {key} is a flag: use true or false, got {value!r}"
+                )
+            value = action.const if value else action.default
+        defaults[action.dest] = value
         action.required = False
         if not action.option_strings and action.nargs is None:
             action.nargs = "?"  # the file supplies it; a value on the command line still wins

@@ -87,17 +87,24 @@ def iter_source_records(specs: list[str], report=None):
     yield from iter_records(sources, report)
 
 
+def quiet_datatrove(args: argparse.Namespace) -> bool:
+    """Apply ``-q``/``-qq``/``--no-progress`` (given before or after the command) to datatrove, which logs
+    through loguru, not logging: ``-q`` and ``--no-progress`` keep its warnings, ``-qq`` its errors only.
+    Returns whether progress bars are shown (not with ``--no-progress`` or ``-qq``)."""
+    from hqrs.dataset_builder.mpgi.datatrove_compat import set_stderr_level
+
+    verbosity = (getattr(args, "verbose", 0) or 0) - (getattr(args, "quiet", 0) or 0)
+    progress = getattr(args, "progress", True)
+    set_stderr_level("ERROR" if verbosity <= -2 else "WARNING" if verbosity == -1 or not progress else None)
+    return progress and verbosity > -2
+
+
 def run_command(args: argparse.Namespace) -> int:
     from hqrs.dataset_builder.mpgi import load_recipe, run_mpgi
-    from hqrs.dataset_builder.mpgi.datatrove_compat import set_stderr_level
     from hqrs.dataset_builder.mpgi.engine import MpGIRunError
     from hqrs.dataset_builder.sources import SkipReport
 
-    verbosity = (getattr(args, "verbose", 0) or 0) - (getattr(args, "quiet", 0) or 0)
-    # datatrove logs through loguru, not logging: -q/--no-progress keep its warnings, -qq its errors only
-    set_stderr_level(
-        "ERROR" if verbosity <= -2 else "WARNING" if verbosity == -1 or not args.progress else None
-    )
+    progress = quiet_datatrove(args)
     recipe = load_recipe(args.recipe, overrides=args.overrides)
     report = SkipReport()
     try:
@@ -109,7 +116,7 @@ def run_command(args: argparse.Namespace) -> int:
             tasks=args.tasks,
             workers=args.workers,
             limit=args.limit,
-            progress=args.progress and verbosity > -2,
+            progress=progress,
         )
     except MpGIRunError as e:
         raise OSError(str(e)) from e

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -223,3 +224,35 @@ def test_train_takes_trainer_spelling_of_options():
         ["train", "clip", "--model", "m", "--dataset", "d", "--output-dir", "o", "--learning-rate", "0.25"]
     )
     assert args.learning_rate == 0.25
+
+
+def test_config_file_keys_are_flag_names(tmp_path, capsys):
+    """A config key is the flag's name (`format:` for --format, `no-progress:` for --no-progress), not only
+    the internal destination; a non-UTF-8 file is an error that names it."""
+    cfg = tmp_path / "b.yaml"
+    cfg.write_text("format: webdataset\nout: o\ndemo: true\nno-progress: true\n")
+    args = cli.parse_args(["build", "--config-file", str(cfg)])
+    assert (args.fmt, str(args.out), args.demo, args.progress) == ("webdataset", "o", True, False)
+    cfg.write_text("no-progress: 3\n")
+    assert cli.main(["build", "--config-file", str(cfg)]) == 2
+    assert "no-progress is a flag" in capsys.readouterr().err
+    cfg.write_text("formt: parquet\n")
+    assert cli.main(["build", "--config-file", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown option 'formt'" in err and "format" in err and "fmt" not in err
+    cfg.write_bytes(b"\xff\xfeout: x\n")
+    assert cli.main(["build", "--config-file", str(cfg)]) == 2
+    assert f"{str(cfg)!r} is not UTF-8" in capsys.readouterr().err
+
+
+def test_quiet_before_the_command_silences_datatrove(tmp_path):
+    """`hqrs -qq build ...` prints only its result line: no datatrove log lines, no progress bars."""
+    out = subprocess.run(
+        [sys.executable, "-m", "hqrs.scripts.cli", "-qq", "build", "--demo", "--out", str(tmp_path / "d")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stderr == "" and out.stdout.startswith("HQRS-IT written to")
