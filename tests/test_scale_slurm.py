@@ -158,6 +158,12 @@ def test_model_recipe_scancel_one_task_then_resume(rs_real, partition, tmp_path)
         wait_for(lambda: all(j["id"] != victim["id"] for j in queued(run)), 60, "the cancelled task to end")
         server.release(drop_held=True)  # the cancelled task's request is never answered
         wait_for(lambda: settled(run), 300, "the other tasks to finish")
+        # Slurm marks the dependants DependencyNeverSatisfied on a later scheduling pass, not at once
+        wait_for(
+            lambda: status_json(run)["passes"][0]["tasks"]["integration"]["blocked"] == 4,
+            120,
+            "the integration tasks to show blocked",
+        )
 
         status = hqrs("mpgi", "status", run)
         assert status.returncode == 2, status.stdout + status.stderr
