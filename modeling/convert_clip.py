@@ -42,7 +42,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .key_mapping import (
-    OPEN_CLIP_PLAIN_TEXT,
+    OPEN_CLIP_CLIP_TEXT,
+    OPEN_CLIP_CLIP_TOP_LEVEL,
+    OPEN_CLIP_DERIVED_KEYS,
     OPEN_CLIP_PLAIN_VISION,
     WEIGHT_OR_BIAS,
     KeyTable,
@@ -101,21 +103,9 @@ OPEN_CLIP_TO_HF_CLIP = KeyTable(
     ],
 )
 
-# Entries that some checkpoints carry but that hold no weights: the text causal mask (a buffer open_clip
-# rebuilds from context_length and no longer saves) and the integers of OpenAI's TorchScript state dict.
-_DERIVED_KEYS = ("attn_mask", "input_resolution", "context_length", "vocab_size")
 
 # open_clip config fields that transformers' CLIPModel cannot represent unless at these values.
 _VISION_FIXED = {**OPEN_CLIP_PLAIN_VISION, "attentional_pool": False}
-_TEXT_FIXED = {
-    **OPEN_CLIP_PLAIN_TEXT,
-    "hf_tokenizer_name": None,
-    "tokenizer_mode": None,
-    "embed_cls": False,
-    "final_ln_after_pool": False,
-    "pool_type": "argmax",
-}
-_TOP_LEVEL_OK = {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "init_logit_scale", "custom_text"}
 
 _MODIFIED_RESNET_MSG = (
     "{what} is an open_clip ModifiedResNet (RN50-style) CLIP. transformers has no ModifiedResNet CLIP "
@@ -166,7 +156,7 @@ def clip_config_from_open_clip(model_name: str, force_quick_gelu: bool = False) 
             f"{model_name!r} is a CoCa architecture; it converts to RS-CoCa (hqrs.modeling.convert_rs_coca), "
             "not to CLIPModel"
         )
-    extra = sorted(set(cfg) - _TOP_LEVEL_OK)
+    extra = sorted(set(cfg) - OPEN_CLIP_CLIP_TOP_LEVEL)
     if extra or cfg.get("custom_text", False):
         raise ValueError(
             f"open_clip config {model_name!r} uses {extra or ['custom_text']}, which transformers' CLIPModel "
@@ -184,7 +174,9 @@ def clip_config_from_open_clip(model_name: str, force_quick_gelu: bool = False) 
     bad = [
         f"vision_cfg.{k}={getattr(vision, k)!r}" for k, v in _VISION_FIXED.items() if getattr(vision, k) != v
     ]
-    bad += [f"text_cfg.{k}={getattr(text, k)!r}" for k, v in _TEXT_FIXED.items() if getattr(text, k) != v]
+    bad += [
+        f"text_cfg.{k}={getattr(text, k)!r}" for k, v in OPEN_CLIP_CLIP_TEXT.items() if getattr(text, k) != v
+    ]
     if bad:
         raise ValueError(
             f"open_clip config {model_name!r} uses {', '.join(bad)}; transformers' CLIPModel has no such option"
@@ -341,7 +333,7 @@ def convert_open_clip_clip(
     config = clip_config_from_open_clip(model_name, force_quick_gelu=force_quick_gelu)
     _check_source_kind(model_name, state_dict)
     sd = dict(state_dict)
-    for key in _DERIVED_KEYS:
+    for key in OPEN_CLIP_DERIVED_KEYS:
         sd.pop(key, None)
     converted = OPEN_CLIP_TO_HF_CLIP.convert(sd)
     with init_empty_weights(include_buffers=False):

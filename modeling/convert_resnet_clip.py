@@ -37,7 +37,17 @@ from typing import Any
 import torch
 
 from .configuration_resnet_clip import ResNetCLIPConfig
-from .key_mapping import OPEN_CLIP_PLAIN_TEXT, WEIGHT_OR_BIAS, KeyTable, Rule, check_complete, resblock_rules
+from .key_mapping import (
+    OPEN_CLIP_CLIP_TEXT,
+    OPEN_CLIP_CLIP_TOP_LEVEL,
+    OPEN_CLIP_DERIVED_KEYS,
+    WEIGHT_OR_BIAS,
+    KeyTable,
+    Rule,
+    check_complete,
+    open_clip_expected_shapes,
+    resblock_rules,
+)
 from .modeling_resnet_clip import ResNetCLIPModel
 from .open_clip_processing import build_image_processor, build_tokenizer
 from .processing_resnet_clip import ResNetCLIPProcessor
@@ -58,17 +68,6 @@ __all__ = [
 MODEL_TYPE = ResNetCLIPConfig.model_type
 
 _BN = "{p:weight|bias|running_mean|running_var|num_batches_tracked}"
-# Entries of OpenAI's original (TorchScript-derived) state dicts that hold no weights.
-_DERIVED_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
-_TEXT_FIXED = {
-    **OPEN_CLIP_PLAIN_TEXT,
-    "hf_tokenizer_name": None,
-    "tokenizer_mode": None,
-    "embed_cls": False,
-    "final_ln_after_pool": False,
-    "pool_type": "argmax",
-}
-_TOP_LEVEL_OK = {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "init_logit_scale", "custom_text"}
 
 
 def _open_clip_cfg(model_name: str) -> dict:
@@ -126,7 +125,7 @@ def resnet_clip_config_from_open_clip(
             f"open_clip architecture {model_name!r} is not a ModifiedResNet CLIP (vision_cfg.layers="
             f"{vision_raw.get('layers')!r} is not a list); convert ViT CLIPs with the HQRS-CLIP converter"
         )
-    extra = sorted(set(cfg) - _TOP_LEVEL_OK)
+    extra = sorted(set(cfg) - OPEN_CLIP_CLIP_TOP_LEVEL)
     if extra or cfg.get("custom_text", False):
         raise ValueError(
             f"open_clip config {model_name!r} uses {extra or ['custom_text']}, which hqrs cannot represent"
@@ -137,7 +136,9 @@ def resnet_clip_config_from_open_clip(
     if unknown:
         raise ValueError(f"open_clip config {model_name!r} has fields hqrs does not know: {unknown}")
     vision, text = CLIPVisionCfg(**vision_raw), CLIPTextCfg(**text_raw)
-    bad = [f"text_cfg.{k}={getattr(text, k)!r}" for k, v in _TEXT_FIXED.items() if getattr(text, k) != v]
+    bad = [
+        f"text_cfg.{k}={getattr(text, k)!r}" for k, v in OPEN_CLIP_CLIP_TEXT.items() if getattr(text, k) != v
+    ]
     image_size = vision.image_size
     if isinstance(image_size, (list, tuple)):
         if len(set(image_size)) != 1:
@@ -274,7 +275,7 @@ def convert_open_clip_resnet_clip(
     """
     config = resnet_clip_config_from_open_clip(model_name, model_cfg, force_quick_gelu=force_quick_gelu)
     _check_source_kind(model_name, state_dict)
-    sd = {k: v for k, v in state_dict.items() if k not in _DERIVED_KEYS}
+    sd = {k: v for k, v in state_dict.items() if k not in OPEN_CLIP_DERIVED_KEYS}
     return _model_from_state_dict(config, sd, context=f"open_clip {model_name!r} checkpoint -> ResNet-CLIP")
 
 
@@ -287,22 +288,8 @@ def resnet_clip_to_open_clip_state_dict(model: ResNetCLIPModel) -> dict[str, tor
     state = resnet_clip_key_table(model.config).inverted().convert(model.state_dict())
     name = model.config.open_clip_model_name
     if name is not None and is_resnet_clip_name(name):
-        check_complete(state, _open_clip_expected_shapes(name), context=f"ResNet-CLIP -> open_clip {name!r}")
+        check_complete(state, open_clip_expected_shapes(name), context=f"ResNet-CLIP -> open_clip {name!r}")
     return state
-
-
-def _open_clip_expected_shapes(model_name: str) -> dict[str, tuple[int, ...]]:
-    import open_clip
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # open_clip logs "No pretrained weights loaded" on the root logger
-    try:
-        with torch.device("meta"):
-            ref = open_clip.create_model(model_name, pretrained=None, device="meta")
-    finally:
-        root.setLevel(level)
-    return {k: tuple(v.shape) for k, v in ref.state_dict().items()}
 
 
 def build_resnet_clip_processor(model_name: str, config: ResNetCLIPConfig) -> ResNetCLIPProcessor:

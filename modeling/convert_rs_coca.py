@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +32,7 @@ from .key_mapping import (
     KeyTable,
     Rule,
     check_complete,
+    open_clip_expected_shapes,
     resblock_rules,
 )
 from .modeling_rs_coca import RSCoCaModel
@@ -302,7 +302,7 @@ def coca_to_open_clip_state_dict(model: RSCoCaModel) -> dict[str, torch.Tensor]:
     state = table.convert(model.state_dict())
     name = model.config.open_clip_model_name
     if name is not None and _is_registered(name):
-        expected = _open_clip_expected_shapes(name)
+        expected = open_clip_expected_shapes(name)
         check_complete(state, expected, context=f"RS-CoCa -> open_clip {name!r}")
     return state
 
@@ -311,20 +311,6 @@ def _is_registered(model_name: str) -> bool:
     import open_clip
 
     return open_clip.get_model_config(model_name) is not None
-
-
-def _open_clip_expected_shapes(model_name: str) -> dict[str, tuple[int, ...]]:
-    import open_clip
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # open_clip warns "No pretrained weights loaded" on the root logger
-    try:
-        with torch.device("meta"):
-            ref = open_clip.create_model(model_name, pretrained=None, device="meta")
-    finally:
-        root.setLevel(level)
-    return {k: tuple(v.shape) for k, v in ref.state_dict().items()}
 
 
 def default_generation_config(config: RSCoCaConfig):

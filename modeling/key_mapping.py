@@ -38,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import re
@@ -436,6 +437,44 @@ OPEN_CLIP_PLAIN_TEXT = {
     "proj_type": "linear",
     "hf_model_name": None,
 }
+
+# What a CLIP-style text tower (CLIPTextModel: argmax pooling, no CLS embedding) needs of open_clip's
+# text_cfg, and the top-level config keys such a model may have (the ViT and ResNet CLIP converters).
+OPEN_CLIP_CLIP_TEXT = {
+    **OPEN_CLIP_PLAIN_TEXT,
+    "hf_tokenizer_name": None,
+    "tokenizer_mode": None,
+    "embed_cls": False,
+    "final_ln_after_pool": False,
+    "pool_type": "argmax",
+}
+OPEN_CLIP_CLIP_TOP_LEVEL = {
+    "embed_dim",
+    "vision_cfg",
+    "text_cfg",
+    "quick_gelu",
+    "init_logit_scale",
+    "custom_text",
+}
+# Entries that some checkpoints carry but that hold no weights: the text causal mask (a buffer open_clip
+# rebuilds from context_length and no longer saves) and the integers of OpenAI's TorchScript state dict.
+OPEN_CLIP_DERIVED_KEYS = ("attn_mask", "input_resolution", "context_length", "vocab_size")
+
+
+def open_clip_expected_shapes(model_name: str) -> dict[str, tuple[int, ...]]:
+    """``{key: shape}`` of ``open_clip.create_model(model_name)``'s state dict, built on the meta device
+    (no memory, no weights), to check a converted state dict loads with ``strict=True``."""
+    import open_clip
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # open_clip logs "No pretrained weights loaded" on the root logger
+    try:
+        with torch.device("meta"):
+            ref = open_clip.create_model(model_name, pretrained=None, device="meta")
+    finally:
+        root.setLevel(level)
+    return {k: tuple(v.shape) for k, v in ref.state_dict().items()}
 
 
 # --------------------------------------------------------------------------------------------------
