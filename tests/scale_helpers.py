@@ -20,10 +20,15 @@ AID = "aid_classification"  # 30 classes x 5 real AID images (rs_real)
 
 
 def bare_env(**extra: str) -> dict[str, str]:
-    """The environment minus this venv on PATH (``hqrs`` is called by full path, not activated)."""
+    """The environment minus this venv, and any other Python environment with datatrove, on PATH (``hqrs``
+    is called by full path, not activated; an activated venv of the caller would otherwise run the jobs)."""
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME")}
     venv_bin = str(Path(sys.executable).parent)
-    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p and p != venv_bin)
+    env["PATH"] = os.pathsep.join(
+        p
+        for p in env.get("PATH", "").split(os.pathsep)
+        if p and p != venv_bin and not (Path(p) / "launch_pickled_pipeline").exists()
+    )
     env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", **extra)
     return env
 
