@@ -16,30 +16,52 @@ A recipe is a YAML file (shipped ones live in ``hqrs.dataset_builder.recipes``):
       backend: template            # "template" (deterministic, no model) or a backend name
       captions: {short: 2, medium: 2, long: 2}
 
-Every section is a validated dataclass; a bad or unknown key raises ``ValueError`` naming its path
-(``generators[1].sampling``) and the fix.
+Every section is a frozen pydantic dataclass (``extra="forbid"``): a bad or unknown key raises
+:class:`RecipeError`, one line naming the file, the key's path and what it expects::
+
+    recipe 'r.yaml': generators[1].n: expected an integer >= 1, got 0
+    recipe 'r.yaml': generators[0].temprature: unknown key; valid keys are backend, image, n, ...
+
+Its JSON schema (for editors and linters of recipe files): :meth:`Recipe.model_json_schema` or
+``hqrs mpgi recipe-schema``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from .prompts import template_source
 
-SERVER_TYPES = ("vllm", "sglang", "endpoint")
-FACT_FILTER_MODES = ("off", "drop", "regenerate")
-LENGTHS = ("short", "medium", "long")
+ServerType = Literal["vllm", "sglang", "endpoint"]
+FactFilter = Literal["off", "drop", "regenerate"]
+Length = Literal["short", "medium", "long"]
+StructuredOutput = Literal["auto", "json_schema", "off"]
+SERVER_TYPES: tuple[str, ...] = get_args(ServerType)
+FACT_FILTER_MODES: tuple[str, ...] = get_args(FactFilter)
+LENGTHS: tuple[str, ...] = get_args(Length)
+STRUCTURED_OUTPUT: tuple[str, ...] = get_args(StructuredOutput)
 TEMPLATE_INTEGRATOR = "template"
-STRUCTURED_OUTPUT = ("auto", "json_schema", "off")
 # backend keys that change how requests are sent, not what the captions are (not part of the recipe hash)
 OPERATIONAL_BACKEND_KEYS = (
     "server",
@@ -63,31 +85,121 @@ class RecipeError(ValueError):
     """A recipe key or value is wrong; the message names its path in the YAML file."""
 
 
-def _check_name(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not _NAME_RE.match(value):
-        raise RecipeError(f"{where}: {value!r} is not a valid name (letters, digits, '_', '.', '-')")
-    return value
+class _Problem(ValueError):
+    """Raised by a validator: ``message`` about its value, or (with ``path``) about a key below it."""
+
+    def __init__(self, message: str, *path: str | int) -> None:
+        super().__init__(message)
+        self.message, self.path = message, path
 
 
-def _positive_int(value: Any, where: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise RecipeError(f"{where}: expected an integer >= {minimum}, got {value!r}")
-    return value
+# --------------------------------------------------------------------------- #
+# Value types: each says once what it accepts, in the words of a YAML file
+# --------------------------------------------------------------------------- #
 
 
-def _positive_float(value: Any, where: str, allow_zero: bool = False) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not (value >= 0 if allow_zero else value > 0)
-    ):
-        raise RecipeError(
-            f"{where}: expected a {'non-negative' if allow_zero else 'positive'} number, got {value!r}"
-        )
-    return float(value)
+def _accepts(test: Callable[[Any], Any], expected: str) -> BeforeValidator:
+    """Check the raw value before pydantic's type conversion (a bool is not an integer, "5" not a number)."""
+
+    def check(value: Any) -> Any:
+        if not test(value):
+            raise _Problem(expected)
+        return value
+
+    return BeforeValidator(check)
 
 
-@dataclass
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _int_at_least(minimum: int) -> Any:
+    check = _accepts(lambda v: _is_int(v) and v >= minimum, f"expected an integer >= {minimum}")
+    return Annotated[int, check, Field(ge=minimum)]
+
+
+PositiveInt = _int_at_least(1)
+Count = _int_at_least(0)
+PositiveFloat = Annotated[
+    float, _accepts(lambda v: _is_number(v) and v > 0, "expected a positive number"), Field(gt=0)
+]
+NonNegativeFloat = Annotated[
+    float, _accepts(lambda v: _is_number(v) and v >= 0, "expected a non-negative number"), Field(ge=0)
+]
+Flag = Annotated[bool, _accepts(lambda v: isinstance(v, bool), "expected true or false")]
+Name = Annotated[
+    str,
+    _accepts(
+        lambda v: isinstance(v, str) and _NAME_RE.match(v), "expected a name (letters, digits, '_', '.', '-')"
+    ),
+    Field(pattern=_NAME_RE.pattern),
+]
+WordRange = Annotated[
+    list[int | float],
+    _accepts(
+        lambda v: (
+            isinstance(v, list | tuple) and len(v) == 2 and all(map(_is_number, v)) and 0 < v[0] <= v[1]
+        ),
+        "expected [min, max] word counts",
+    ),
+]
+
+
+def _compiles(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise _Problem(f"not a regular expression: {e}") from None
+    return pattern
+
+
+# request parameters checked where a recipe sets them (others pass through to the server unchecked)
+_SAMPLING_CHECKS: dict[str, tuple[Callable[[Any], Any], str]] = {
+    "max_tokens": (lambda v: _is_int(v) and v >= 1, "expected an integer >= 1"),
+    "temperature": (lambda v: _is_number(v) and v >= 0, "expected a non-negative number"),
+    "top_p": (lambda v: _is_number(v) and 0 < v <= 1, "expected a number in (0, 1]"),
+    "seed": (_is_int, "expected an integer"),
+}
+
+
+def _check_sampling(sampling: dict[str, Any]) -> dict[str, Any]:
+    for key, (test, expected) in _SAMPLING_CHECKS.items():
+        if key in sampling and not test(sampling[key]):
+            raise _Problem(f"{expected}, got {sampling[key]!r}", key)
+    return sampling
+
+
+Sampling = Annotated[dict[str, Any], AfterValidator(_check_sampling)]
+_CONFIG = ConfigDict(extra="forbid")
+
+
+def _section(cls: type) -> type:
+    """A frozen pydantic dataclass whose direct construction (``IntegratorSpec(...)``,
+    ``dataclasses.replace``) raises :class:`RecipeError` too."""
+    cls = pydantic_dataclass(frozen=True, config=_CONFIG)(cls)
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            init(self, *args, **kwargs)
+        except ValidationError as e:
+            raise RecipeError(describe_errors(e, type(self))) from None
+
+    cls.__init__ = __init__
+    return cls
+
+
+# --------------------------------------------------------------------------- #
+# Sections
+# --------------------------------------------------------------------------- #
+
+
+@_section
 class BackendSpec:
     """One inference server (→ one datatrove ``InferenceConfig`` and one ``InferenceRunner`` stage).
 
@@ -112,23 +224,41 @@ class BackendSpec:
         max_image_side: images are downscaled so that their longer side is at most this (pixels).
     """
 
-    server: str
-    model: str
+    server: ServerType
+    model: Annotated[
+        str, _accepts(lambda v: isinstance(v, str) and v, "expected a model id or a local model directory")
+    ]
     endpoint_url: str | None = None
-    api_key_env: str | None = None
-    max_concurrent: int = 64
-    request_timeout: float = 120.0
-    retries: int = 3
-    retry_backoff: float = 1.0
-    max_context: int = 8192
-    tp: int = 1
-    dp: int = 1
-    pp: int = 1
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    server_ready_attempts: int = 120
-    server_ready_delay: float = 5.0
-    circuit_breaker: int = 5
-    max_image_side: int = 1024
+    api_key_env: Annotated[
+        str | None,
+        _accepts(
+            lambda v: v is None or (isinstance(v, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v)),
+            "expected the NAME of an environment variable (e.g. OPENAI_API_KEY)",
+        ),
+    ] = None
+    max_concurrent: PositiveInt = 64
+    request_timeout: PositiveFloat = 120.0
+    retries: Count = 3
+    retry_backoff: NonNegativeFloat = 1.0
+    max_context: PositiveInt = 8192
+    tp: PositiveInt = 1
+    dp: PositiveInt = 1
+    pp: PositiveInt = 1
+    model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    server_ready_attempts: PositiveInt = 120
+    server_ready_delay: PositiveFloat = 5.0
+    circuit_breaker: PositiveInt = 5
+    max_image_side: PositiveInt = 1024
+
+    @model_validator(mode="after")
+    def _endpoint_needs_url(self) -> BackendSpec:
+        if self.server == "endpoint" and not re.match(r"^https?://", self.endpoint_url or ""):
+            raise _Problem(
+                "server 'endpoint' needs an http(s):// URL (the server root or its /v1 base URL), "
+                f"got {self.endpoint_url!r}",
+                "endpoint_url",
+            )
+        return self
 
     @property
     def server_root(self) -> str | None:
@@ -138,48 +268,8 @@ class BackendSpec:
         root = self.endpoint_url.rstrip("/")
         return root[: -len("/v1")] if root.endswith("/v1") else root
 
-    def validate(self, where: str) -> None:
-        if self.server not in SERVER_TYPES:
-            raise RecipeError(f"{where}.server: {self.server!r} is not one of {', '.join(SERVER_TYPES)}")
-        if not isinstance(self.model, str) or not self.model:
-            raise RecipeError(
-                f"{where}.model: needs a model id or a local model directory, got {self.model!r}"
-            )
-        if self.server == "endpoint":
-            if not isinstance(self.endpoint_url, str) or not re.match(r"^https?://", self.endpoint_url):
-                raise RecipeError(
-                    f"{where}.endpoint_url: server 'endpoint' needs an http(s):// URL (the server root or "
-                    "its /v1 base URL), "
-                    f"got {self.endpoint_url!r}"
-                )
-        if self.api_key_env is not None and (
-            not isinstance(self.api_key_env, str)
-            or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env)
-        ):
-            raise RecipeError(
-                f"{where}.api_key_env: expected the NAME of an environment variable (e.g. OPENAI_API_KEY), "
-                f"got {self.api_key_env!r}"
-            )
-        for name in (
-            "max_concurrent",
-            "max_context",
-            "tp",
-            "dp",
-            "pp",
-            "server_ready_attempts",
-            "circuit_breaker",
-            "max_image_side",
-        ):
-            _positive_int(getattr(self, name), f"{where}.{name}")
-        _positive_int(self.retries, f"{where}.retries", minimum=0)
-        for name in ("request_timeout", "server_ready_delay"):
-            setattr(self, name, _positive_float(getattr(self, name), f"{where}.{name}"))
-        self.retry_backoff = _positive_float(self.retry_backoff, f"{where}.retry_backoff", allow_zero=True)
-        if not isinstance(self.model_kwargs, dict):
-            raise RecipeError(f"{where}.model_kwargs: expected a mapping, got {self.model_kwargs!r}")
 
-
-@dataclass
+@_section
 class GeneratorSpec:
     """One perspective: a model, a prompt template and sampling settings.
 
@@ -194,27 +284,17 @@ class GeneratorSpec:
         sampling: request parameters (``temperature``, ``max_tokens``, ``top_p``, ``seed``...).
     """
 
-    name: str
+    name: Name
     backend: str
-    perspective: str
+    perspective: Name
     prompt: str = "perspective.jinja"
-    relay_rules: bool = False
-    image: bool = True
-    n: int = 1
-    sampling: dict[str, Any] = field(default_factory=lambda: {"temperature": 0.7, "max_tokens": 256})
-
-    def validate(self, where: str) -> None:
-        _check_name(self.name, f"{where}.name")
-        _check_name(self.perspective, f"{where}.perspective")
-        _positive_int(self.n, f"{where}.n")
-        if not isinstance(self.sampling, dict):
-            raise RecipeError(f"{where}.sampling: expected a mapping, got {self.sampling!r}")
-        for flag in ("relay_rules", "image"):
-            if not isinstance(getattr(self, flag), bool):
-                raise RecipeError(f"{where}.{flag}: expected true or false, got {getattr(self, flag)!r}")
+    relay_rules: Flag = False
+    image: Flag = True
+    n: PositiveInt = 1
+    sampling: Sampling = dataclasses.field(default_factory=lambda: {"temperature": 0.7, "max_tokens": 256})
 
 
-@dataclass
+@_section
 class IntegratorSpec:
     """The fusion of all perspectives into final captions.
 
@@ -246,83 +326,47 @@ class IntegratorSpec:
     backend: str = TEMPLATE_INTEGRATOR
     prompt: str = "integrate.jinja"
     repair_prompt: str = "repair.jinja"
-    captions: dict[str, int] = field(default_factory=lambda: {"short": 2, "medium": 2, "long": 2})
-    words: dict[str, list[int]] = field(
+    captions: dict[Length, Count] = dataclasses.field(
+        default_factory=lambda: {"short": 2, "medium": 2, "long": 2}
+    )
+    words: dict[Length, WordRange] = dataclasses.field(
         default_factory=lambda: {"short": [4, 15], "medium": [12, 35], "long": [30, 90]}
     )
-    max_repairs: int = 2
-    fact_filter: str = "regenerate"
-    max_regenerations: int = 1
-    min_captions: int = 1
-    sampling: dict[str, Any] = field(default_factory=lambda: {"temperature": 0.7, "max_tokens": 1024})
-    length_tolerance: float = 0.25
-    structured_output: str = "auto"
-    references: bool = False
-    references_skip_splits: list[str] = field(default_factory=lambda: ["test"])
-    references_contamination: list[str] = field(default_factory=list)
-    references_contamination_distance: int = 4
+    max_repairs: Count = 2
+    fact_filter: FactFilter = "regenerate"
+    max_regenerations: Count = 1
+    min_captions: PositiveInt = 1
+    sampling: Sampling = dataclasses.field(default_factory=lambda: {"temperature": 0.7, "max_tokens": 1024})
+    length_tolerance: NonNegativeFloat = 0.25
+    structured_output: StructuredOutput = "auto"
+    references: Flag = False
+    references_skip_splits: list[Annotated[str, Field(min_length=1)]] = dataclasses.field(
+        default_factory=lambda: ["test"]
+    )
+    references_contamination: list[Annotated[str, Field(min_length=1)]] = dataclasses.field(
+        default_factory=list
+    )
+    references_contamination_distance: Annotated[
+        int,
+        _accepts(lambda v: _is_int(v) and -1 <= v <= 16, "expected an integer in [-1, 16]"),
+        Field(ge=-1, le=16),
+    ] = 4
+
+    @model_validator(mode="after")
+    def _captions_have_word_ranges(self) -> IntegratorSpec:
+        if self.n_captions < 1:
+            raise _Problem(
+                "asks for no caption at all; expected a mapping like {short: 2, medium: 2, long: 2}",
+                "captions",
+            )
+        for key in self.captions:
+            if key not in self.words:
+                raise _Problem(f"no word range for length {key!r}; add e.g. {key}: [8, 20]", "words")
+        return self
 
     @property
     def n_captions(self) -> int:
         return sum(self.captions.values())
-
-    def validate(self, where: str) -> None:
-        if not isinstance(self.captions, dict) or not self.captions:
-            raise RecipeError(f"{where}.captions: expected a mapping like {{short: 2, medium: 2, long: 2}}")
-        for key, value in self.captions.items():
-            if key not in LENGTHS:
-                raise RecipeError(f"{where}.captions.{key}: unknown length; use {', '.join(LENGTHS)}")
-            _positive_int(value, f"{where}.captions.{key}", minimum=0)
-        if self.n_captions < 1:
-            raise RecipeError(f"{where}.captions: asks for no caption at all")
-        if not isinstance(self.words, dict):
-            raise RecipeError(
-                f"{where}.words: expected a mapping like {{short: [8, 15]}}, got {self.words!r}"
-            )
-        for key, value in self.words.items():
-            if key not in LENGTHS:
-                raise RecipeError(f"{where}.words.{key}: unknown length; use {', '.join(LENGTHS)}")
-            if not (
-                isinstance(value, list | tuple)
-                and len(value) == 2
-                and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
-                and 0 < value[0] <= value[1]
-            ):
-                raise RecipeError(f"{where}.words.{key}: expected [min, max] word counts, got {value!r}")
-        for key in self.captions:
-            if key not in self.words:
-                raise RecipeError(f"{where}.words: no word range for length {key!r}")
-        _positive_int(self.max_repairs, f"{where}.max_repairs", minimum=0)
-        _positive_int(self.max_regenerations, f"{where}.max_regenerations", minimum=0)
-        _positive_int(self.min_captions, f"{where}.min_captions")
-        if self.fact_filter not in FACT_FILTER_MODES:
-            raise RecipeError(
-                f"{where}.fact_filter: {self.fact_filter!r} is not one of {', '.join(FACT_FILTER_MODES)}"
-            )
-        if not isinstance(self.sampling, dict):
-            raise RecipeError(f"{where}.sampling: expected a mapping, got {self.sampling!r}")
-        self.length_tolerance = _positive_float(
-            self.length_tolerance, f"{where}.length_tolerance", allow_zero=True
-        )
-        if self.structured_output not in STRUCTURED_OUTPUT:
-            raise RecipeError(
-                f"{where}.structured_output: {self.structured_output!r} is not one of {', '.join(STRUCTURED_OUTPUT)}"
-            )
-        if not isinstance(self.references, bool):
-            raise RecipeError(f"{where}.references: expected true or false, got {self.references!r}")
-        for key in ("references_skip_splits", "references_contamination"):
-            value = getattr(self, key)
-            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-                raise RecipeError(f"{where}.{key}: expected a list of strings, got {value!r}")
-        if (
-            isinstance(self.references_contamination_distance, bool)
-            or not isinstance(self.references_contamination_distance, int)
-            or not -1 <= self.references_contamination_distance <= 16
-        ):
-            raise RecipeError(
-                f"{where}.references_contamination_distance: expected an integer in [-1, 16], "
-                f"got {self.references_contamination_distance!r}"
-            )
 
 
 DEFAULT_REFUSAL_PATTERNS = [
@@ -334,7 +378,7 @@ DEFAULT_REFUSAL_PATTERNS = [
 ]
 
 
-@dataclass
+@_section
 class AnswerChecks:
     """How model answers are checked before they are stored (a failed check is retried with another seed,
     then the record is failed and retried on the next run).
@@ -350,32 +394,15 @@ class AnswerChecks:
             by themselves.
     """
 
-    refusal_patterns: list[str] = field(default_factory=lambda: list(DEFAULT_REFUSAL_PATTERNS))
-    chars_per_token: float = 8.0
-    max_chars: int = 20000
-    accept_truncated: bool = False
-
-    def validate(self, where: str) -> None:
-        if not isinstance(self.refusal_patterns, list) or not all(
-            isinstance(p, str) for p in self.refusal_patterns
-        ):
-            raise RecipeError(f"{where}.refusal_patterns: expected a list of regular expressions")
-        for i, pattern in enumerate(self.refusal_patterns):
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                raise RecipeError(
-                    f"{where}.refusal_patterns[{i}]: {pattern!r} is not a regular expression: {e}"
-                ) from None
-        self.chars_per_token = _positive_float(self.chars_per_token, f"{where}.chars_per_token")
-        _positive_int(self.max_chars, f"{where}.max_chars")
-        if not isinstance(self.accept_truncated, bool):
-            raise RecipeError(
-                f"{where}.accept_truncated: expected true or false, got {self.accept_truncated!r}"
-            )
+    refusal_patterns: list[Annotated[str, AfterValidator(_compiles)]] = dataclasses.field(
+        default_factory=lambda: list(DEFAULT_REFUSAL_PATTERNS)
+    )
+    chars_per_token: PositiveFloat = 8.0
+    max_chars: PositiveInt = 20000
+    accept_truncated: Flag = False
 
 
-@dataclass
+@_section
 class ExecutionSpec:
     """How datatrove runs the stages.
 
@@ -386,60 +413,66 @@ class ExecutionSpec:
         ray: keyword arguments of ``RayPipelineExecutor`` (``gpus_per_task``, ``cpus_per_task``...).
     """
 
-    records_per_chunk: int = 500
-    slurm: dict[str, Any] = field(default_factory=dict)
-    ray: dict[str, Any] = field(default_factory=dict)
-
-    def validate(self, where: str) -> None:
-        _positive_int(self.records_per_chunk, f"{where}.records_per_chunk")
-        for name in ("slurm", "ray"):
-            if not isinstance(getattr(self, name), dict):
-                raise RecipeError(f"{where}.{name}: expected a mapping of executor arguments")
+    records_per_chunk: PositiveInt = 500
+    slurm: dict[str, Any] = dataclasses.field(default_factory=dict)
+    ray: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-@dataclass
+@_section
 class Recipe:
-    """A validated MpGI recipe; see the module docstring for the YAML layout."""
+    """A validated MpGI recipe; see the module docstring for the YAML layout.
 
-    name: str
+    ``source_path`` is where it was loaded from (templates resolve against its folder); it is not a
+    recipe key and not part of the hash.
+    """
+
+    name: Name
     description: str = ""
-    backends: dict[str, BackendSpec] = field(default_factory=dict)
-    generators: list[GeneratorSpec] = field(default_factory=list)
-    integrator: IntegratorSpec = field(default_factory=IntegratorSpec)
-    checks: AnswerChecks = field(default_factory=AnswerChecks)
-    execution: ExecutionSpec = field(default_factory=ExecutionSpec)
-    source_path: str | None = None  # where it was loaded from (not part of the hash)
+    backends: dict[Name, BackendSpec] = dataclasses.field(default_factory=dict)
+    generators: list[GeneratorSpec] = dataclasses.field(default_factory=list)
+    integrator: IntegratorSpec = dataclasses.field(default_factory=IntegratorSpec)
+    checks: AnswerChecks = dataclasses.field(default_factory=AnswerChecks)
+    execution: ExecutionSpec = dataclasses.field(default_factory=ExecutionSpec)
+    source_path: str | None = None
 
-    def __post_init__(self) -> None:
-        _check_name(self.name, "name")
-        for key, backend in self.backends.items():
-            _check_name(key, f"backends.{key}")
-            if key == TEMPLATE_INTEGRATOR:
-                raise RecipeError(
-                    f"backends.{key}: {TEMPLATE_INTEGRATOR!r} is reserved for the template integrator"
-                )
-            backend.validate(f"backends.{key}")
-        names = set()
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Recipe:
+        defined = f"(defined: {sorted(self.backends) or 'none'})"
+        if TEMPLATE_INTEGRATOR in self.backends:
+            raise _Problem(
+                f"{TEMPLATE_INTEGRATOR!r} is reserved for the template integrator",
+                "backends",
+                TEMPLATE_INTEGRATOR,
+            )
+        names: set[str] = set()
         for i, gen in enumerate(self.generators):
-            gen.validate(f"generators[{i}]")
             if gen.name in names or gen.name in ("rule", "references"):
-                raise RecipeError(
-                    f"generators[{i}].name: {gen.name!r} is used twice (or is the reserved 'rule' or 'references')"
+                raise _Problem(
+                    f"{gen.name!r} is used twice (or is the reserved 'rule' or 'references')",
+                    "generators",
+                    i,
+                    "name",
                 )
             names.add(gen.name)
             if gen.backend not in self.backends:
-                raise RecipeError(
-                    f"generators[{i}].backend: {gen.backend!r} is not defined under backends "
-                    f"(defined: {sorted(self.backends) or 'none'})"
+                raise _Problem(
+                    f"{gen.backend!r} is not defined under backends {defined}", "generators", i, "backend"
                 )
-        self.integrator.validate("integrator")
         if self.integrator.backend != TEMPLATE_INTEGRATOR and self.integrator.backend not in self.backends:
-            raise RecipeError(
-                f"integrator.backend: {self.integrator.backend!r} is neither 'template' nor defined under "
-                f"backends (defined: {sorted(self.backends) or 'none'})"
+            raise _Problem(
+                f"{self.integrator.backend!r} is neither 'template' nor defined under backends {defined}",
+                "integrator",
+                "backend",
             )
-        self.checks.validate("checks")
-        self.execution.validate("execution")
+        return self
+
+    @classmethod
+    def model_json_schema(cls) -> dict[str, Any]:
+        """JSON schema of a recipe file (``source_path`` left out: it is not a key of the file)."""
+        schema = TypeAdapter(cls).json_schema()
+        schema["properties"].pop("source_path")
+        schema["additionalProperties"] = False
+        return schema
 
     # ------------------------------------------------------------------ #
     @property
@@ -455,7 +488,7 @@ class Recipe:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = dataclasses.asdict(self)
         data.pop("source_path")
         return data
 
@@ -481,7 +514,7 @@ class Recipe:
                 name: {key: getattr(b, key) for key in OPERATIONAL_BACKEND_KEYS}
                 for name, b in self.backends.items()
             },
-            "execution": asdict(self.execution),
+            "execution": dataclasses.asdict(self.execution),
         }
 
     def hash(self, legacy: bool = False) -> str:
@@ -499,23 +532,66 @@ class Recipe:
 
 
 # ---------------------------------------------------------------------- #
-# Loading
+# Error messages
 # ---------------------------------------------------------------------- #
 
+# pydantic error types -> what the recipe should hold instead, in the words of a YAML file
+_EXPECTED = {
+    "dict_type": "expected a mapping",
+    "dataclass_type": "expected a mapping",
+    "list_type": "expected a list",
+    "string_type": "expected a string",
+    "string_too_short": "expected a non-empty string",
+    "bool_type": "expected true or false",
+}
 
-def _build(cls, data: Any, where: str):
-    if not isinstance(data, dict):
-        raise RecipeError(f"{where}: expected a mapping, got {type(data).__name__} {data!r}")
-    known = {f.name for f in fields(cls)} - {"source_path"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise RecipeError(f"{where}.{unknown[0]}: unknown key; valid keys are {', '.join(sorted(known))}")
-    try:
-        return cls(**data)
-    except TypeError as e:  # a required key is missing
-        missing = [f.name for f in fields(cls) if f.name not in data and f.name in str(e)]
-        raise RecipeError(f"{where}: missing required key {missing[0] if missing else ''!r} ({e})") from None
 
+def _path(loc: tuple[str | int, ...]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+
+def _keys_at(root: type, loc: tuple[str | int, ...]) -> list[str]:
+    """The valid keys of the section at ``loc`` below ``root`` (a section class)."""
+    tp: Any = root
+    for part in loc:
+        if dataclasses.is_dataclass(tp):
+            tp = tp.__pydantic_fields__[part].annotation
+        else:  # list[X] or dict[K, X]
+            tp = get_args(tp)[-1]
+    return sorted(f.name for f in dataclasses.fields(tp) if f.name != "source_path")
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def describe_errors(error: ValidationError, root: type) -> str:
+    """One line for all the errors of a validation of ``root``: ``path: what is wrong, got value; ...``."""
+    messages = []
+    for err in error.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if p != "[key]")
+        kind, ctx = err["type"], err.get("ctx") or {}
+        problem = ctx.get("error")
+        if isinstance(problem, _Problem):
+            loc += problem.path
+            text = problem.message if problem.path else f"{problem.message}, got {_show(err['input'])}"
+        elif kind in ("unexpected_keyword_argument", "extra_forbidden"):
+            top = "top-level recipe " if root is Recipe and len(loc) == 1 else ""
+            text = f"unknown {top}key; valid keys are {', '.join(_keys_at(root, loc[:-1]))}"
+        elif kind == "missing":
+            text = "missing required key"
+        elif kind == "literal_error":
+            text = f"expected one of {ctx['expected']}, got {_show(err['input'])}"
+        else:
+            text = f"{_EXPECTED.get(kind, err['msg'])}, got {_show(err['input'])}"
+        messages.append(f"{_path(loc)}: {text}" if loc else text)
+    return "; ".join(messages)
+
+
+# ---------------------------------------------------------------------- #
+# Loading
+# ---------------------------------------------------------------------- #
 
 _ENV_RE = re.compile(r"\$\{([^}:]*)(?::-([^}]*))?\}")
 # The only environment variables a recipe may read: non-secret settings of shipped recipes. API keys come
@@ -526,110 +602,90 @@ ENV_ALLOWLIST = ("HQRS_MPGI_ENDPOINT", "HQRS_MPGI_MODEL")
 
 def _expand_env(value: Any, where: str = "") -> Any:
     """``${VAR}`` / ``${VAR:-default}`` in string values, for the variables of :data:`ENV_ALLOWLIST` only."""
-    if isinstance(value, str):
-
-        def sub(m: re.Match) -> str:
-            name = m.group(1)
-            if name not in ENV_ALLOWLIST:
-                raise RecipeError(
-                    f"{where or 'recipe'}: ${{{name}}} is not allowed: a recipe may only read the non-secret "
-                    f"settings {', '.join(ENV_ALLOWLIST)} from the environment (an API key is named by "
-                    "backends.<name>.api_key_env and never copied into the recipe); write the value itself or "
-                    "pass it with --set"
-                )
-            if os.environ.get(name):
-                return os.environ[name]
-            if m.group(2) is not None:
-                return m.group(2)
-            raise RecipeError(
-                f"{where or 'recipe'}: environment variable {name} is not set and has no default"
-            )
-
-        return _ENV_RE.sub(sub, value)
     if isinstance(value, dict):
         return {k: _expand_env(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
     if isinstance(value, list):
         return [_expand_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    return value
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match) -> str:
+        name, default = m.groups()
+        if name not in ENV_ALLOWLIST:
+            raise RecipeError(
+                f"{where}: ${{{name}}} is not allowed: a recipe may only read the non-secret "
+                f"settings {', '.join(ENV_ALLOWLIST)} from the environment (an API key is named by "
+                "backends.<name>.api_key_env and never copied into the recipe); write the value itself or "
+                "pass it with --set"
+            )
+        if os.environ.get(name):
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise RecipeError(f"{where}: environment variable {name} is not set and has no default")
+
+    return _ENV_RE.sub(sub, value)
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | list[str] | None) -> dict[str, Any]:
     """Set dotted keys (``backends.tiny.endpoint_url``, ``generators.0.n``) in a raw recipe mapping.
 
-    ``overrides`` is a mapping or a list of ``KEY=VALUE`` strings (values parsed as YAML).
+    ``overrides`` is a mapping or a list of ``KEY=VALUE`` strings (values parsed as YAML); the values are
+    validated with the rest of the recipe afterwards.
     """
-    if not overrides:
-        return data
     if isinstance(overrides, list | tuple):
         parsed = {}
         for item in overrides:
-            if "=" not in item:
+            key, sep, raw = item.partition("=")
+            if not sep:
                 raise RecipeError(
                     f"override {item!r}: expected KEY=VALUE, e.g. backends.llm.endpoint_url=http://..."
                 )
-            key, _, raw = item.partition("=")
             parsed[key.strip()] = yaml.safe_load(raw)
         overrides = parsed
-    for dotted, value in overrides.items():
+    for dotted, value in (overrides or {}).items():
+        *parents, last = parts = dotted.split(".")
         node: Any = data
-        parts = dotted.split(".")
         for i, part in enumerate(parts):
-            last = i == len(parts) - 1
             where = ".".join(parts[: i + 1])
-            if isinstance(node, list):
-                if not part.isdigit() or int(part) >= len(node):
-                    raise RecipeError(
-                        f"override {dotted!r}: {where} is not an index of a {len(node)}-item list"
-                    )
-                if last:
-                    node[int(part)] = value
-                else:
-                    node = node[int(part)]
-            elif isinstance(node, dict):
-                if last:
-                    node[part] = value
-                else:
-                    node = node.setdefault(part, {})
-            else:
+            if isinstance(node, list) and not (part.isdigit() and int(part) < len(node)):
+                raise RecipeError(f"override {dotted!r}: {where} is not an index of a {len(node)}-item list")
+            if not isinstance(node, list | dict):
                 raise RecipeError(
                     f"override {dotted!r}: {where} is inside a value that is not a mapping or list"
                 )
+            key = int(part) if isinstance(node, list) else part
+            if i == len(parents):
+                node[key] = value
+            else:
+                node = node[key] if isinstance(node, list) else node.setdefault(key, {})
     return data
 
 
+_SECTIONS = ("backends", "generators", "integrator", "checks", "execution")
+
+
 def recipe_from_dict(data: dict[str, Any], source_path: str | None = None) -> Recipe:
+    """Validate a raw recipe mapping (``${VAR}`` expanded here); errors are one :class:`RecipeError` line
+    ``recipe '<source_path>': <key path>: <what is wrong>, got <value>``."""
+    where = f"recipe {source_path!r}: " if source_path else ""
     if not isinstance(data, dict):
-        raise RecipeError(f"recipe {source_path or ''}: the YAML document must be a mapping")
-    data = _expand_env(data)
-    known = {f.name for f in fields(Recipe)} - {"source_path"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise RecipeError(
-            f"{unknown[0]}: unknown top-level recipe key; valid keys are {', '.join(sorted(known))}"
-        )
-    if "name" not in data:
-        raise RecipeError("name: missing required key (the recipe's name)")
-    backends_raw = data.get("backends") or {}
-    if not isinstance(backends_raw, dict):
-        raise RecipeError("backends: expected a mapping of backend name → settings")
-    gens_raw = data.get("generators") or []
-    if not isinstance(gens_raw, list):
-        raise RecipeError("generators: expected a list of generator settings")
+        raise RecipeError(f"{where or 'recipe: '}the YAML document must be a mapping, got {_show(data)}")
     try:
-        return Recipe(
-            name=data["name"],
-            description=data.get("description", ""),
-            backends={k: _build(BackendSpec, v, f"backends.{k}") for k, v in backends_raw.items()},
-            generators=[_build(GeneratorSpec, g, f"generators[{i}]") for i, g in enumerate(gens_raw)],
-            integrator=_build(IntegratorSpec, data.get("integrator") or {}, "integrator"),
-            checks=_build(AnswerChecks, data.get("checks") or {}, "checks"),
-            execution=_build(ExecutionSpec, data.get("execution") or {}, "execution"),
-            source_path=source_path,
-        )
+        # an empty section (`integrator:` with nothing below) means its defaults
+        data = {k: v for k, v in _expand_env(data).items() if not (k in _SECTIONS and v is None)}
+        if "source_path" in data:  # where the recipe was read from, not a key of the file
+            raise ValidationError.from_exception_data(
+                "Recipe", [{"type": "extra_forbidden", "loc": ("source_path",), "input": data["source_path"]}]
+            )
+        return _RECIPE.validate_python({**data, "source_path": source_path})
+    except ValidationError as e:
+        raise RecipeError(where + describe_errors(e, Recipe)) from None
     except RecipeError as e:
-        if source_path:
-            raise RecipeError(f"recipe {source_path}: {e}") from None
-        raise
+        raise RecipeError(f"{where}{e}") from None
+
+
+_RECIPE = TypeAdapter(Recipe)
 
 
 def shipped_recipes() -> list[str]:
