@@ -1,4 +1,4 @@
-"""``hqrs mpgi run`` / ``hqrs mpgi status``: the MpGI engine from the command line."""
+"""``hqrs mpgi run`` / ``status`` / ``recipe-schema``: the MpGI engine from the command line."""
 
 from __future__ import annotations
 
@@ -68,6 +68,18 @@ def register(subparsers, parents) -> None:
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.set_defaults(func=status_command)
 
+    schema = leaf_parser(
+        sub,
+        "recipe-schema",
+        parents,
+        help="print the JSON schema of a recipe file",
+        description=(
+            "Print the JSON schema of an MpGI recipe (every key, its type, bounds and default), e.g. for an "
+            "editor's YAML language server: `hqrs mpgi recipe-schema > recipe.schema.json`."
+        ),
+    )
+    schema.set_defaults(func=recipe_schema_command)
+
 
 def iter_source_records(specs: list[str], report=None):
     """Records of ``specs``: source-adapter specs (``KIND:PATH?...``), a plain folder of images
@@ -133,6 +145,13 @@ def run_command(args: argparse.Namespace) -> int:
     if result.failed:
         print("  rerun the same command to retry the failed records")
     return 0 if result.failed == 0 else 2
+
+
+def recipe_schema_command(args: argparse.Namespace) -> int:
+    from hqrs.dataset_builder.mpgi.recipe import Recipe
+
+    print(json.dumps(Recipe.model_json_schema(), indent=2))
+    return 0
 
 
 def status_command(args: argparse.Namespace) -> int:

@@ -231,3 +231,198 @@ def test_endpoint_url_root_or_v1_same_server(url):
 def test_api_key_env_must_be_a_variable_name(bad):
     with pytest.raises(RecipeError, match=r"backends\.local\.api_key_env: expected the NAME"):
         load_recipe("cpu-tiny", overrides={"backends.local.api_key_env": bad})
+
+
+# The recipe hash keys a run directory (resume, old run dirs): it must not change for the same content.
+# Computed with the hand-written dataclass recipes (before the pydantic sections) at commit 25afa0a.
+PINNED_HASHES = {
+    "cpu-small": (
+        "ba867e7b7659b956238e3ba54c7ba6874a401f512347c2a20264299fb690a704",
+        "2592c6b2267ef9ce49bf3237e55695823a681d91e773dff72625a1f521b4ec49",
+    ),
+    "cpu-tiny": (
+        "c391f91e2c642c238ec9a14052dfe92a337edb3fb6fcfbfc58286c175bdd1916",
+        "35f80e6f0b82ecac70beee15fabe746918f313493224929cace4c84412db640e",
+    ),
+    "gpu-vllm": (
+        "db55ba4bab5b5ed4dd9db8168a552cbe7e8777367879750983348080fdbd4fac",
+        "b093595a7599990a426dcbd19a0f4cba5af0cd5143a95b6a0303970063b6247d",
+    ),
+    "offline": (
+        "61a15c5b81d081d3540841298337471fa8d781d7295557b5e25eef4ad0bc1e58",
+        "70c714858c4531c3067a2b34afdd524b3bd6526e7c26ef59630e69227c23e446",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_HASHES))
+def test_shipped_recipe_hashes_are_pinned(name, monkeypatch):
+    for var in ("HQRS_MPGI_ENDPOINT", "HQRS_MPGI_MODEL"):
+        monkeypatch.delenv(var, raising=False)
+    recipe = load_recipe(name)
+    assert (recipe.hash(), recipe.hash(legacy=True)) == PINNED_HASHES[name]
+    # recipe.json round trip (what a resumed run reloads) keeps the hash
+    assert recipe_from_dict(recipe.to_dict(), recipe.source_path).hash() == recipe.hash()
+
+
+def test_every_shipped_recipe_has_a_pinned_hash():
+    assert set(shipped_recipes()) == set(PINNED_HASHES)  # a new shipped recipe: pin its hashes above
+
+
+@pytest.mark.parametrize(
+    ("patch", "line"),
+    [
+        (  # the brief's example kind: a sampling parameter out of range, at its list index
+            {
+                "generators": [
+                    {"name": "a", "backend": "m", "perspective": "scene"},
+                    {"name": "b", "backend": "m", "perspective": "scene", "sampling": {"max_tokens": -1}},
+                ]
+            },
+            "recipe 'x.yaml': generators[1].sampling.max_tokens: expected an integer >= 1, got -1",
+        ),
+        (  # every wrong value of a section at once, still one line
+            {"generators": [{"name": "g", "backend": "m", "perspective": "scene", "n": 0, "image": "yes"}]},
+            "recipe 'x.yaml': generators[0].image: expected true or false, got 'yes'; "
+            "generators[0].n: expected an integer >= 1, got 0",
+        ),
+        (
+            {"backends": {"m": {"server": "vllm", "model": "x", "retries": True}}},
+            "recipe 'x.yaml': backends.m.retries: expected an integer >= 0, got True",
+        ),
+        (
+            {"backends": {"a b": {"server": "vllm", "model": "x"}}},
+            "recipe 'x.yaml': backends.a b: expected a name (letters, digits, '_', '.', '-'), got 'a b'",
+        ),
+        (
+            {"backends": {"template": {"server": "vllm", "model": "x"}}},
+            "recipe 'x.yaml': backends.template: 'template' is reserved for the template integrator",
+        ),
+        (
+            {"backends": {"m": {"server": "vllm"}}},
+            "recipe 'x.yaml': backends.m.model: missing required key",
+        ),
+        ({"integrator": 5}, "recipe 'x.yaml': integrator: expected a mapping, got 5"),
+        (
+            {"integrator": {"captions": {"short": 1, "long": 1}, "words": {"short": [4, 15]}}},
+            "recipe 'x.yaml': integrator.words: no word range for length 'long'; add e.g. long: [8, 20]",
+        ),
+        (
+            {"checks": {"refusal_patterns": ["(("]}},
+            "recipe 'x.yaml': checks.refusal_patterns[0]: not a regular expression: missing ), "
+            "unterminated subpattern at position 1, got '(('",
+        ),
+        (
+            {"generators": [{"name": "rule", "backend": "m", "perspective": "scene"}]},
+            "recipe 'x.yaml': generators[0].name: 'rule' is used twice (or is the reserved 'rule' or "
+            "'references')",
+        ),
+        (
+            {"source_path": "/elsewhere/r.yaml"},
+            "recipe 'x.yaml': source_path: unknown top-level recipe key; valid keys are backends, checks, "
+            "description, execution, generators, integrator, name",
+        ),
+    ],
+)
+def test_error_is_one_line_with_file_path_and_value(patch, line):
+    data = {"name": "t", "backends": {"m": {"server": "vllm", "model": "x"}}}
+    data.update(patch)
+    with pytest.raises(RecipeError) as info:
+        recipe_from_dict(data, source_path="x.yaml")
+    assert str(info.value) == line
+
+
+def test_sections_are_frozen_and_validated_on_construction():
+    import dataclasses
+
+    from hqrs.dataset_builder.mpgi.recipe import IntegratorSpec
+
+    recipe = load_recipe("cpu-tiny")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        recipe.integrator.max_repairs = 5  # type: ignore[misc]
+    # dataclasses.replace (the engine's way to change records_per_chunk) validates again
+    chunked = dataclasses.replace(
+        recipe, execution=dataclasses.replace(recipe.execution, records_per_chunk=7)
+    )
+    assert chunked.execution.records_per_chunk == 7 and chunked.hash() == recipe.hash()
+    with pytest.raises(RecipeError, match=r"^records_per_chunk: expected an integer >= 1, got -3$"):
+        dataclasses.replace(recipe.execution, records_per_chunk=-3)
+    with pytest.raises(RecipeError, match=r"^captions: asks for no caption at all"):
+        IntegratorSpec(captions={"short": 0})
+    with pytest.raises(
+        RecipeError, match=r"^sampling\.temperature: expected a non-negative number, got '0\.7'"
+    ):
+        IntegratorSpec(sampling={"temperature": "0.7"})
+
+
+def test_override_values_are_validated_and_named():
+    with pytest.raises(RecipeError) as info:
+        load_recipe("cpu-tiny", ["integrator.sampling.top_p=1.5"])
+    assert str(info.value) == (
+        "recipe 'hqrs.dataset_builder.recipes/cpu-tiny.yaml': integrator.sampling.top_p: "
+        "expected a number in (0, 1], got 1.5"
+    )
+    with pytest.raises(RecipeError, match=r"override 'generators\.3\.n': generators\.3 is not an index"):
+        load_recipe("cpu-tiny", ["generators.3.n=2"])
+    with pytest.raises(RecipeError, match="is inside a value that is not a mapping or list"):
+        load_recipe("cpu-tiny", ["integrator.max_repairs.x=2"])
+    assert load_recipe("cpu-tiny", ["generators.0.sampling.seed=3"]).generators[0].sampling["seed"] == 3
+
+
+def _schema_keys(schema: dict, node: dict) -> set[str]:
+    """Keys named by a (sub)schema, following $ref into $defs."""
+    if "$ref" in node:
+        node = schema["$defs"][node["$ref"].rsplit("/", 1)[1]]
+    return set(node.get("properties", {}))
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_HASHES))
+def test_json_schema_names_every_key_of_the_shipped_recipes(name, capsys):
+    import json
+    from importlib import resources
+
+    import yaml
+
+    from hqrs.scripts.cli import main
+
+    assert main(["mpgi", "recipe-schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["additionalProperties"] is False and "source_path" not in schema["properties"]
+    data = yaml.safe_load(
+        resources.files("hqrs.dataset_builder.recipes").joinpath(f"{name}.yaml").read_text()
+    )
+    assert set(data) <= _schema_keys(schema, schema)
+    sections = {"integrator": "IntegratorSpec", "checks": "AnswerChecks", "execution": "ExecutionSpec"}
+    for key, section in sections.items():
+        assert set(data.get(key) or {}) <= set(schema["$defs"][section]["properties"]), key
+    for backend in (data.get("backends") or {}).values():
+        assert set(backend) <= set(schema["$defs"]["BackendSpec"]["properties"])
+    for gen in data.get("generators") or []:
+        assert set(gen) <= set(schema["$defs"]["GeneratorSpec"]["properties"])
+    assert schema["$defs"]["BackendSpec"]["properties"]["max_concurrent"]["minimum"] == 1
+    assert schema["$defs"]["BackendSpec"]["properties"]["server"]["enum"] == ["vllm", "sglang", "endpoint"]
+
+
+def test_cli_bad_recipe_is_one_error_line(tmp_path, capsys):
+    from hqrs.scripts.cli import main
+
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "name: bad\nbackends:\n  m: {server: vllm, model: x, max_concurrent: -1}\n"
+        "generators:\n  - {name: g, backend: m, perspective: scene, temprature: 0.3}\n"
+    )
+    argv = ["mpgi", "run", "--recipe", str(path), "--source", str(tmp_path), "--out", str(tmp_path / "run")]
+    assert main([*argv, "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"hqrs: error: recipe {str(path.resolve())!r}: backends.m.max_concurrent: expected an integer >= 1, "
+        "got -1; generators[0].temprature: unknown key; valid keys are backend, image, n, name, perspective, "
+        "prompt, relay_rules, sampling\n"
+    )
+    assert (
+        main(["mpgi", "run", "--source", str(tmp_path), "--out", str(tmp_path / "run"), "--set", "name=a b"])
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("hqrs: error: recipe ") and "name: expected a name" in err
+    assert not (tmp_path / "run").exists()

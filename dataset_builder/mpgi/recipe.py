@@ -79,6 +79,7 @@ OPERATIONAL_BACKEND_KEYS = (
     "circuit_breaker",
 )
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class RecipeError(ValueError):
@@ -119,24 +120,24 @@ def _is_number(value: Any) -> bool:
 
 def _int_at_least(minimum: int) -> Any:
     check = _accepts(lambda v: _is_int(v) and v >= minimum, f"expected an integer >= {minimum}")
-    return Annotated[int, check, Field(ge=minimum)]
+    return Annotated[int, Field(ge=minimum), check]
 
 
 PositiveInt = _int_at_least(1)
 Count = _int_at_least(0)
 PositiveFloat = Annotated[
-    float, _accepts(lambda v: _is_number(v) and v > 0, "expected a positive number"), Field(gt=0)
+    float, Field(gt=0), _accepts(lambda v: _is_number(v) and v > 0, "expected a positive number")
 ]
 NonNegativeFloat = Annotated[
-    float, _accepts(lambda v: _is_number(v) and v >= 0, "expected a non-negative number"), Field(ge=0)
+    float, Field(ge=0), _accepts(lambda v: _is_number(v) and v >= 0, "expected a non-negative number")
 ]
 Flag = Annotated[bool, _accepts(lambda v: isinstance(v, bool), "expected true or false")]
 Name = Annotated[
     str,
+    Field(pattern=_NAME_RE.pattern),
     _accepts(
         lambda v: isinstance(v, str) and _NAME_RE.match(v), "expected a name (letters, digits, '_', '.', '-')"
     ),
-    Field(pattern=_NAME_RE.pattern),
 ]
 WordRange = Annotated[
     list[int | float],
@@ -230,9 +231,9 @@ class BackendSpec:
     ]
     endpoint_url: str | None = None
     api_key_env: Annotated[
-        str | None,
+        Annotated[str, Field(pattern=_ENV_NAME_RE.pattern)] | None,
         _accepts(
-            lambda v: v is None or (isinstance(v, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v)),
+            lambda v: v is None or (isinstance(v, str) and _ENV_NAME_RE.match(v)),
             "expected the NAME of an environment variable (e.g. OPENAI_API_KEY)",
         ),
     ] = None
@@ -348,8 +349,8 @@ class IntegratorSpec:
     )
     references_contamination_distance: Annotated[
         int,
-        _accepts(lambda v: _is_int(v) and -1 <= v <= 16, "expected an integer in [-1, 16]"),
         Field(ge=-1, le=16),
+        _accepts(lambda v: _is_int(v) and -1 <= v <= 16, "expected an integer in [-1, 16]"),
     ] = 4
 
     @model_validator(mode="after")
