@@ -388,6 +388,9 @@ def test_json_schema_names_every_key_of_the_shipped_recipes(name, capsys):
     assert main(["mpgi", "recipe-schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
     assert schema["additionalProperties"] is False and "source_path" not in schema["properties"]
+    for section in [schema, *schema["$defs"].values()]:  # every key documented (from the Args: docstrings)
+        assert section["additionalProperties"] is False and "Args:" not in section["description"]
+        assert all(prop.get("description") for prop in section["properties"].values()), section["title"]
     data = yaml.safe_load(
         resources.files("hqrs.dataset_builder.recipes").joinpath(f"{name}.yaml").read_text()
     )

@@ -423,8 +423,16 @@ class ExecutionSpec:
 class Recipe:
     """A validated MpGI recipe; see the module docstring for the YAML layout.
 
-    ``source_path`` is where it was loaded from (templates resolve against its folder); it is not a
-    recipe key and not part of the hash.
+    Args:
+        name: the recipe's name (recorded in the run manifest).
+        description: free text.
+        backends: inference servers by name (``template`` is reserved).
+        generators: the perspectives, in order.
+        integrator: how the perspectives become captions.
+        checks: how model answers are checked.
+        execution: how datatrove runs the stages.
+        source_path: where the recipe was loaded from (templates resolve against its folder); not a key of
+            the file and not part of the hash.
     """
 
     name: Name
@@ -469,10 +477,18 @@ class Recipe:
 
     @classmethod
     def model_json_schema(cls) -> dict[str, Any]:
-        """JSON schema of a recipe file (``source_path`` left out: it is not a key of the file)."""
+        """JSON schema of a recipe file: every key with its type, bounds, default and the description from
+        its section's ``Args:`` docstring (``source_path`` left out: it is not a key of the file)."""
         schema = TypeAdapter(cls).json_schema()
         schema["properties"].pop("source_path")
-        schema["additionalProperties"] = False
+        for section in [schema, *schema["$defs"].values()]:
+            intro, _, args = section.get("description", "").partition("\nArgs:\n")
+            section["description"] = intro.strip()
+            # "    a, b: text" starts the entry of keys a and b; deeper-indented lines continue it
+            for names, text in re.findall(r"^    ([\w, ]+):\s+(.*(?:\n {8}.*)*)", args, re.MULTILINE):
+                for key in names.split(", "):
+                    if key in section["properties"]:
+                        section["properties"][key]["description"] = " ".join(text.split())
         return schema
 
     # ------------------------------------------------------------------ #
