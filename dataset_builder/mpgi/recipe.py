@@ -50,6 +50,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.dataclasses import dataclass as pydantic_dataclass
+from typing_extensions import dataclass_transform
 
 from .prompts import template_source
 
@@ -178,6 +179,7 @@ Sampling = Annotated[dict[str, Any], AfterValidator(_check_sampling)]
 _CONFIG = ConfigDict(extra="forbid")
 
 
+@dataclass_transform(frozen_default=True, field_specifiers=(dataclasses.field,))
 def _section(cls: type) -> type:
     """A frozen pydantic dataclass whose direct construction (``IntegratorSpec(...)``,
     ``dataclasses.replace``) raises :class:`RecipeError` too."""
