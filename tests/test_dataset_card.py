@@ -114,12 +114,12 @@ PAYLOADS = [
 
 @pytest.mark.parametrize("payload", PAYLOADS)
 def test_hostile_values_stay_literal(demo_build, tmp_path, payload):
-    """Template syntax in every input of the writer (pretty name, repo, config folder name, sections, source
-    table, statistics) comes out as written and runs nothing; table cells cannot add rows or columns."""
+    """Template syntax in every input of the writer (pretty name, repo, sections, source table, statistics)
+    comes out as written and runs nothing; table cells cannot add rows or columns."""
     marker = tmp_path / "ran"
     text = payload.replace("MARKER", str(marker))
     out = tmp_path / "b"
-    shutil.copytree(demo_build / "data" / "pairs", out / "data" / text.replace("/", "_"))
+    shutil.copytree(demo_build / "data" / "pairs", out / "data" / "pairs")
     card = dc.dataset_card(
         dc.infos_from_folder(out),
         pretty_name=text,
@@ -140,7 +140,7 @@ def test_hostile_values_stay_literal(demo_build, tmp_path, payload):
     assert ast.literal_eval(snippet_arg) == text  # a Python string literal in the usage snippet
     parsed = DatasetCard(str(card), ignore_metadata_errors=False)
     assert parsed.data.pretty_name == text
-    assert parsed.data.configs[0]["config_name"] == text.replace("/", "_")
+    assert parsed.data.configs[0]["config_name"] == "pairs"
 
 
 def test_datasets_compat_range_and_round_trip():
@@ -182,6 +182,23 @@ def test_folder_that_is_no_build_is_a_clear_error(demo_build, tmp_path):
     with pytest.raises(ValueError, match=r"train-00000-of-00001\.parquet: cannot be read as parquet"):
         render_dataset_card(tmp_path, "me/x")
     shutil.copytree(demo_build / "data", tmp_path / "ok" / "data")
+    # a stray file, another split's columns, a config folder named like a glob: each named, never a card
+    # whose data files miss or mix what is uploaded
+    pairs = tmp_path / "ok" / "data" / "pairs"
+    (pairs / "notes.parquet").write_bytes((pairs / "test-00000-of-00001.parquet").read_bytes())
+    with pytest.raises(ValueError, match=r"notes\.parquet: not a shard name of `hqrs build`"):
+        dc.infos_from_folder(tmp_path / "ok")
+    (pairs / "notes.parquet").unlink()
+    default = tmp_path / "ok" / "data" / "default"
+    shutil.copy(pairs / "test-00000-of-00001.parquet", default / "zz-00000-of-00001.parquet")
+    with pytest.raises(ValueError, match=r"zz-00000-of-00001\.parquet: its columns differ"):
+        dc.infos_from_folder(tmp_path / "ok")
+    (default / "zz-00000-of-00001.parquet").unlink()
+    shutil.copytree(pairs, tmp_path / "ok" / "data" / "{{ 7*7 }}")
+    with pytest.raises(ValueError, match=r"'\{\{ 7\*7 \}\}' is not a config name"):
+        dc.infos_from_folder(tmp_path / "ok")
+    shutil.rmtree(tmp_path / "ok" / "data" / "{{ 7*7 }}")
+    assert [i.config_name for i in dc.infos_from_folder(tmp_path / "ok")] == ["default", "full", "pairs"]
     (tmp_path / "ok" / "build_report.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="build_report.json must hold a JSON object, got list"):
         render_dataset_card(tmp_path / "ok", "me/x")
