@@ -1,8 +1,11 @@
-"""Model and dataset cards rendered from the templates in ``hub_cards/templates`` and from results.
+"""Model and dataset cards rendered from templates and from results.
 
-Cards are never hand-edited: :func:`render_model_card` and :func:`render_dataset_card` build them with
-huggingface_hub's :class:`~huggingface_hub.ModelCard` / :class:`~huggingface_hub.DatasetCard`
-``from_template`` and card-data classes, so the YAML header always parses into those types.
+Cards are never hand-edited. :func:`render_model_card` builds a model card with huggingface_hub's
+:class:`~huggingface_hub.ModelCard` ``from_template`` over ``hub_cards/templates/model_card.md``.
+:func:`render_dataset_card` is the build's own card writer,
+:func:`hqrs.dataset_builder.dataset_card.dataset_card` (huggingface_hub
+:class:`~huggingface_hub.DatasetCard`), given what a push adds: the MpGI run, the build report,
+statistics and the source table. Both YAML headers parse into huggingface_hub's card-data types.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from urllib.parse import parse_qs
 from safetensors import safe_open
 
 from hqrs.dataset_builder import PAPER_CITATION
+from hqrs.dataset_builder.dataset_card import TAGS, dataset_card, infos_from_folder
 from hqrs.dataset_builder.io import load_json_utf8
 from hqrs.evaluation.results import SCHEMA, model_index_entry, weights_sha256
 
-RS_TAGS = ["remote-sensing", "earth-observation", "aerial-imagery", "vision-language", "hqrs", "mpgi"]
+RS_TAGS = TAGS  # the tags every hqrs card carries (dataset cards add "image-captioning")
 
 # The placeholder every usage snippet loads from; the dry-run test swaps it for the staged folder.
 REPO_PLACEHOLDER = "{repo_id}"
@@ -295,50 +299,6 @@ def _count_parameters(model_dir: str | Path) -> str:
     return f"{total / 1e6:.1f} M" if total >= 1e6 else f"{total:,}"
 
 
-def _dataset_info(dataset_dir: Path) -> tuple[list[dict], dict[str, list[dict]], list[dict]]:
-    """Configs (for the card's YAML), features per config and row counts per split, from the build folder."""
-    import pyarrow.parquet as pq
-
-    configs, features, rows = [], {}, []
-    data_dir = dataset_dir / "data"
-    if not data_dir.is_dir():
-        raise FileNotFoundError(
-            f"{data_dir} not found: {str(dataset_dir)!r} is not a folder written by `hqrs build`"
-        )
-    for config_dir in sorted(p for p in data_dir.iterdir() if p.is_dir()):
-        shards = sorted(config_dir.glob("*.parquet"))
-        if not shards:
-            continue
-        splits = sorted({s.name.split("-")[0] for s in shards})
-        configs.append(
-            {
-                "config_name": config_dir.name,
-                "data_files": [{"split": s, "path": f"data/{config_dir.name}/{s}-*.parquet"} for s in splits],
-                **({"default": True} if config_dir.name == "default" else {}),
-            }
-        )
-        schema = pq.read_schema(shards[0])
-        features[config_dir.name] = [{"name": f.name, "dtype": str(f.type)} for f in schema]
-        for split in splits:
-            n = sum(pq.ParquetFile(s).metadata.num_rows for s in shards if s.name.startswith(f"{split}-"))
-            rows.append({"config": config_dir.name, "split": split, "rows": n})
-    if not configs:
-        raise ValueError(f"{data_dir} holds no parquet shards; build the dataset with `hqrs build` first")
-    return configs, features, rows
-
-
-def _size_category(n: int) -> str:
-    for limit, name in (
-        (1_000, "n<1K"),
-        (10_000, "1K<n<10K"),
-        (100_000, "10K<n<100K"),
-        (1_000_000, "100K<n<1M"),
-    ):
-        if n < limit:
-            return name
-    return "1M<n<10M"
-
-
 def render_dataset_card(
     dataset_dir: str | Path,
     repo_id: str,
@@ -348,48 +308,42 @@ def render_dataset_card(
     sources: list[dict[str, str]] | None = None,
     license: str = "other",
 ):
-    """Render the HQRS-IT dataset card from a folder written by ``hqrs build``.
+    """Render the HQRS-IT dataset card of a folder written by ``hqrs build``, for ``repo_id``.
 
-    ``stats`` is the JSON of ``hqrs eval dataset`` (flat numbers are tabled), ``plots`` are PNG paths
-    relative to the folder, ``sources`` a list of ``{"name", "license", "citation"}``. The build
+    The same writer as the build's own card (:func:`hqrs.dataset_builder.dataset_card.dataset_card`, so the
+    YAML header is the build's), over the configs and splits read back from the folder's shards, plus what
+    the push adds: ``stats`` is the JSON of ``hqrs eval dataset`` (flat numbers are tabled), ``plots`` are
+    PNG paths relative to the folder, ``sources`` a list of ``{"name", "license", "citation"}``. The build
     report (``build_report.json``) supplies split, skip and contamination numbers, and the MpGI run
     manifest (``mpgi_run/manifest.json`` or the report's ``run_dir``) the recipe, models and tokens.
     """
-    from huggingface_hub import DatasetCard, DatasetCardData
-
     dataset_dir = Path(dataset_dir)
-    configs, features, split_rows = _dataset_info(dataset_dir)
+    infos = infos_from_folder(dataset_dir)
     report = _read_json(dataset_dir / "build_report.json")
-    run_dir = (report.get("input") or {}).get("run_dir") or dataset_dir / "mpgi_run"
-    manifest = _read_json(Path(run_dir) / "manifest.json")
-    default_rows = sum(r["rows"] for r in split_rows if r["config"] == configs[0]["config_name"])
-    name = repo_id.split("/")[-1]
-    card_data = DatasetCardData(
-        pretty_name=name,
+    manifest = _read_json(run_dir_of(dataset_dir, report) / "manifest.json")
+    return dataset_card(
+        infos,
+        pretty_name=repo_id.split("/")[-1],
+        repo=repo_id,
         license=license,
-        language="en",
-        task_categories=["image-to-text", "zero-shot-image-classification"],
-        size_categories=_size_category(default_rows),
-        tags=[*RS_TAGS, "image-captioning"],
-        configs=configs,
-    )
-    return DatasetCard.from_template(
-        card_data,
-        template_str=_template("dataset_card.md"),
-        pretty_name=name,
         summary=caption_summary(report, manifest),
-        usage=f'from datasets import load_dataset\n\nds = load_dataset("{repo_id}")  # config "default"\n'
-        f'pairs = load_dataset("{repo_id}", "pairs")  # one (image, caption) row per caption\n'
-        'print(ds["train"][0]["captions"])',
-        split_rows=split_rows,
-        features_by_config=features,
         mpgi_text=_mpgi_text(report, manifest),
         stats=stats_table(stats),
         plots=plots or [],
         build_text=_build_text(report),
         sources=sources_from_report(report, sources),
-        citation=PAPER_CITATION,
     )
+
+
+def run_dir_of(dataset_dir: str | Path, report: dict[str, Any] | None = None) -> Path:
+    """The MpGI run a build folder was made from: its report's ``input.run_dir``, else ``mpgi_run/``."""
+    if report is None:
+        try:
+            report = _read_json(Path(dataset_dir) / "build_report.json")
+        except ValueError:
+            report = {}
+    run_dir = (report.get("input") or {}).get("run_dir") if isinstance(report, dict) else None
+    return Path(run_dir) if isinstance(run_dir, str) and run_dir else Path(dataset_dir) / "mpgi_run"
 
 
 # What the source datasets' own distributions say about their licences (read from their public pages /
@@ -592,9 +546,12 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _mpgi_text(report: dict[str, Any], manifest: dict[str, Any]) -> str:

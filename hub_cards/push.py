@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..modeling.rs_coca_files import is_rs_coca_folder, save_rs_coca_remote_code
-from .cards import MODEL_KINDS, model_kind, render_dataset_card, render_model_card
+from .cards import MODEL_KINDS, model_kind, render_dataset_card, render_model_card, run_dir_of
 
 # What a model repo may hold: safetensors weights and text metadata; never pickles.
 MODEL_PATTERNS = (
@@ -170,15 +170,8 @@ def stage_dataset(
     """Copy a ``hqrs build`` folder's shards, report and plots into ``out_dir`` with a rendered card."""
     _validate_repo_id(repo_id)
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
-    if not (dataset_dir / "data").is_dir():
-        raise FileNotFoundError(
-            f"{dataset_dir / 'data'} not found: build the dataset with `hqrs build` first"
-        )
     plots = [Path(plot) for plot in plots or []]
-    for plot in plots:
-        if not plot.is_file():
-            raise FileNotFoundError(f"plot {str(plot)!r} not found")
-    # rendered first: bad stats / sources fail before anything is written to out_dir
+    # rendered first: a folder that is no build, bad stats / sources fail before anything is written to out_dir
     card = render_dataset_card(
         dataset_dir,
         repo_id,
@@ -187,6 +180,9 @@ def stage_dataset(
         sources=sources,
         license=license,
     )
+    for plot in plots:
+        if not plot.is_file():
+            raise FileNotFoundError(f"plot {str(plot)!r} not found")
     _prepare_out(out_dir)
     _copy_matching(dataset_dir, out_dir, DATASET_PATTERNS)
     report = out_dir / "build_report.json"
@@ -198,18 +194,8 @@ def stage_dataset(
         (out_dir / "stats").mkdir(exist_ok=True)
         shutil.copy2(plot, out_dir / "stats" / plot.name)
     card.save(out_dir / "README.md")
-    check_folder(out_dir, "dataset", recipe_secret_names(_run_dir_of(dataset_dir)))
+    check_folder(out_dir, "dataset", recipe_secret_names(run_dir_of(dataset_dir)))
     return _plan(out_dir, repo_id, "dataset")
-
-
-def _run_dir_of(dataset_dir: Path) -> Path | None:
-    """The MpGI run a build folder was made from (its report's ``input.run_dir``, else ``mpgi_run/``)."""
-    try:
-        report = json.loads((dataset_dir / "build_report.json").read_text(encoding="utf-8"))
-        run_dir = (report.get("input") or {}).get("run_dir")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        run_dir = None
-    return Path(run_dir) if run_dir else dataset_dir / "mpgi_run"
 
 
 _ABS_PATH = re.compile(r"(?<![\w./])/(?:[^/\s\"'?&=]+/)*[^/\s\"'?&=]+")

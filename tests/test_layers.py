@@ -63,6 +63,7 @@ LAYER_OF = {
     f"{_DB}.mpgi.steps": "mpgi",
     # dataset: planning, builder, export, demo data
     f"{_DB}.builder": "dataset",
+    f"{_DB}.dataset_card": "dataset",
     f"{_DB}.demo": "dataset",
     f"{_DB}.export": "dataset",
     f"{_DB}.planning": "dataset",
