@@ -42,10 +42,17 @@ from urllib.parse import urlparse
 import orjson
 from tqdm.auto import tqdm
 
-from ..parallel import ExecutorConfigError, check_executor, make_executor, run_stages, stage_task_states
+from ..parallel import (
+    ExecutorConfigError,
+    check_executor,
+    incomplete_ranks,
+    make_executor,
+    run_stages,
+    stage_task_states,
+)
 from ..records import Caption, ImageRecord, MpGIResult, Perspective, atomic_write_bytes
 from ..rules import rule_facts, rule_text
-from .datatrove_compat import EndpointUnavailable, check_version
+from .datatrove_compat import EndpointUnavailable, MpGIInferenceRunner, check_version
 from .recipe import TEMPLATE_INTEGRATOR, Recipe, recipe_from_dict
 from .references import ReferenceGuard
 from .steps import (
@@ -53,7 +60,6 @@ from .steps import (
     INTEGRATION_KEY,
     GenerationRollout,
     IntegrationRollout,
-    MpGIInferenceRunner,
     TemplateIntegrationStep,
     check_templates,
     collect_perspectives,
@@ -310,8 +316,7 @@ def _pass_dirs(run_dir: Path) -> list[Path]:
 
 
 def _stage_done(stage_dir: Path, tasks: int) -> bool:
-    comp = stage_dir / "logs" / "completions"
-    return all((comp / f"{r:05d}").exists() for r in range(tasks))
+    return not incomplete_ranks(stage_dir / "logs", tasks)
 
 
 def _package_versions() -> dict[str, str]:

@@ -15,30 +15,20 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
-import itertools
 import os
 import re
 import time
-from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
-from datatrove.pipeline.inference.run_inference import InferenceRunner
 from datatrove.pipeline.inference.types import InferenceError, InferenceResult
 
 from ..records import Caption, Perspective
 from ..rules import RuleFacts
 from . import datatrove_compat
-from .datatrove_compat import (
-    CircuitBreaker,
-    EndpointUnavailable,
-    RequestError,
-    SyncCheckpointManager,
-    WalRequestCache,
-)
+from .datatrove_compat import EndpointUnavailable, MpGIInferenceRunner, RequestError
 from .integrate import (
     CAPTIONS_SCHEMA,
     IntegrationError,
@@ -56,100 +46,17 @@ from .recipe import TEMPLATE_INTEGRATOR, AnswerChecks, BackendSpec, Recipe
 datatrove_compat.install_log_filter()
 datatrove_compat.install_child_reaper()
 
+__all__ = [  # MpGIInferenceRunner lives in datatrove_compat (it replaces datatrove internals)
+    "GEN_KEY_PREFIX",
+    "INTEGRATION_KEY",
+    "GenerationRollout",
+    "IntegrationRollout",
+    "MpGIInferenceRunner",
+    "TemplateIntegrationStep",
+]
+
 GEN_KEY_PREFIX = "gen:"
 INTEGRATION_KEY = "integration"
-
-
-class MpGIInferenceRunner(InferenceRunner):
-    """datatrove's ``InferenceRunner`` with the MpGI request cache and endpoint settings.
-
-    - the request cache is a :class:`WalRequestCache`, checkpoints go through :class:`SyncCheckpointManager`,
-      and the reader hands over documents in batches (datatrove makes a thread hop per document);
-    - for a non-local ``endpoint`` datatrove talks through the OpenAI client, whose base URL must end
-      in ``/v1`` while its readiness probe appends ``/v1/models`` to the same URL: the config carries
-      the server root and the client gets ``<root>/v1``;
-    - the API key is read from the environment variable ``api_key_env`` inside the task, so that it is
-      never pickled into the pipeline (Slurm and Ray executors write the pipeline to disk);
-    - each request is one attempt bounded by ``request_timeout`` with a labelled error, counted by a
-      :class:`CircuitBreaker` that stops the stage after ``circuit_breaker`` consecutive connection
-      failures (``datatrove_compat.send_request``); the OpenAI client's own retries are off.
-    """
-
-    read_batch = 256  # documents fetched from the reader per thread hop
-
-    def __init__(
-        self,
-        *args,
-        api_key_env: str | None = None,
-        circuit_breaker: int = 5,
-        backend: str = "<name>",
-        **kwargs,
-    ):
-        super().__init__(*args, **kwargs)
-        self.backend = backend
-        self.api_key_env = api_key_env
-        self.circuit_breaker = circuit_breaker
-        old = self.checkpoint_manager
-        self.request_cache = WalRequestCache(old.checkpoints_local_dir)
-        self.checkpoint_manager = SyncCheckpointManager(
-            old.checkpoints_local_dir, old.records_per_chunk, request_cache=self.request_cache
-        )
-
-    async def _async_data_gen(self, sync_gen) -> AsyncIterator[Document]:
-        """Documents from the (blocking) reader, ``read_batch`` per thread hop instead of one."""
-        pool = ThreadPoolExecutor(max_workers=1)
-        iterator = iter(sync_gen)
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                batch = await loop.run_in_executor(
-                    pool, lambda: list(itertools.islice(iterator, self.read_batch))
-                )
-                if not batch:
-                    return
-                for document in batch:
-                    yield document
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
-
-    async def run_async(self, data_gen, rank: int = 0) -> None:
-        """datatrove's loop; when the circuit breaker trips, the documents in flight all end with
-        :class:`EndpointUnavailable`: one is raised, the others are not "never retrieved" noise."""
-        loop = asyncio.get_running_loop()
-
-        def handler(loop, context):
-            if not isinstance(context.get("exception"), EndpointUnavailable):
-                loop.default_exception_handler(context)
-
-        loop.set_exception_handler(handler)
-        await super().run_async(data_gen, rank)
-
-    async def _send_request(self, server, payload: dict, semaphore: asyncio.Semaphore) -> InferenceResult:
-        """One attempt with truthful error kinds and the circuit breaker (see ``datatrove_compat``)."""
-        return await datatrove_compat.send_request(self, server, payload, semaphore)
-
-    def _init_server(self, rank: int):
-        server = super()._init_server(rank)
-        self.breaker = CircuitBreaker(
-            endpoint=getattr(server, "endpoint_url", None) or f"{self.config.server_type} server",
-            threshold=self.circuit_breaker,
-            request_timeout=self.config.request_timeout,
-            backend=self.backend,
-        )
-        client = getattr(server, "client", None)
-        if client is not None:
-            client.base_url = server.endpoint_url.rstrip("/") + "/v1"
-            if self.api_key_env:
-                key = os.environ.get(self.api_key_env)
-                if not key:
-                    raise ValueError(
-                        f"the endpoint {server.endpoint_url} needs an API key: set the environment variable "
-                        f"{self.api_key_env} (named by the recipe's api_key_env) where the tasks run"
-                    )
-                client.api_key = key
-            # one attempt per call: retries, Retry-After and the circuit breaker are MpGI's
-            server.client = client.with_options(max_retries=0, timeout=self.config.request_timeout + 5)
-        return server
 
 
 class RequestFailed(Exception):
