@@ -117,3 +117,21 @@ def test_the_private_name_check_catches_overrides_super_calls_and_imports():
         private_datatrove_uses("class P:\n    def f(self):\n        self._file = 1\n        self._file.x\n")
         == []
     )
+
+
+def _no_op(data, rank: int = 0, world_size: int = 1):
+    yield from data or []
+
+
+def test_stage_completion_comes_from_datatrove_get_incomplete_ranks(tmp_path):
+    """``parallel.incomplete_ranks`` (used for a pass's completion and ``hqrs mpgi status``) reads the
+    markers a real datatrove executor writes, and writes nothing itself."""
+    from datatrove.executor import LocalPipelineExecutor
+
+    from hqrs.dataset_builder.parallel import incomplete_ranks, stage_task_states
+
+    logs = tmp_path / "stage" / "logs"
+    assert incomplete_ranks(logs, 3) == [0, 1, 2] and not logs.exists()
+    LocalPipelineExecutor([_no_op], tasks=3, workers=1, local_tasks=2, logging_dir=str(logs)).run()
+    assert incomplete_ranks(logs, 3) == [2]
+    assert stage_task_states(logs, 3)["completed"] == 2
