@@ -364,6 +364,21 @@ def run_stages(
     return True
 
 
+def incomplete_ranks(logging_dir: str | os.PathLike, tasks: int) -> list[int]:
+    """Ranks ``0..tasks-1`` of a stage without datatrove's completion marker, through datatrove's public
+    ``PipelineExecutor.get_incomplete_ranks()`` (the same markers for the local, Slurm and Ray executors).
+
+    Example:
+        >>> incomplete_ranks("/no/such/stage/logs", 3)
+        [0, 1, 2]
+    """
+    from datatrove.executor import LocalPipelineExecutor
+
+    # an executor over no pipeline only to read LOGGING_DIR/completions: it writes nothing
+    reader = LocalPipelineExecutor([], tasks=max(1, tasks), logging_dir=str(logging_dir))
+    return reader.get_incomplete_ranks(range(tasks), skip_completed=True)
+
+
 def _raise_if_incomplete(executor, logging_dir: str, tasks: int) -> None:
     incomplete = executor.get_incomplete_ranks(range(tasks), skip_completed=True)
     if incomplete:
@@ -413,8 +428,7 @@ def stage_task_states(logging_dir: str | os.PathLike, tasks: int) -> dict[str, A
     has no completion marker and its job / process is gone (cancelled, crashed, timed out, killed).
     """
     folder = Path(logging_dir)
-    comp = folder / "completions"
-    completed = {r for r in range(tasks) if (comp / f"{r:05d}").exists()}
+    completed = set(range(tasks)) - set(incomplete_ranks(folder, tasks))
     out: dict[str, Any] = {
         "executor": None,
         "launched": False,

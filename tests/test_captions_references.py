@@ -39,10 +39,10 @@ def test_guard_withholds_test_split_and_contamination(rs_real, ucm_records):
     assert guard.perspective(rec) is None and guard.withheld == {"test split": 1}
     open_guard = ReferenceGuard(skip_splits=())
     p = open_guard.perspective(rec)
-    assert p["generator"] == "references" and p["perspective"] == "human-references"
+    assert p.generator == "references" and p.perspective == "human-references"
     # UCM's five sentences hold repeats: each distinct sentence once, in order
     distinct = list(dict.fromkeys(" ".join(r.split()).lower().rstrip(" .") for r in rec.references))
-    assert p["text"].count("(") == len(distinct) and "(1) " in p["text"]
+    assert p.text.count("(") == len(distinct) and "(1) " in p.text
     # a contamination set (the same images, as an evaluation set): withheld by content id
     contaminated = ReferenceGuard(skip_splits=())
     contaminated.add_contamination([_ucm(rs_real, splits="test")])

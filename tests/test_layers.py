@@ -60,6 +60,7 @@ LAYER_OF = {
     f"{_DB}.mpgi.prompts": "mpgi",
     f"{_DB}.mpgi.recipe": "mpgi",
     f"{_DB}.mpgi.references": "mpgi",
+    f"{_DB}.mpgi.stage_results": "mpgi",
     f"{_DB}.mpgi.steps": "mpgi",
     # dataset: planning, builder, export, demo data
     f"{_DB}.builder": "dataset",

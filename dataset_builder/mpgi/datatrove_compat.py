@@ -1,18 +1,30 @@
-"""Where MpGI replaces pieces of datatrove's internals, in one place, with the version range it was tested on.
+"""Every place where hqrs replaces a piece of datatrove's internals, in one module, behind a tested version range.
 
-:class:`WalRequestCache` and :class:`SyncCheckpointManager` replace datatrove's request-cache writer and
-checkpoint writer (throughput). datatrove's inference runner retries a failed connection six times with
-sleeps of 5 to 160 s inside ``InferenceRunner._send_request`` and labels every failure the same; its raw
-HTTP helper drops the response headers (no ``Retry-After``) and reports a reset connection as
-"InternalServerError". MpGI needs one attempt per call, truthful error kinds and a circuit breaker, so
-:func:`send_request` replaces that method (``MpGIInferenceRunner._send_request``). datatrove's task logger
-always prints INFO lines and tracebacks on stderr; :func:`install_log_filter` makes the stderr level follow
-``-q``/``-qq``/``--no-progress`` (environment variable :data:`STDERR_LEVEL_ENV`, inherited by worker
-processes) and keeps tracebacks of operational errors out of stderr (the task log files keep everything).
-:func:`install_child_reaper` makes datatrove's Manager and pool processes die with their parent.
+The rest of MpGI (``steps``, ``engine``, ``hqrs.dataset_builder.parallel``) uses datatrove's public API only:
+``PipelineStep``, ``InferenceRunner``'s documented constructor and ``InferenceConfig``, readers, writers,
+executors and ``PipelineExecutor.get_incomplete_ranks()``. What cannot be done through that API is here,
+one entry of :data:`PATCHES` per replaced internal, each with the upstream reason (datatrove 0.10.1; no
+upstream issue was found for any of them in datatrove's tracker, so each entry describes the behaviour):
 
-Tested with datatrove ``TESTED_RANGE``; :func:`check_version` raises on another version so that a
-datatrove upgrade is a clear error, not a silent change of behaviour.
+- :class:`MpGIInferenceRunner` (``InferenceRunner`` subclass) replaces ``_send_request`` (one attempt per
+  call, truthful error kinds, ``Retry-After``, a circuit breaker: :func:`send_request`), ``_init_server``
+  (per-task API key from the environment, ``/v1`` base URL and no retries of the OpenAI client) and
+  ``_async_data_gen`` (documents read in batches, not one thread hop each), and swaps in the request cache
+  and checkpoint writer below;
+- :class:`WalRequestCache` (``RequestCache._writer_loop``, ``_conn``, ``_queue``) and
+  :class:`SyncCheckpointManager` (``CheckpointManager.write_document``, ``file_locks``, ``per_chunk_counts``,
+  ``new_completed_chunks``, the writer's ``_get_output_filename``) replace datatrove's request-cache writer
+  and checkpoint writer (throughput);
+- :func:`install_log_filter` replaces ``datatrove.utils.logging.add_task_logger``/``setup_default_logger``:
+  datatrove's task logger always prints INFO lines and tracebacks on stderr; here the stderr level follows
+  ``-q``/``-qq``/``--no-progress`` (environment variable :data:`STDERR_LEVEL_ENV`, inherited by worker
+  processes) and tracebacks of operational errors stay out of stderr (the task log files keep everything);
+- :func:`install_child_reaper` makes datatrove's Manager and pool processes die with their parent.
+
+Tested with datatrove :data:`TESTED_RANGE` (pyproject pins the same range); :func:`check_version` raises on
+another version so that a datatrove upgrade is a clear error, not a silent change of behaviour, and
+``tests/test_mpgi_compat.py`` checks that every internal named in :data:`PATCHES` still exists with the
+signature these replacements were written against.
 """
 
 from __future__ import annotations
@@ -20,11 +32,14 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import dataclasses
+import itertools
 import json
 import os
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from importlib import metadata
@@ -36,11 +51,83 @@ import multiprocess.util
 import orjson
 from datatrove.data import Document
 from datatrove.pipeline.inference.checkpointing import CheckpointManager, RequestCache
+from datatrove.pipeline.inference.run_inference import InferenceRunner
 from datatrove.pipeline.inference.types import InferenceError, InferenceResult, ServerError
 from loguru import logger
 
 TESTED_RANGE = ((0, 10, 0), (0, 11, 0))  # [min, max)
 STDERR_LEVEL_ENV = "HQRS_DATATROVE_STDERR_LEVEL"
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One datatrove internal that this module replaces or relies on.
+
+    Attributes:
+        target: ``module:qualname`` of the internal in datatrove.
+        params: its parameter names (``None`` for an attribute that is not a function).
+        reason: why a public hook does not do (datatrove's behaviour that MpGI cannot live with).
+        upstream: the upstream issue/PR, or ``None`` where none was found.
+    """
+
+    target: str
+    params: tuple[str, ...] | None
+    reason: str
+    upstream: str | None = None
+
+
+_RUN = "datatrove.pipeline.inference.run_inference"
+_CKPT = "datatrove.pipeline.inference.checkpointing"
+PATCHES: tuple[Patch, ...] = (
+    Patch(
+        f"{_RUN}:InferenceRunner._send_request",
+        ("self", "server", "payload", "semaphore"),
+        "retries a failed connection 6 times with sleeps of 5 to 160 s, with no public setting, and labels every "
+        "failure the same: MpGI needs one attempt per call bounded by request_timeout, error kinds, Retry-After "
+        "and a circuit breaker (send_request)",
+    ),
+    Patch(
+        f"{_RUN}:InferenceRunner._init_server",
+        ("self", "rank"),
+        "builds the server (and its OpenAI client) with no hook: the API key must be read inside the task (never "
+        "pickled), the client's base URL needs /v1 while the readiness probe appends /v1/models to the same URL, "
+        "and the client's own retries must be off (MpGIInferenceRunner)",
+    ),
+    Patch(
+        f"{_RUN}:InferenceRunner._async_data_gen",
+        ("self", "sync_gen"),
+        "hands documents from the reader to the event loop with one thread hop per document, which on a busy "
+        "loop costs more than a 50 ms request: MpGIInferenceRunner reads read_batch documents per hop",
+    ),
+    Patch(
+        f"{_CKPT}:RequestCache._writer_loop",
+        ("self",),
+        "commits every cached answer alone with a full fsync and three thread hops (~7 ms, capping a task at "
+        "~140 requests/s): WalRequestCache batches the queue into one executemany and one commit in WAL mode",
+    ),
+    Patch(
+        f"{_CKPT}:RequestCache.initialize",
+        ("self", "rank"),
+        "WalRequestCache sets its sqlite pragmas after it",
+    ),
+    Patch(
+        f"{_CKPT}:CheckpointManager.write_document",
+        ("self", "document", "rank", "chunk_index", "output_writer_context"),
+        "opens, appends to and closes the chunk file with aiofiles per document after a dataclasses.asdict deep "
+        "copy: SyncCheckpointManager appends through open files (same kill -9 safety, no fsync in either)",
+    ),
+    Patch(
+        f"{_CKPT}:CheckpointManager.cleanup_last_chunk",
+        ("self", "rank", "chunk_index"),
+        "SyncCheckpointManager closes its open chunk files first",
+    ),
+    Patch(
+        "datatrove.utils.logging:add_task_logger",
+        ("logging_dir", "rank", "local_rank", "node_rank"),
+        "always logs INFO and tracebacks on stderr: install_log_filter makes the level follow -q/-qq and keeps "
+        "tracebacks of operational errors in the task log files only",
+    ),
+)
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -429,6 +516,109 @@ async def send_request(runner, server, payload: dict, semaphore: asyncio.Semapho
         usage=usage,
         reasoning=message.get("reasoning") or message.get("reasoning_content") or "",
     )
+
+
+# --------------------------------------------------------------------------- #
+# The inference runner with the replacements above
+# --------------------------------------------------------------------------- #
+
+
+class MpGIInferenceRunner(InferenceRunner):
+    """datatrove's ``InferenceRunner`` with the replacements of :data:`PATCHES`; constructed like it.
+
+    - the request cache is a :class:`WalRequestCache`, checkpoints go through :class:`SyncCheckpointManager`,
+      and the reader hands over documents in batches of :attr:`read_batch` (datatrove makes a thread hop
+      per document);
+    - for a non-local ``endpoint`` datatrove talks through the OpenAI client, whose base URL must end
+      in ``/v1`` while its readiness probe appends ``/v1/models`` to the same URL: the config carries
+      the server root and the client gets ``<root>/v1``;
+    - the API key is read from the environment variable ``api_key_env`` inside the task, so that it is
+      never pickled into the pipeline (Slurm and Ray executors write the pipeline to disk);
+    - each request is one attempt bounded by ``request_timeout`` with a labelled error, counted by a
+      :class:`CircuitBreaker` that stops the stage after ``circuit_breaker`` consecutive connection
+      failures (:func:`send_request`); the OpenAI client's own retries are off.
+
+    Args (besides ``InferenceRunner``'s):
+        api_key_env: name of the environment variable holding the endpoint's API key, or ``None``.
+        circuit_breaker: consecutive connection failures that stop the stage.
+        backend: the recipe backend's name (for error messages).
+    """
+
+    read_batch = 256  # documents fetched from the reader per thread hop
+
+    def __init__(
+        self,
+        *args,
+        api_key_env: str | None = None,
+        circuit_breaker: int = 5,
+        backend: str = "<name>",
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self.backend = backend
+        self.api_key_env = api_key_env
+        self.circuit_breaker = circuit_breaker
+        old = self.checkpoint_manager
+        self.request_cache = WalRequestCache(old.checkpoints_local_dir)
+        self.checkpoint_manager = SyncCheckpointManager(
+            old.checkpoints_local_dir, old.records_per_chunk, request_cache=self.request_cache
+        )
+
+    async def _async_data_gen(self, sync_gen) -> AsyncIterator[Document]:
+        """Documents from the (blocking) reader, ``read_batch`` per thread hop instead of one."""
+        pool = ThreadPoolExecutor(max_workers=1)
+        iterator = iter(sync_gen)
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                batch = await loop.run_in_executor(
+                    pool, lambda: list(itertools.islice(iterator, self.read_batch))
+                )
+                if not batch:
+                    return
+                for document in batch:
+                    yield document
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    async def run_async(self, data_gen, rank: int = 0) -> None:
+        """datatrove's loop; when the circuit breaker trips, the documents in flight all end with
+        :class:`EndpointUnavailable`: one is raised, the others are not "never retrieved" noise."""
+        loop = asyncio.get_running_loop()
+
+        def handler(loop, context):
+            if not isinstance(context.get("exception"), EndpointUnavailable):
+                loop.default_exception_handler(context)
+
+        loop.set_exception_handler(handler)
+        await super().run_async(data_gen, rank)
+
+    async def _send_request(self, server, payload: dict, semaphore: asyncio.Semaphore) -> InferenceResult:
+        """One attempt with truthful error kinds and the circuit breaker (:func:`send_request`)."""
+        return await send_request(self, server, payload, semaphore)
+
+    def _init_server(self, rank: int):
+        server = super()._init_server(rank)
+        self.breaker = CircuitBreaker(
+            endpoint=getattr(server, "endpoint_url", None) or f"{self.config.server_type} server",
+            threshold=self.circuit_breaker,
+            request_timeout=self.config.request_timeout,
+            backend=self.backend,
+        )
+        client = getattr(server, "client", None)
+        if client is not None:
+            client.base_url = server.endpoint_url.rstrip("/") + "/v1"
+            if self.api_key_env:
+                key = os.environ.get(self.api_key_env)
+                if not key:
+                    raise ValueError(
+                        f"the endpoint {server.endpoint_url} needs an API key: set the environment variable "
+                        f"{self.api_key_env} (named by the recipe's api_key_env) where the tasks run"
+                    )
+                client.api_key = key
+            # one attempt per call: retries, Retry-After and the circuit breaker are MpGI's
+            server.client = client.with_options(max_retries=0, timeout=self.config.request_timeout + 5)
+        return server
 
 
 # --------------------------------------------------------------------------- #

@@ -32,7 +32,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -42,22 +42,28 @@ from urllib.parse import urlparse
 import orjson
 from tqdm.auto import tqdm
 
-from ..parallel import ExecutorConfigError, check_executor, make_executor, run_stages, stage_task_states
-from ..records import Caption, ImageRecord, MpGIResult, Perspective, atomic_write_bytes
+from ..parallel import (
+    ExecutorConfigError,
+    check_executor,
+    incomplete_ranks,
+    make_executor,
+    run_stages,
+    stage_task_states,
+)
+from ..records import ImageRecord, MpGIResult, Perspective, atomic_write_bytes
 from ..rules import rule_facts, rule_text
-from .datatrove_compat import EndpointUnavailable, check_version
+from .datatrove_compat import EndpointUnavailable, MpGIInferenceRunner, check_version
 from .recipe import TEMPLATE_INTEGRATOR, Recipe, recipe_from_dict
 from .references import ReferenceGuard
+from .stage_results import GEN_KEY_PREFIX, INTEGRATION_KEY, StageInput, integration_of, stage_ok
 from .steps import (
-    GEN_KEY_PREFIX,
-    INTEGRATION_KEY,
     GenerationRollout,
     IntegrationRollout,
-    MpGIInferenceRunner,
     TemplateIntegrationStep,
     check_templates,
     collect_perspectives,
     document_dict,
+    generation_results,
 )
 
 logger = logging.getLogger("hqrs.mpgi")
@@ -310,8 +316,7 @@ def _pass_dirs(run_dir: Path) -> list[Path]:
 
 
 def _stage_done(stage_dir: Path, tasks: int) -> bool:
-    comp = stage_dir / "logs" / "completions"
-    return all((comp / f"{r:05d}").exists() for r in range(tasks))
+    return not incomplete_ranks(stage_dir / "logs", tasks)
 
 
 def _package_versions() -> dict[str, str]:
@@ -327,28 +332,31 @@ def _package_versions() -> dict[str, str]:
 def result_from_document(doc: dict, recipe: Recipe) -> MpGIResult:
     """Assemble an :class:`MpGIResult` from a final-stage document (as stored, a dict)."""
     meta = doc["metadata"]
-    record = ImageRecord.from_dict(meta["record"])
-    perspectives, errors = collect_perspectives(meta, recipe)
-    integration = (meta.get(INTEGRATION_KEY) or [{}])[0]
+    item = StageInput.from_metadata(meta)
+    generations = generation_results(meta, recipe)
+    perspectives, _ = collect_perspectives(item, generations)
+    integration = integration_of(meta)
     usage: dict[str, int] = {}
     stats: dict[str, Any] = {}
-    for key in [GEN_KEY_PREFIX + b for b in recipe.generator_backends()] + [INTEGRATION_KEY]:
-        res = (meta.get(key) or [{}])[0]
-        for k, v in (res.get("usage") or {}).items():
-            usage[k] = usage.get(k, 0) + int(v)
-        for k, v in (res.get("counters") or {}).items():
-            stats[k] = stats.get(k, 0) + int(v)
-    stats.update(integration.get("stats") or {})
+    for res in [*generations.values(), integration]:
+        if res is None:
+            continue
+        for k, v in res.usage.items():
+            usage[k] = usage.get(k, 0) + v
+        for k, v in res.counters.items():
+            stats[k] = stats.get(k, 0) + v
+    if integration is not None and integration.stats:
+        stats.update(integration.stats)
     stats["prompt_tokens"] = usage.get("prompt_tokens", 0)
     stats["completion_tokens"] = usage.get("completion_tokens", 0)
-    status = integration.get("status", "failed")
+    ok = integration is not None and integration.ok
     return MpGIResult(
-        record=record,
-        rule_text=meta["rule_text"],
-        perspectives=[Perspective(**p) for p in perspectives],
-        captions=[Caption(**c) for c in integration.get("captions", [])] if status == "ok" else [],
-        status=status,
-        error=integration.get("error") if status != "ok" else None,
+        record=item.record,
+        rule_text=item.rule_text,
+        perspectives=perspectives,
+        captions=integration.captions if ok else [],
+        status="ok" if ok else (integration.status if integration is not None else "failed"),
+        error=integration.error if integration is not None and not ok else None,
         stats=stats,
     )
 
@@ -396,9 +404,8 @@ def _stage_ids(stage_dir: Path) -> tuple[set[str], set[str]]:
             key = (
                 stage_dir.name.replace("-", ":", 1) if stage_dir.name.startswith("gen-") else INTEGRATION_KEY
             )
-            res = (doc.get("metadata", {}).get(key) or [{}])[0]
             done.add(doc["id"])
-            if res.get("status") != "ok":
+            if not stage_ok(doc.get("metadata") or {}, key):
                 failed.add(doc["id"])
     return done, failed
 
@@ -560,17 +567,22 @@ class _ProgressBar:
 # --------------------------------------------------------------------------- #
 
 
-def _prepare_doc(record: ImageRecord, prior: list[dict] | None, references=None) -> dict:
+def _prepare_doc(record: ImageRecord, prior: list[Perspective] | None, references=None) -> dict:
+    """The pass-input document of ``record`` (a datatrove ``Document`` as a dict) carrying its
+    :class:`StageInput`."""
     # absolute: a run directory made with `--source imgs` must work from any working directory
     if not os.path.isabs(record.image):
-        record = ImageRecord.from_dict({**record.to_dict(), "image": os.path.abspath(record.image)})
+        record = replace(record, image=os.path.abspath(record.image))
     facts = rule_facts(record)
-    meta = {"record": record.to_dict(), "rule_text": rule_text(record, facts), "facts": facts.to_dict()}
-    if references is not None and (perspective := references.perspective(record)) is not None:
-        meta["references"] = perspective  # the source's human captions (mpgi.references)
-    if prior:
-        meta["prior_perspectives"] = prior
-    return {"text": record.image, "id": record.image_id, "metadata": meta}
+    item = StageInput(
+        record=record,
+        rule_text=rule_text(record, facts),
+        facts=facts,
+        # the source's human captions (mpgi.references)
+        references=references.perspective(record) if references is not None else None,
+        prior_perspectives=list(prior or []),
+    )
+    return {"text": record.image, "id": record.image_id, "metadata": item.to_metadata()}
 
 
 def _write_pass_input(pass_dir: Path, docs: list[dict], tasks: int) -> int:
@@ -755,7 +767,7 @@ def run_mpgi(
             continue
         if record.image_id in in_flight or (prev is not None and record.image_id in resumed_ids):
             continue  # just attempted (or still running): retry in a later call
-        prior = [asdict(p) for p in prev.perspectives if p.generator != "rule"] if prev is not None else None
+        prior = [p for p in prev.perspectives if p.generator != "rule"] if prev is not None else None
         todo.append(_prepare_doc(record, prior, references))
     report.records = len(given)
     if references is not None and references.withheld:
@@ -822,7 +834,7 @@ def _execute_pass(
     info = _read_json(pass_dir / "pass.json")
     first = next(_iter_jsonl(pass_dir / "input"), None)
     if first is not None:
-        check_templates(recipe, first["metadata"])
+        check_templates(recipe, StageInput.from_metadata(first["metadata"]))
     chunk = info.get("records_per_chunk", recipe.execution.records_per_chunk)
     if (
         chunk != recipe.execution.records_per_chunk

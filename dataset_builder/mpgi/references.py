@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..records import ImageRecord
+from ..records import ImageRecord, Perspective
 from ..sources import SkipReport, load_source
 
 GENERATOR = "references"
@@ -103,8 +103,8 @@ class ReferenceGuard:
                 return "in a contamination set (perceptual hash)"
         return None
 
-    def perspective(self, record: ImageRecord) -> dict | None:
-        """The references perspective of ``record`` (a perspective dict), or ``None``."""
+    def perspective(self, record: ImageRecord) -> Perspective | None:
+        """The references perspective of ``record``, or ``None`` (no references, or withheld)."""
         refs: list[str] = []
         seen: set[str] = set()
         for ref in record.references:
@@ -121,10 +121,6 @@ class ReferenceGuard:
             return None
         refs = [r[:1].upper() + r[1:] for r in refs[: self.max_references]]
         text = "Human captions of this image: " + " ".join(f"({i}) {r}" for i, r in enumerate(refs, 1))
-        return {
-            "generator": GENERATOR,
-            "perspective": PERSPECTIVE,
-            "model": None,
-            "prompt_id": None,
-            "text": text,
-        }
+        return Perspective(
+            generator=GENERATOR, perspective=PERSPECTIVE, model=None, prompt_id=None, text=text
+        )

@@ -1,13 +1,17 @@
 """The datatrove side of MpGI: rollout functions for ``InferenceRunner`` stages and plain pipeline steps.
 
-Documents flowing between stages carry the image path as ``text``, the image id as ``id`` and in
-``metadata``: ``record`` (an :class:`ImageRecord` dict), ``rule_text``, ``facts``, optionally
-``prior_perspectives`` (perspectives kept from an earlier failed attempt) and one entry per finished
-stage (``gen:<backend>``, ``integration``) holding the rollout's JSON result.
+Documents flowing between stages carry the image path as ``text``, the image id as ``id`` and, in
+``metadata``, a :class:`~hqrs.dataset_builder.mpgi.stage_results.StageInput` plus one result per finished
+stage (:class:`~hqrs.dataset_builder.mpgi.stage_results.GenerationResult` under ``gen:<backend>``,
+:class:`~hqrs.dataset_builder.mpgi.stage_results.IntegrationResult` under ``integration``). The rollouts
+work on these types; ``stage_results`` converts them to and from the metadata JSON.
 
-Request failures never escape a rollout: after the backend's bounded retries the rollout returns
-``{"status": "failed", "error": ...}`` so that datatrove checkpoints the document as finished (and a
-later ``run_mpgi`` retries it). Only an unreachable server aborts a stage (``ServerError``).
+Request failures never escape a rollout: after the backend's bounded retries the rollout returns a
+result with ``status="failed"`` and its error, so that datatrove checkpoints the document as finished
+(and a later ``run_mpgi`` retries it). Only an unreachable server aborts a stage (``ServerError``).
+
+This module uses datatrove's public API only (``PipelineStep``, ``InferenceRunner``'s rollout functions);
+the runner with MpGI's request policy is :class:`~hqrs.dataset_builder.mpgi.datatrove_compat.MpGIInferenceRunner`.
 """
 
 from __future__ import annotations
@@ -15,30 +19,19 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
-import itertools
 import os
 import re
 import time
-from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
-from datatrove.pipeline.inference.run_inference import InferenceRunner
 from datatrove.pipeline.inference.types import InferenceError, InferenceResult
 
 from ..records import Caption, Perspective
-from ..rules import RuleFacts
 from . import datatrove_compat
-from .datatrove_compat import (
-    CircuitBreaker,
-    EndpointUnavailable,
-    RequestError,
-    SyncCheckpointManager,
-    WalRequestCache,
-)
+from .datatrove_compat import EndpointUnavailable, MpGIInferenceRunner, RequestError
 from .integrate import (
     CAPTIONS_SCHEMA,
     IntegrationError,
@@ -52,104 +45,27 @@ from .integrate import (
 )
 from .prompts import chat_payload, image_data_url, prompt_id, render
 from .recipe import TEMPLATE_INTEGRATOR, AnswerChecks, BackendSpec, Recipe
+from .stage_results import (
+    GEN_KEY_PREFIX,
+    INTEGRATION_KEY,
+    GenerationResult,
+    IntegrationResult,
+    StageInput,
+    generation_of,
+    set_integration,
+)
 
 datatrove_compat.install_log_filter()
 datatrove_compat.install_child_reaper()
 
-GEN_KEY_PREFIX = "gen:"
-INTEGRATION_KEY = "integration"
-
-
-class MpGIInferenceRunner(InferenceRunner):
-    """datatrove's ``InferenceRunner`` with the MpGI request cache and endpoint settings.
-
-    - the request cache is a :class:`WalRequestCache`, checkpoints go through :class:`SyncCheckpointManager`,
-      and the reader hands over documents in batches (datatrove makes a thread hop per document);
-    - for a non-local ``endpoint`` datatrove talks through the OpenAI client, whose base URL must end
-      in ``/v1`` while its readiness probe appends ``/v1/models`` to the same URL: the config carries
-      the server root and the client gets ``<root>/v1``;
-    - the API key is read from the environment variable ``api_key_env`` inside the task, so that it is
-      never pickled into the pipeline (Slurm and Ray executors write the pipeline to disk);
-    - each request is one attempt bounded by ``request_timeout`` with a labelled error, counted by a
-      :class:`CircuitBreaker` that stops the stage after ``circuit_breaker`` consecutive connection
-      failures (``datatrove_compat.send_request``); the OpenAI client's own retries are off.
-    """
-
-    read_batch = 256  # documents fetched from the reader per thread hop
-
-    def __init__(
-        self,
-        *args,
-        api_key_env: str | None = None,
-        circuit_breaker: int = 5,
-        backend: str = "<name>",
-        **kwargs,
-    ):
-        super().__init__(*args, **kwargs)
-        self.backend = backend
-        self.api_key_env = api_key_env
-        self.circuit_breaker = circuit_breaker
-        old = self.checkpoint_manager
-        self.request_cache = WalRequestCache(old.checkpoints_local_dir)
-        self.checkpoint_manager = SyncCheckpointManager(
-            old.checkpoints_local_dir, old.records_per_chunk, request_cache=self.request_cache
-        )
-
-    async def _async_data_gen(self, sync_gen) -> AsyncIterator[Document]:
-        """Documents from the (blocking) reader, ``read_batch`` per thread hop instead of one."""
-        pool = ThreadPoolExecutor(max_workers=1)
-        iterator = iter(sync_gen)
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                batch = await loop.run_in_executor(
-                    pool, lambda: list(itertools.islice(iterator, self.read_batch))
-                )
-                if not batch:
-                    return
-                for document in batch:
-                    yield document
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
-
-    async def run_async(self, data_gen, rank: int = 0) -> None:
-        """datatrove's loop; when the circuit breaker trips, the documents in flight all end with
-        :class:`EndpointUnavailable`: one is raised, the others are not "never retrieved" noise."""
-        loop = asyncio.get_running_loop()
-
-        def handler(loop, context):
-            if not isinstance(context.get("exception"), EndpointUnavailable):
-                loop.default_exception_handler(context)
-
-        loop.set_exception_handler(handler)
-        await super().run_async(data_gen, rank)
-
-    async def _send_request(self, server, payload: dict, semaphore: asyncio.Semaphore) -> InferenceResult:
-        """One attempt with truthful error kinds and the circuit breaker (see ``datatrove_compat``)."""
-        return await datatrove_compat.send_request(self, server, payload, semaphore)
-
-    def _init_server(self, rank: int):
-        server = super()._init_server(rank)
-        self.breaker = CircuitBreaker(
-            endpoint=getattr(server, "endpoint_url", None) or f"{self.config.server_type} server",
-            threshold=self.circuit_breaker,
-            request_timeout=self.config.request_timeout,
-            backend=self.backend,
-        )
-        client = getattr(server, "client", None)
-        if client is not None:
-            client.base_url = server.endpoint_url.rstrip("/") + "/v1"
-            if self.api_key_env:
-                key = os.environ.get(self.api_key_env)
-                if not key:
-                    raise ValueError(
-                        f"the endpoint {server.endpoint_url} needs an API key: set the environment variable "
-                        f"{self.api_key_env} (named by the recipe's api_key_env) where the tasks run"
-                    )
-                client.api_key = key
-            # one attempt per call: retries, Retry-After and the circuit breaker are MpGI's
-            server.client = client.with_options(max_retries=0, timeout=self.config.request_timeout + 5)
-        return server
+__all__ = [  # MpGIInferenceRunner lives in datatrove_compat (it replaces datatrove internals)
+    "GEN_KEY_PREFIX",
+    "INTEGRATION_KEY",
+    "GenerationRollout",
+    "IntegrationRollout",
+    "MpGIInferenceRunner",
+    "TemplateIntegrationStep",
+]
 
 
 class RequestFailed(Exception):
@@ -254,22 +170,6 @@ class _ProgressLog:
         )
 
 
-# ``dataclasses.asdict`` deep-copies field by field through ``copy.deepcopy``: for these flat records of
-# strings a plain dict is the same JSON at a fraction of the cost (they are built per request).
-def _perspective_dict(p: Perspective) -> dict[str, Any]:
-    return {
-        "generator": p.generator,
-        "perspective": p.perspective,
-        "model": p.model,
-        "prompt_id": p.prompt_id,
-        "text": p.text,
-    }
-
-
-def _caption_dict(c: Caption) -> dict[str, Any]:
-    return {"text": c.text, "length": c.length, "sources": list(c.sources)}
-
-
 def document_dict(writer, document: Document) -> dict[str, Any]:
     """``JsonlWriter`` adapter writing what datatrove's default adapter writes (non-empty fields).
 
@@ -293,24 +193,17 @@ def _gen_name(name: str, k: int, n: int) -> str:
     return name if n == 1 else f"{name}#{k + 1}"
 
 
-def check_templates(recipe: Recipe, meta: dict[str, Any]) -> None:
-    """Render every template of ``recipe`` once with the variables of one document (``meta``), as the
+def check_templates(recipe: Recipe, item: StageInput) -> None:
+    """Render every template of ``recipe`` once with the variables of one document (``item``), as the
     rollouts will: an undefined variable or a sandbox violation is one ``ValueError`` before a stage
     starts, not a crash of every task."""
+    variables = item.template_variables()
     for gen in recipe.generators:
-        render(
-            gen.prompt,
-            recipe,
-            perspective=gen.perspective,
-            relay_rules=gen.relay_rules,
-            rule_text=meta["rule_text"],
-            record=meta["record"],
-            facts=meta["facts"],
-        )
+        render(gen.prompt, recipe, perspective=gen.perspective, relay_rules=gen.relay_rules, **variables)
     spec = recipe.integrator
     if spec.backend == TEMPLATE_INTEGRATOR:
         return
-    listing = [{"name": "rule", "perspective": "rule", "text": meta["rule_text"]}] + [
+    listing = [{"name": "rule", "perspective": "rule", "text": item.rule_text}] + [
         {"name": g.name, "perspective": g.perspective, "text": "..."} for g in recipe.generators
     ]
     for feedback in (None, "a caption contradicts the facts"):
@@ -318,7 +211,7 @@ def check_templates(recipe: Recipe, meta: dict[str, Any]) -> None:
             spec.prompt,
             recipe,
             perspectives=listing,
-            rule_text=meta["rule_text"],
+            rule_text=item.rule_text,
             captions=dict(spec.captions),
             words=spec.words,
             n_captions=spec.n_captions,
@@ -346,11 +239,13 @@ class GenerationRollout:
     progress_folder: str | None = None
 
     async def __call__(self, document: Document, generate) -> dict[str, Any]:
+        """The :class:`GenerationResult` of ``document``, as metadata JSON (datatrove stores it)."""
         if not hasattr(self, "_progress"):
             self._progress = _ProgressLog(self.progress_folder)
-        meta = document.metadata
+        item = StageInput.from_metadata(document.metadata)
+        variables = item.template_variables()
         spec = self.recipe.backends[self.backend]
-        prior = {p["generator"]: p for p in meta.get("prior_perspectives", [])}
+        prior = {p.generator: p for p in item.prior_perspectives}
         usage: dict[str, int] = {}
         counters: dict[str, int] = {}
         jobs = [
@@ -364,13 +259,7 @@ class GenerationRollout:
             except (OSError, ValueError) as e:
                 error = f"cannot read image {document.text!r}: {e}"
                 self._progress.write(document.id, usage, False)
-                return {
-                    "status": "failed",
-                    "error": error,
-                    "perspectives": [],
-                    "usage": usage,
-                    "counters": counters,
-                }
+                return GenerationResult("failed", error, usage=usage, counters=counters).to_metadata()
 
         async def one(gen, k):
             name = _gen_name(gen.name, k, gen.n)
@@ -378,13 +267,7 @@ class GenerationRollout:
                 counters["reused"] = counters.get("reused", 0) + 1
                 return prior[name], None
             text = render(
-                gen.prompt,
-                self.recipe,
-                perspective=gen.perspective,
-                relay_rules=gen.relay_rules,
-                rule_text=meta["rule_text"],
-                record=meta["record"],
-                facts=meta["facts"],
+                gen.prompt, self.recipe, perspective=gen.perspective, relay_rules=gen.relay_rules, **variables
             )
             sampling = dict(gen.sampling)
             if gen.n > 1:
@@ -403,38 +286,43 @@ class GenerationRollout:
                 prompt_id=prompt_id(gen.prompt, self.recipe),
                 text=" ".join(result.text.split()),
             )
-            return _perspective_dict(persp), None
+            return persp, None
 
         outcomes = await asyncio.gather(*(one(g, k) for g, k in jobs))
-        perspectives = [p for p, _ in outcomes if p is not None]
         errors = [e for _, e in outcomes if e is not None]
-        out = {
-            "status": "failed" if errors else "ok",
-            "error": "; ".join(errors) or None,
-            "perspectives": perspectives,
-            "usage": usage,
-            "counters": counters,
-            "seconds": round(time.perf_counter() - started, 4),
-        }
+        out = GenerationResult(
+            status="failed" if errors else "ok",
+            error="; ".join(errors) or None,
+            perspectives=[p for p, _ in outcomes if p is not None],
+            usage=usage,
+            counters=counters,
+            seconds=round(time.perf_counter() - started, 4),
+        )
         self._progress.write(document.id, usage, not errors)
-        return out
+        return out.to_metadata()
 
 
-def collect_perspectives(meta: dict[str, Any], recipe: Recipe) -> tuple[list[dict], list[str]]:
-    """The rule perspective plus every generation stage's perspectives, and the stages' errors."""
-    perspectives = [_perspective_dict(Perspective("rule", "rule", None, None, meta["rule_text"]))]
-    if meta.get("references"):  # the source's human captions, where allowed (mpgi.references)
-        perspectives.append(meta["references"])
+def generation_results(meta: dict[str, Any], recipe: Recipe) -> dict[str, GenerationResult | None]:
+    """Every generation stage's result in a document's metadata, by backend (``None``: no result)."""
+    return {backend: generation_of(meta, backend) for backend in recipe.generator_backends()}
+
+
+def collect_perspectives(
+    item: StageInput, generations: dict[str, GenerationResult | None]
+) -> tuple[list[Perspective], list[str]]:
+    """The rule perspective, the references perspective (if any) and every generation stage's
+    perspectives, and the stages' errors (a stage without result is an error)."""
+    perspectives = [Perspective("rule", "rule", None, None, item.rule_text)]
+    if item.references is not None:  # the source's human captions, where allowed (mpgi.references)
+        perspectives.append(item.references)
     errors = []
-    for backend in recipe.generator_backends():
-        results = meta.get(GEN_KEY_PREFIX + backend) or []
-        if not results:
+    for backend, result in generations.items():
+        if result is None:
             errors.append(f"{backend}: no generation result")
             continue
-        res = results[0]
-        perspectives.extend(res.get("perspectives", []))
-        if res.get("status") != "ok":
-            errors.append(res.get("error") or f"{backend}: failed")
+        perspectives.extend(result.perspectives)
+        if not result.ok:
+            errors.append(result.error or f"{backend}: failed")
     return perspectives, errors
 
 
@@ -476,28 +364,23 @@ class IntegrationRollout:
     progress_folder: str | None = None
 
     async def __call__(self, document: Document, generate) -> dict[str, Any]:
+        """The :class:`IntegrationResult` of ``document``, as metadata JSON (datatrove stores it)."""
         if not hasattr(self, "_progress"):
             self._progress = _ProgressLog(self.progress_folder)
-        meta = document.metadata
+        item = StageInput.from_metadata(document.metadata)
         spec = self.recipe.integrator
         backend = self.recipe.backends[spec.backend]
         usage: dict[str, int] = {}
         counters: dict[str, int] = {}
         started = time.perf_counter()
-        perspectives, errors = collect_perspectives(meta, self.recipe)
+        perspectives, errors = collect_perspectives(item, generation_results(document.metadata, self.recipe))
         if errors:
             self._progress.write(document.id, usage, False)
-            return {
-                "status": "failed",
-                "error": "generation failed: " + "; ".join(errors),
-                "usage": usage,
-                "counters": counters,
-            }
-        facts = RuleFacts.from_dict(meta["facts"])
-        names = [p["generator"] for p in perspectives]
-        listing = [
-            {"name": p["generator"], "perspective": p["perspective"], "text": p["text"]} for p in perspectives
-        ]
+            error = "generation failed: " + "; ".join(errors)
+            return IntegrationResult("failed", error, usage=usage, counters=counters).to_metadata()
+        facts = item.facts
+        names = [p.generator for p in perspectives]
+        listing = [{"name": p.generator, "perspective": p.perspective, "text": p.text} for p in perspectives]
         stats = {
             "repairs": 0,
             "regenerations": 0,
@@ -516,7 +399,7 @@ class IntegrationRollout:
                 spec.prompt,
                 self.recipe,
                 perspectives=listing,
-                rule_text=meta["rule_text"],
+                rule_text=item.rule_text,
                 captions=captions_wanted,
                 words=spec.words,
                 n_captions=sum(captions_wanted.values()),
@@ -585,13 +468,9 @@ class IntegrationRollout:
                 captions = await ask(wanted, problems)
         except RequestFailed as e:
             self._progress.write(document.id, usage, False)
-            return {
-                "status": "failed",
-                "error": f"integration: {e}",
-                "usage": usage,
-                "counters": counters,
-                "stats": stats,
-            }
+            return IntegrationResult(
+                "failed", f"integration: {e}", usage=usage, counters=counters, stats=stats
+            ).to_metadata()
         if len(kept) < spec.min_captions:
             self._progress.write(document.id, usage, False)
             why = (
@@ -599,23 +478,20 @@ class IntegrationRollout:
                 if stats["length_rejected"]
                 else ""
             )
-            return {
-                "status": "failed",
-                "error": f"integration: only {len(kept)} valid captions (min_captions={spec.min_captions}){why}",
-                "usage": usage,
-                "counters": counters,
-                "stats": stats,
-            }
+            error = f"integration: only {len(kept)} valid captions (min_captions={spec.min_captions}){why}"
+            return IntegrationResult(
+                "failed", error, usage=usage, counters=counters, stats=stats
+            ).to_metadata()
         self._progress.write(document.id, usage, True)
-        return {
-            "status": "ok",
-            "error": None,
-            "captions": [_caption_dict(c) for c in kept],
-            "usage": usage,
-            "counters": counters,
-            "stats": stats,
-            "seconds": round(time.perf_counter() - started, 4),
-        }
+        return IntegrationResult(
+            "ok",
+            None,
+            captions=kept,
+            usage=usage,
+            counters=counters,
+            stats=stats,
+            seconds=round(time.perf_counter() - started, 4),
+        ).to_metadata()
 
 
 class TemplateIntegrationStep(PipelineStep):
@@ -634,23 +510,18 @@ class TemplateIntegrationStep(PipelineStep):
         spec = self.recipe.integrator
         for document in data:
             with self.track_time():
-                meta = document.metadata
-                perspectives, errors = collect_perspectives(meta, self.recipe)
+                item = StageInput.from_metadata(document.metadata)
+                generations = generation_results(document.metadata, self.recipe)
+                perspectives, errors = collect_perspectives(item, generations)
                 if errors:
-                    result = {"status": "failed", "error": "generation failed: " + "; ".join(errors)}
+                    result = IntegrationResult("failed", "generation failed: " + "; ".join(errors))
                 else:
-                    facts = RuleFacts.from_dict(meta["facts"])
-                    caps = template_captions(facts, spec, seed=document.id)
-                    sources = [p["generator"] for p in perspectives]
+                    caps = template_captions(item.facts, spec, seed=document.id)
+                    sources = [p.generator for p in perspectives]
                     for cap in caps:
                         cap.sources = sources
-                    result = {
-                        "status": "ok",
-                        "error": None,
-                        "captions": [_caption_dict(c) for c in caps],
-                        "usage": {},
-                    }
-                meta[INTEGRATION_KEY] = [result]
-                self.stat_update(result["status"])
-                progress.write(document.id, {}, result["status"] == "ok")
+                    result = IntegrationResult("ok", None, captions=caps)
+                set_integration(document.metadata, result)
+                self.stat_update(result.status)
+                progress.write(document.id, {}, result.ok)
             yield document
