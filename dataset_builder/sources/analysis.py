@@ -114,10 +114,10 @@ def to_records(
     per tile (``large="tile"``), unless ``large="keep"``.
     """
     for item, image in analysed:
-        yield from _records(item, image, settings, report)
+        yield from _item_records(item, image, settings, report)
 
 
-def _records(
+def _item_records(
     item: AnnotatedImage, loaded: LoadedImage | SkipItem, settings: ImageSettings, report: SkipReport
 ) -> Iterator[ImageRecord]:
     where, source = item.where, item.source
