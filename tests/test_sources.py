@@ -422,3 +422,177 @@ def test_records_with_a_pool_equal_sequential(rs_real, tmp_path):
     n_good = sum(1 for f in folder.rglob("*.jpg") if f.name not in ("empty.jpg", "cut.jpg"))
     assert [r.to_dict() for r in par] == [r.to_dict() for r in seq] and len(seq) == n_good >= 8
     assert sorted(map(str, par_report.items)) == sorted(map(str, seq_report.items)) and len(seq_report) == 2
+
+
+# ---------------------------------------------- the base, the analysis step, one pool for every format
+
+
+def test_every_format_gives_the_same_records_and_skips_with_a_pool(rs_real, tmp_path):
+    """Every kind, read with a 2-worker pool, gives the records (in order) and the skips of the
+    sequential read, including a resized scene (its pixels come back from the worker) and a mask
+    source (analysed in this process: ``pooled = False``)."""
+    from hqrs.dataset_builder.parallel import make_pool
+    from hqrs.dataset_builder.sources import SOURCE_KINDS
+
+    aid = tmp_path / "aid"
+    for cls in ("Airport", "Beach"):
+        (aid / cls).mkdir(parents=True)
+        for f in sorted((rs_real / "aid_classification" / cls).glob("*.jpg"))[:2]:
+            (aid / cls / f.name).write_bytes(f.read_bytes())
+    (aid / "Beach" / "cut.jpg").write_bytes((aid / "Beach").glob("*.jpg").__next__().read_bytes()[:700])
+    _png(tmp_path / "img/a.png", size=(80, 60), colour=(1, 2, 3))
+    _png(tmp_path / "img/b.png", size=(40, 40), colour=(9, 2, 3))
+    (tmp_path / "img/bad.png").write_text("not an image")
+    coco = {
+        "images": [
+            {"id": 1, "file_name": "a.png", "width": 80, "height": 60},
+            {"id": 2, "file_name": "bad.png"},
+            {"id": 3, "file_name": "b.png", "width": 41, "height": 40},  # wrong size: a row skip
+        ],
+        "annotations": [{"image_id": 1, "category_id": 1, "bbox": [70, 5, 30, 10]}],  # clipped to 80
+        "categories": [{"id": 1, "name": "car"}],
+    }
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    (tmp_path / "c.csv").write_text("filepath,caption\nimg/a.png,one\nimg/bad.png,two\nimg/gone.png,x\n")
+    dota = f"{rs_real}/detection_dota/labelTxt?large=resize&max_side=720&cache_dir={tmp_path}/cache"
+    specs = {
+        "folder": f"folder:{aid}",
+        "images": f"images:{tmp_path}/img",
+        "karpathy": f"karpathy:{rs_real}/sydney_captions/dataset_sydney_subset.json",
+        "dota": f"dota:{dota}",
+        "voc": f"voc:{rs_real}/detection_dior/Annotations/Oriented Bounding Boxes?classes=dior",
+        "coco": f"coco:{tmp_path}/coco.json?images={tmp_path}/img",
+        "mask": f"mask:{rs_real}/segmentation_isaid/train/images?palette=isaid",
+        "openclip-csv": f"openclip-csv:{tmp_path}/c.csv",
+    }
+    assert set(specs) == set(SOURCE_KINDS)
+    sequential = {}
+    for kind, spec in specs.items():
+        report = SkipReport()
+        sequential[kind] = [r.to_dict() for r in load_source(spec).records(report)], report.to_dict()
+    with make_pool(2) as pool:
+        for kind, spec in specs.items():
+            report = SkipReport()
+            records = [r.to_dict() for r in load_source(spec).records(report, pool)]
+            expected, expected_report = sequential[kind]
+            assert records == expected, kind
+            # the same skips; with a pool the reader runs ahead, so its skips can come earlier
+            pooled_report = report.to_dict()
+            assert sorted(map(str, pooled_report.pop("items"))) == sorted(map(str, expected_report["items"]))
+            assert pooled_report == {k: v for k, v in expected_report.items() if k != "items"}, kind
+    resized = [r for r in sequential["dota"][0] if "resized_from" in r["meta"]]
+    assert len(resized) == 2 and all(max(r["width"], r["height"]) == 720 for r in resized)
+    assert tuple(sequential["coco"][0][0]["objects"][0]["bbox"]) == (70.0, 5.0, 80.0, 15.0)
+    skips = {
+        kind: [(i["kind"], Path(i["file"]).name) for i in rep["items"]]
+        for kind, (_, rep) in sequential.items()
+    }
+    assert skips["folder"] == [("image", "cut.jpg")] and skips["images"] == [("image", "bad.png")]
+    assert skips["coco"] == [("image", "bad.png"), ("row", "coco.json#images[2]")]
+    assert skips["openclip-csv"] == [("image", "bad.png"), ("image", "c.csv:4")]
+    assert not any(skips[k] for k in ("karpathy", "dota", "voc", "mask"))
+
+
+def test_readers_yield_annotations_and_the_analysis_step_reads_the_images(tmp_path):
+    """The two steps of a source are explicit: a reader yields one AnnotatedImage per image without
+    opening it; analyse() reads each once (LoadedImage or SkipItem); to_records() makes the records."""
+    from hqrs.dataset_builder.sources import AnnotatedImage, analyse, to_records
+    from hqrs.dataset_builder.sources.images import LoadedImage, SkipItem
+
+    _png(tmp_path / "scenes/farm/a.png", size=(30, 20))
+    (tmp_path / "scenes/farm/broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (tmp_path / "scenes/farm/notes.txt").write_text("x")
+    source = load_source(f"folder:{tmp_path}/scenes?name=fields")
+    report = SkipReport()
+    items = list(source.read(report))
+    assert all(type(i) is AnnotatedImage for i in items) and [i.image.name for i in items] == [
+        "a.png",
+        "broken.png",
+    ]
+    assert (
+        items[0].fields == {"labels": ["farm"], "meta": {"file": "farm/a.png"}}
+        and items[0].source == "fields"
+    )
+    assert [i["reason"] for i in report.items] == [
+        "not an image file extension (.txt)"
+    ]  # the reader's only skip
+    analysed = list(analyse(items, source.image_settings))
+    assert isinstance(analysed[0].image, LoadedImage) and isinstance(analysed[1].image, SkipItem)
+    assert analysed[0].image.image_id == file_content_id(tmp_path / "scenes/farm/a.png")
+    records = list(to_records(analysed, source.image_settings, report))
+    assert [(r.source, r.labels, r.width, r.height) for r in records] == [("fields", ["farm"], 30, 20)]
+    assert len(report) == 2 and "Pillow cannot identify" in report.items[1]["reason"]
+    assert report.records == {}  # only Source.records() counts what it yields
+    assert [r.to_dict() for r in load_source(f"folder:{tmp_path}/scenes?name=fields").records()] == [
+        r.to_dict() for r in records
+    ]
+
+
+def test_a_new_format_on_the_base(tmp_path):
+    """The extension contract (README, sources): a Source subclass with ``kind``, an ``Options``
+    dataclass and ``read()`` gets option parsing, root confinement, image checks and counting."""
+    from collections.abc import Iterator
+    from dataclasses import dataclass
+
+    from hqrs.dataset_builder.sources.base import AnnotatedImage, Source, option, parse_bool
+
+    @dataclass(frozen=True)
+    class ListOptions:
+        sep: str = option(" ", str)
+        lower: bool = option(False, parse_bool)
+
+    class LabelList(Source):
+        """``<image> <label>`` per line; images next to the list."""
+
+        kind = "label-list"
+        Options = ListOptions
+
+        def read(self, report: SkipReport) -> Iterator[AnnotatedImage]:
+            for lineno, line in enumerate((self.read_text(report, self.path) or "").splitlines(), 1):
+                name, _, label = line.partition(self.options.sep)
+                label = label.lower() if self.options.lower else label
+                yield from self.emit(
+                    report, self.images_root() / name, annotation_file=f"{self.path}:{lineno}", labels=[label]
+                )
+
+    _png(tmp_path / "data/a.png")
+    _png(tmp_path / "outside.png")
+    (tmp_path / "data/list.txt").write_text("a.png;Farm\n../outside.png;City\nmissing.png;Road\n")
+    source = LabelList(tmp_path / "data/list.txt", {"sep": ";", "lower": "yes", "phash": "false"})
+    assert source.options == ListOptions(sep=";", lower=True) and source.image_settings.phash is False
+    report = SkipReport()
+    (record,) = source.records(report)
+    assert record.labels == ["farm"] and record.source == "label-list" and "phash" not in record.meta
+    assert report.records == {"label-list": 1} and [i["file"][-2:] for i in report.items] == [":2", ":3"]
+    assert "resolves outside the source root" in report.items[0]["reason"]
+    assert "image not found" in report.items[1]["reason"]
+    with pytest.raises(ValueError, match=r"unknown option 'colour'; known: .*\blower\b.*\bsep\b"):
+        LabelList(tmp_path / "data/list.txt", {"colour": "1"})
+    with pytest.raises(ValueError, match=r"bad value for option 'lower': expected a boolean .*'maybe'"):
+        LabelList(tmp_path / "data/list.txt", {"lower": "maybe"})
+
+
+def test_options_are_typed_dataclasses():
+    from hqrs.dataset_builder.sources.detection import DIOR_CLASSES, DOTA_CLASSES
+    from hqrs.dataset_builder.sources.dota import DotaOptions
+    from hqrs.dataset_builder.sources.mask import MaskOptions
+    from hqrs.dataset_builder.sources.voc import VocOptions
+
+    assert DotaOptions().classes == DOTA_CLASSES and VocOptions().classes is None
+    assert MaskOptions().palette == {"preset": "isaid"} and MaskOptions().palette is not MaskOptions().palette
+    source = load_source({"kind": "voc", "path": ".", "classes": "dior", "splits": "test,val"})
+    assert source.options == VocOptions(classes=DIOR_CLASSES) and source.splits == {"test", "val"}
+
+
+def test_geometry_clips_an_object_to_a_tile():
+    from hqrs.dataset_builder.records import ObjectAnnotation
+    from hqrs.dataset_builder.sources.geometry import clip_object, tile_origins
+
+    assert tile_origins(1111, 600, 100) == [0, 500, 511] and tile_origins(500, 600, 100) == [0]
+    inside = ObjectAnnotation("ship", obox=(110, 110, 130, 110, 130, 120, 110, 120))
+    moved = clip_object(inside, (100, 100, 200, 200), 0.7)
+    assert moved.obox == (10, 10, 30, 10, 30, 20, 10, 20) and moved.bbox == (10, 10, 30, 20)
+    half = ObjectAnnotation("ship", bbox=(90, 100, 110, 110))  # half of it inside the tile
+    assert clip_object(half, (100, 100, 200, 200), 0.7) is None
+    cut = clip_object(half, (100, 100, 200, 200), 0.5)
+    assert cut.bbox == (0, 0, 10, 10) and cut.obox is None

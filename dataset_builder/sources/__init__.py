@@ -1,4 +1,4 @@
-"""Source adapters: every supported annotation format becomes :class:`~hqrs.dataset_builder.records.ImageRecord`.
+"""Source formats: every supported annotation format becomes :class:`~hqrs.dataset_builder.records.ImageRecord`.
 
 >>> from hqrs.dataset_builder.sources import SkipReport, load_source
 >>> report = SkipReport()
@@ -6,8 +6,15 @@
 >>> for record in src.records(report): ...  # doctest: +SKIP
 
 A source is written ``KIND:PATH?opt=val&...`` (see :mod:`.base` for the common options and each
-adapter class in :mod:`.adapters` for its own), or given as a mapping ``{kind, path, images, ...}``;
+format's module for its own), or given as a mapping ``{kind, path, images, ...}``;
 :func:`load_sources` also reads a YAML list of them.
+
+One module per format, on the small base of :mod:`.base` (spec syntax, typed options, root
+confinement), as ``datasets``' packaged modules: :mod:`.folder`, :mod:`.plain_images` (kind
+``images``), :mod:`.karpathy`, :mod:`.dota`, :mod:`.voc`, :mod:`.coco`, :mod:`.mask`,
+:mod:`.openclip_csv`; :data:`SOURCE_KINDS` maps each kind to its class. A format's reader yields
+:class:`~.analysis.AnnotatedImage` objects; the image steps shared by all of them (read / guard /
+hash each image, clip, tile, resize) are :mod:`.analysis`, their plane geometry :mod:`.geometry`.
 """
 
 from __future__ import annotations
@@ -20,8 +27,11 @@ from typing import Any
 import yaml
 
 from ..records import ImageRecord
-from .adapters import KIND_ALIASES, SOURCE_KINDS
+from .analysis import AnnotatedImage, analyse, to_records
 from .base import SkipReport, Source, parse_spec
+from .coco import CocoSource
+from .dota import DotaSource
+from .folder import FolderSource
 from .images import (
     IMAGE_EXTENSIONS,
     ImageSettings,
@@ -30,15 +40,23 @@ from .images import (
     load_image,
     perceptual_hash,
 )
+from .karpathy import KarpathySource
+from .mask import MaskSource
+from .openclip_csv import OpenClipCsvSource
+from .plain_images import ImagesSource
+from .voc import VocSource
 
 __all__ = [
     "DUPLICATE_REASON",
     "IMAGE_EXTENSIONS",
+    "KIND_ALIASES",
     "SOURCE_KINDS",
+    "AnnotatedImage",
     "ImageSettings",
     "SkipItem",
     "SkipReport",
     "Source",
+    "analyse",
     "captions_csv_spec",
     "duplicate_reason",
     "file_perceptual_hash",
@@ -48,7 +66,21 @@ __all__ = [
     "load_sources",
     "parse_spec",
     "perceptual_hash",
+    "to_records",
 ]
+
+#: kind → format class (a new format: one module on :class:`~.base.Source`, one line here).
+SOURCE_KINDS: dict[str, type[Source]] = {
+    "folder": FolderSource,
+    "images": ImagesSource,
+    "karpathy": KarpathySource,
+    "dota": DotaSource,
+    "voc": VocSource,
+    "coco": CocoSource,
+    "mask": MaskSource,
+    "openclip-csv": OpenClipCsvSource,
+}
+KIND_ALIASES = {"open_clip-csv": "openclip-csv", "csv": "openclip-csv"}
 
 
 def _kind_class(kind: str) -> type[Source]:
