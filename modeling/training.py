@@ -77,7 +77,7 @@ from .training_data import (
     load_training_dataset,
     split_by_image,
 )
-from .training_lora import LoraOptions, apply_lora, record_base_relative_to_adapter
+from .training_lora import LoraArguments, apply_lora, record_base_relative_to_adapter
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import EvalPrediction, PreTrainedModel
@@ -401,7 +401,7 @@ def build_trainer(
     output_dir: str | os.PathLike | None = None,
     training_args: TrainingArguments | dict | None = None,
     processor: Any = None,
-    lora: LoraOptions | dict | bool | None = None,
+    lora: LoraArguments | dict | bool | None = None,
     augment: RSAugment | dict | bool | None = None,
     data: DataOptions | dict | None = None,
     streaming: bool = False,
@@ -427,7 +427,8 @@ def build_trainer(
         training_args: ``TrainingArguments`` or a dict of its fields (``remove_unused_columns`` is
             forced off and ``label_names`` to ``["image_ids"]``).
         processor: processor object or folder (default: the model folder's).
-        lora: ``True``/``LoraOptions``/dict to train LoRA adapters instead of all weights.
+        lora: ``True``/``LoraArguments``/dict of its fields (``{"lora_r": 8}``) to train LoRA adapters
+            instead of all weights.
         augment: ``True``/``RSAugment``/dict for the remote-sensing augmentations (training only).
         data: column names, seed (default: ``data_seed`` or ``seed`` of the arguments), image-error policy.
         streaming: read the dataset as an ``IterableDataset`` (``max_steps`` is then required).
@@ -474,7 +475,7 @@ def build_trainer(
 
     if lora:
         lora_options = (
-            LoraOptions() if lora is True else LoraOptions(**lora) if isinstance(lora, dict) else lora
+            LoraArguments() if lora is True else LoraArguments(**lora) if isinstance(lora, dict) else lora
         )
         loaded = apply_lora(loaded, lora_options)
     return ImageTextTrainer(

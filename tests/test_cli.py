@@ -145,7 +145,7 @@ def test_config_file_supplies_required_options_and_positionals(tmp_path):
     cfg = tmp_path / "train.yaml"
     cfg.write_text(f"model: m\ndataset: d\noutput-dir: {tmp_path / 'o'}\n")
     args = cli.parse_args(["train", "clip", "--config-file", str(cfg)])
-    assert (args.model, args.dataset, args.output_dir) == ("m", "d", tmp_path / "o")
+    assert (args.model, args.dataset, args.output_dir) == ("m", "d", str(tmp_path / "o"))
     # a flag on the command line still wins over the file
     args = cli.parse_args(["train", "clip", "--config-file", str(cfg), "--model", "other"])
     assert args.model == "other"
@@ -158,7 +158,7 @@ def test_config_file_supplies_required_options_and_positionals(tmp_path):
     pos.write_text(f"dataset: {tmp_path}\n")
     positional = [
         a.dest
-        for a in cli._chosen_leaf(cli.build_parser(), ["eval", "dataset"])._actions
+        for a in cli._chosen_leaf(cli.build_parser(), ["eval", "dataset"]).options
         if not a.option_strings
     ]
     if positional:
@@ -187,14 +187,14 @@ def test_help_does_not_load_the_engine():
 
 
 def _all_parsers(parser, path=("hqrs",)):
-    """Every parser of the CLI tree with its command path (``hqrs train clip``)."""
-    import argparse
-
+    """Every parser of the CLI tree with its command path (``hqrs train clip``), the full parser of a
+    lazily built command (``hqrs train clip``: HfArgumentParser) included."""
     yield " ".join(path), parser
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                yield from _all_parsers(sub, (*path, name))
+    if parser.get_default("lazy_parser") is not None:
+        yield " ".join(path) + " (full)", parser.get_default("lazy_parser")(" ".join(path))
+    if parser.subcommands is not None:
+        for name, sub in parser.subcommands.choices.items():
+            yield from _all_parsers(sub, (*path, name))
 
 
 def test_every_help_is_plain_text_and_lists_each_option_once():

@@ -491,7 +491,7 @@ def test_train_clip_full_and_lora(tiny_folder, ucm_data, tmp_path, rs_real):
         tiny_folder,
         ucm_data,
         output_dir=lora_dir,
-        lora={"r": 4, "alpha": 8},
+        lora={"lora_r": 4, "lora_alpha": 8},
         training_args=TRAIN_ARGS,
     )
     peft_model = lora.model

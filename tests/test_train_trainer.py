@@ -133,7 +133,7 @@ def test_lora_saves_adapters_and_merge_matches(tmp_path, model_dir, data_dir, rs
         model_dir,
         data_dir,
         output_dir=out,
-        lora={"r": 4, "alpha": 8},
+        lora={"lora_r": 4, "lora_alpha": 8},
         training_args=dict(
             BASE_ARGS, learning_rate=5e-2, per_device_train_batch_size=8, max_steps=2, save_strategy="no"
         ),
