@@ -218,10 +218,19 @@ def _saved_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     names = {f.name for t in _dataclass_types() for f in dataclasses.fields(t) if f.init}
     values = {name: getattr(args, name) for name in names if hasattr(args, name) and name not in _FORCED}
     values.update(_trainer_args(getattr(args, "trainer_args", None)))
+    defaults: dict[str, Any] = {}
+    for action in parser.options:  # a string default is parsed by the option's type, as argparse does
+        default = action.default
+        if isinstance(default, str) and callable(action.type) and action.nargs not in ("+", "*"):
+            try:
+                default = action.type(default)
+            except (TypeError, ValueError, argparse.ArgumentTypeError):
+                pass
+        defaults.setdefault(action.dest, default)
     return {
         name.replace("_", "-"): str(value) if isinstance(value, Path) else value
         for name, value in sorted(values.items())
-        if value != parser.get_default(name)
+        if value != defaults.get(name)
     }
 
 

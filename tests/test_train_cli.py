@@ -139,3 +139,31 @@ def test_cli_errors(tmp_path):
     args = _parse(["merge-lora", str(tmp_path), "--out", str(tmp_path / "x")])
     with pytest.raises(ValueError, match="not a LoRA adapter folder"):
         args.func(args)
+
+
+def test_training_and_cli_use_no_private_library_names():
+    """#16.5: no ``obj._name`` of argparse/Trainer (``parser._actions``, ``Trainer._save``, ...) in these modules."""
+    import ast
+    from pathlib import Path
+
+    import hqrs.modeling.training as training
+    import hqrs.modeling.training_lora as training_lora
+
+    for module in (cli, train_cmd, training, training_lora):
+        tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+        private = {
+            node.attr
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        }
+        private |= {
+            node.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.FunctionDef)
+            and node.name.startswith("_")
+            and not node.name.startswith("__")
+            if any(isinstance(p, ast.ClassDef) and node in p.body for p in ast.walk(tree))
+        }
+        assert private == set(), f"{module.__name__}: {sorted(private)}"
