@@ -185,15 +185,17 @@ def _option_actions(parser: CommandParser) -> dict[str, argparse.Action]:
 
 
 def _flag_names(parser: CommandParser) -> list[str]:
-    """One name per option a config file may set (the first long flag), and the positionals."""
-    names = set()
-    for a in parser.options:
-        if a.dest in _NOT_CONFIG:
-            continue
-        flags = [f[2:] for f in a.option_strings if f.startswith("--")]
-        if flags or not a.option_strings:
-            names.add(flags[-1].replace("_", "-") if flags else a.dest.replace("_", "-"))
-    return sorted(names)
+    """The names a config file may use (long flags, ``_`` shown as ``-``) and the positionals."""
+    return sorted(
+        {
+            f[2:].replace("_", "-")
+            for a in parser.options
+            if a.dest not in _NOT_CONFIG
+            for f in a.option_strings
+            if f.startswith("--")
+        }
+        | {a.dest.replace("_", "-") for a in parser.options if not a.option_strings}
+    )
 
 
 def apply_config_file(leaf: CommandParser, path: Path) -> list[str]:
