@@ -167,3 +167,21 @@ def test_training_and_cli_use_no_private_library_names():
             if any(isinstance(p, ast.ClassDef) and node in p.body for p in ast.walk(tree))
         }
         assert private == set(), f"{module.__name__}: {sorted(private)}"
+
+
+def test_config_file_for_train_checks_types_and_names(tmp_path, capsys):
+    """--config-file keys of hqrs train are the HfArgumentParser options; a bad value or key names itself."""
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(
+        "model: m\ndataset: d\noutput_dir: o\nlearning-rate: 0.25\nlora-target-modules: [q_proj]\n"
+    )
+    args = cli.parse_args(["train", "coca", "--config-file", str(cfg), "--learning_rate", "0.5"])
+    assert (args.learning_rate, args.lora_target_modules, args.kind) == (0.5, ["q_proj"], "coca")
+    cfg.write_text("model: m\nlearning-rate: fast\n")
+    assert cli.main(["train", "clip", "--config-file", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hqrs: error:") and "learning-rate='fast'" in err and str(cfg) in err
+    cfg.write_text("model: m\nlearnig-rate: 1\n")
+    assert cli.main(["train", "clip", "--config-file", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown option 'learnig-rate'" in err and "learning-rate" in err and "learning_rate" not in err
