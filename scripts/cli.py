@@ -89,6 +89,9 @@ class CommandParser(argparse.ArgumentParser):
     def add_argument_group(self, *args: Any, **kwargs: Any) -> Any:
         return _RecordedGroup(super().add_argument_group(*args, **kwargs), self.options)
 
+    def add_mutually_exclusive_group(self, **kwargs: Any) -> Any:
+        return _RecordedGroup(super().add_mutually_exclusive_group(**kwargs), self.options)
+
     def add_subparsers(self, **kwargs: Any) -> Any:
         self.subcommands = super().add_subparsers(**kwargs)
         return self.subcommands
@@ -105,6 +108,9 @@ class _RecordedGroup:
         action = self.group.add_argument(*args, **kwargs)
         self.recorded.append(action)
         return action
+
+    def add_mutually_exclusive_group(self, **kwargs: Any) -> Any:
+        return _RecordedGroup(self.group.add_mutually_exclusive_group(**kwargs), self.recorded)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.group, name)

@@ -256,3 +256,25 @@ def test_quiet_before_the_command_silences_datatrove(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stderr == "" and out.stdout.startswith("HQRS-IT written to")
+
+
+def test_command_parser_records_every_option_and_subcommand():
+    """#16.5: --config-file reads the options CommandParser recorded, not argparse's private ``_actions``."""
+    parser = cli.CommandParser(prog="x")
+    direct = parser.add_argument("--a")
+    group = parser.add_argument_group("g")
+    grouped = group.add_argument("--b", type=int)
+    exclusive = group.add_mutually_exclusive_group()
+    one, two = exclusive.add_argument("--c", action="store_true"), exclusive.add_argument("--d")
+    top = parser.add_mutually_exclusive_group()
+    three = top.add_argument("--e")
+    sub = parser.add_subparsers(dest="cmd")
+    leaf = cli.leaf_parser(sub, "run", [])
+    positional = leaf.add_argument("path")
+    assert [a.dest for a in parser.options] == ["help", "a", "b", "c", "d", "e"]
+    assert parser.options[1:] == [direct, grouped, one, two, three]
+    assert parser.subcommands.choices["run"] is leaf and leaf.options[-1] is positional
+    assert cli._chosen_leaf(parser, ["--a", "1", "run"]) is leaf
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--c", "--d", "x"])  # the exclusive group still works
+    assert parser.parse_args(["--b", "3", "run", "p"]).b == 3
