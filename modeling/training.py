@@ -11,20 +11,20 @@ The loss is the model's own ``forward(return_loss=True)`` loss: CLIP's symmetric
 contrastive loss would only contrast each sample with the ``per_device_train_batch_size`` samples of
 its own rank; open_clip instead gathers the features of all ranks *with gradient*
 (``gather_with_grad`` + ``local_loss``), so the loss and its gradient equal one process on the whole
-global batch. The Trainer only sees ``model(**batch).loss``, so that gathering has to happen inside a
-forward. We do not subclass ``CLIPModel`` or hook it (that would change what ``from_pretrained`` users
-get); instead :class:`ImageTextTrainingModel` is a small ``nn.Module`` used only during training:
+global batch. That happens in the Trainer's public ``compute_loss`` hook (:func:`image_text_loss`): the
+``Trainer`` trains the transformers model itself (or its peft model), so checkpoints, resuming and
+``load_best_model_at_end`` are the Trainer's own, and the final folder and every ``checkpoint-N`` are
+ordinary ``CLIPModel`` / ``RSCoCaModel`` / peft adapter folders:
 
-* its ``forward`` calls the wrapped transformers model (``return_loss=True`` on one process; on several,
-  ``return_loss=False`` for CLIP, and it keeps RS-CoCa's per-rank caption loss) and, when
-  ``torch.distributed`` runs with more than one rank, replaces the contrastive term with
+* on one process the loss is ``model(**batch, return_loss=True).loss``; on several, ``return_loss=False``
+  for CLIP (RS-CoCa keeps its per-rank caption loss) and the contrastive term is
   :func:`gathered_contrastive_loss` on features all-gathered with ``torch.distributed.nn.functional``
   (autograd-aware all_gather). Each rank's loss is the mean over its own rows against all columns,
   and DDP's gradient averaging turns the sum of per-rank gradients into exactly the gradient of the
   global-batch loss (checked to 1e-5 against a single process in ``tests/test_train_distributed.py``);
-* :class:`ImageTextTrainer` saves the *wrapped* model with ``save_pretrained`` (HF weight names,
-  ``config.json``, the processor) and resumes/loads-best into it, so checkpoints and the final folder
-  are ordinary ``CLIPModel`` / ``RSCoCaModel`` / peft adapter folders.
+* :class:`ImageTextTrainer` also overrides the public ``save_model``: after the Trainer's
+  ``save_pretrained`` it records a LoRA adapter's base relative to the adapter, adds RS-CoCa's remote
+  code and writes ``training_args.json`` (instead of the pickled ``training_args.bin``).
 
 Data are processed on the fly (see :mod:`hqrs.modeling.training_data`): a random caption per image
 and epoch, optional remote-sensing augmentations, the model's processor in the collator. The epoch is
@@ -77,7 +77,7 @@ from .training_data import (
     load_training_dataset,
     split_by_image,
 )
-from .training_lora import LoraOptions, apply_lora, record_base_relative_to_adapter
+from .training_lora import LoraArguments, apply_lora, record_base_relative_to_adapter
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import EvalPrediction, PreTrainedModel
@@ -87,10 +87,10 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "KINDS",
     "ImageTextTrainer",
-    "ImageTextTrainingModel",
     "ImageTextTrainingOutput",
     "build_trainer",
     "gathered_contrastive_loss",
+    "image_text_loss",
     "load_model_and_processor",
     "model_kind",
     "retrieval_metrics",
@@ -137,11 +137,12 @@ def _is_rs_coca(model: Any) -> bool:
 
 @dataclass
 class ImageTextTrainingOutput(ModelOutput):
-    """Output of :class:`ImageTextTrainingModel`.
+    """What :func:`image_text_loss` (and so ``ImageTextTrainer.compute_loss``) returns.
 
     Args:
-        loss: the training loss (see the module docstring).
-        image_embeds / text_embeds: L2-normalised embeddings of this rank's batch (for the metrics).
+        loss: the training loss (see the module docstring), a scalar.
+        image_embeds / text_embeds: ``(batch, embed_dim)`` L2-normalised embeddings of this rank's batch (the
+            predictions the evaluation metrics rank).
     """
 
     loss: torch.FloatTensor | None = None
@@ -153,6 +154,16 @@ def _world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def transformers_model(model: nn.Module) -> PreTrainedModel:
+    """The transformers model under DDP/accelerate/``torch.compile`` and peft wrappers (it owns ``config`` and
+    ``logit_scale``)."""
+    from accelerate.utils import extract_model_from_parallel
+
+    model = extract_model_from_parallel(model, keep_torch_compile=False)
+    get_base = getattr(model, "get_base_model", None)  # a peft model
+    return get_base() if callable(get_base) else model
 
 
 def gathered_contrastive_loss(
@@ -184,13 +195,20 @@ def gathered_contrastive_loss(
     ) / 2
 
 
-class ImageTextTrainingModel(nn.Module):
-    """Training-time wrapper of a ``CLIPModel``/``RSCoCaModel`` (or a peft model of one); see the module doc.
+def image_text_loss(
+    model: nn.Module, inputs: dict[str, Any], *, gather_with_grad: bool = True
+) -> ImageTextTrainingOutput:
+    """The training loss of a ``CLIPModel``/``RSCoCaModel`` (or a peft/DDP wrapper of one) on a collated batch.
+
+    On one process (or ``gather_with_grad=False``) it is the model's own ``forward(return_loss=True)`` loss. On
+    several ``torch.distributed`` ranks the contrastive term is replaced by :func:`gathered_contrastive_loss`
+    (weighted by the config's ``contrastive_loss_weight``); RS-CoCa keeps its per-rank caption loss.
 
     Args:
-        model: the transformers model (possibly wrapped by peft). It is what gets saved.
-        gather_with_grad: on several processes, contrast against the features of all ranks (default).
-            ``False`` keeps the model's per-rank loss.
+        model: what runs the forward (the model the ``Trainer`` hands to ``compute_loss``).
+        inputs: ``pixel_values`` ``(batch, 3, H, W)``, ``input_ids``/``attention_mask`` ``(batch, seq)``;
+            ``image_ids`` (the evaluation metrics' ground truth) is ignored.
+        gather_with_grad: on several processes, contrast against the features of all ranks.
 
     Example:
         >>> import torch
@@ -199,72 +217,24 @@ class ImageTextTrainingModel(nn.Module):
         >>> clip = CLIPModel(CLIPConfig(text_config=dict(tiny, vocab_size=99),
         ...                             vision_config=dict(tiny, image_size=32, patch_size=16)))
         >>> batch = dict(pixel_values=torch.randn(2, 3, 32, 32), input_ids=torch.tensor([[1, 5, 2], [1, 7, 2]]))
-        >>> out = ImageTextTrainingModel(clip)(**batch)
+        >>> out = image_text_loss(clip, dict(batch, image_ids=torch.tensor([0, 1])))
         >>> bool(torch.allclose(out.loss, clip(**batch, return_loss=True).loss))
         True
     """
-
-    supports_gradient_checkpointing = True
-
-    def __init__(self, model: nn.Module, *, gather_with_grad: bool = True) -> None:
-        super().__init__()
-        self.model = model
-        self.gather_with_grad = gather_with_grad
-        config = self.base_model.config
-        self.has_caption_loss = hasattr(config, "caption_loss_weight")
-        self.contrastive_loss_weight = float(getattr(config, "contrastive_loss_weight", 1.0))
-
-    @property
-    def base_model(self) -> PreTrainedModel:
-        """The transformers model, under peft's wrappers if any."""
-        get_base = getattr(self.model, "get_base_model", None)
-        return get_base() if callable(get_base) else self.model
-
-    @property
-    def config(self) -> Any:
-        return self.base_model.config
-
-    @property
-    def main_input_name(self) -> str:
-        return "pixel_values"
-
-    def activation_checkpointing_enable(self, **kwargs: Any) -> None:
-        """``TrainingArguments(gradient_checkpointing=True)`` lands here: enabled on the transformers model."""
-        self.base_model.activation_checkpointing_enable(**kwargs)
-
-    def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
-        self.base_model.gradient_checkpointing_enable(**kwargs)
-
-    def gradient_checkpointing_disable(self) -> None:
-        self.base_model.gradient_checkpointing_disable()
-
-    def forward(
-        self,
-        pixel_values: torch.FloatTensor | None = None,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        image_ids: torch.LongTensor | None = None,
-        return_loss: bool = True,
-    ) -> ImageTextTrainingOutput:
-        """``image_ids`` is accepted for the evaluation metrics and not used here."""
-        _, world = _world()
-        gather = return_loss and self.gather_with_grad and world > 1
-        outputs = self.model(
-            pixel_values=pixel_values,
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            return_loss=return_loss and (not gather or self.has_caption_loss),
-        )
-        loss = outputs.loss if return_loss else None
-        if gather:
-            loss = self.contrastive_loss_weight * gathered_contrastive_loss(
-                outputs.image_embeds, outputs.text_embeds, self.base_model.logit_scale
-            )
-            if self.has_caption_loss:
-                loss = loss + outputs.caption_loss
-        return ImageTextTrainingOutput(
-            loss=loss, image_embeds=outputs.image_embeds, text_embeds=outputs.text_embeds
-        )
+    core = transformers_model(model)
+    has_caption_loss = hasattr(core.config, "caption_loss_weight")
+    gather = gather_with_grad and _world()[1] > 1
+    batch = {k: v for k, v in inputs.items() if k != IMAGE_IDS}
+    outputs = model(**batch, return_loss=not gather or has_caption_loss)
+    loss = outputs.loss
+    if gather:
+        weight = float(getattr(core.config, "contrastive_loss_weight", 1.0))
+        loss = weight * gathered_contrastive_loss(outputs.image_embeds, outputs.text_embeds, core.logit_scale)
+        if has_caption_loss:
+            loss = loss + outputs.caption_loss
+    return ImageTextTrainingOutput(
+        loss=loss, image_embeds=outputs.image_embeds, text_embeds=outputs.text_embeds
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -272,50 +242,46 @@ class ImageTextTrainingModel(nn.Module):
 
 
 class ImageTextTrainer(Trainer):
-    """``Trainer`` whose saving and loading see through :class:`ImageTextTrainingModel`.
+    """The stock ``Trainer`` on the transformers (or peft) model itself, with the loss of :func:`image_text_loss`.
 
-    ``save_model``/checkpoints write the wrapped model with ``save_pretrained`` (a full transformers
-    folder, or the peft adapter), the processor, and ``training_args.json``; resuming and
-    ``load_best_model_at_end`` load into the wrapped model. Everything else is the stock ``Trainer``.
+    Only public hooks are overridden: ``compute_loss`` (the gathered contrastive loss; it returns the embeddings
+    as the evaluation predictions) and ``save_model`` (after the Trainer's own ``save_pretrained`` of the model and
+    processor: a LoRA adapter records its base relative to itself, an RS-CoCa folder gets its remote code, and the
+    arguments are written as ``training_args.json`` instead of the pickled ``training_args.bin``). Checkpoints,
+    resuming and ``load_best_model_at_end`` are the Trainer's, on ordinary ``CLIPModel``/``RSCoCaModel``/peft
+    adapter folders.
+
+    Args:
+        gather_with_grad: see :func:`image_text_loss`; every other argument is the ``Trainer``'s.
     """
 
-    def _inner(self, model: nn.Module | None = None) -> nn.Module | None:
-        model = self.model if model is None else model
-        unwrapped = self.accelerator.unwrap_model(model, keep_torch_compile=False)
-        return unwrapped.model if isinstance(unwrapped, ImageTextTrainingModel) else None
+    # compute_loss returns a per-batch mean: the Trainer divides it by the gradient accumulation steps.
+    loss_is_scaled_for_ga = False
 
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        inner = self._inner()
-        if inner is None:
-            return super()._save(output_dir, state_dict=state_dict)
+    def __init__(self, *args: Any, gather_with_grad: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gather_with_grad = gather_with_grad
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, ImageTextTrainingOutput]:
+        outputs = image_text_loss(model, inputs, gather_with_grad=self.gather_with_grad)
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call=_internal_call)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if not self.args.should_save:
+        if not self.args.should_save or not os.path.isdir(output_dir):
             return
-        os.makedirs(output_dir, exist_ok=True)
-        logger.info("saving %s to %s", type(inner).__name__, output_dir)
-        if state_dict is not None:  # from FSDP/DeepSpeed: keys of the wrapper
-            state_dict = {
-                k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")
-            }
-        inner.save_pretrained(output_dir, state_dict=state_dict)
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
-        record_base_relative_to_adapter(output_dir)  # a LoRA adapter finds its base from anywhere
-        if _is_rs_coca(inner):  # the output folder and every checkpoint-N load without hqrs
-            save_rs_coca_remote_code(output_dir)
+        Path(output_dir, "training_args.bin").unlink(missing_ok=True)  # a pickle; the JSON below replaces it
         Path(output_dir, "training_args.json").write_text(self.args.to_json_string(), encoding="utf-8")
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        inner = self._inner(model)
-        super()._load_from_checkpoint(resume_from_checkpoint, model=inner if inner is not None else model)
-
-    def _load_best_model(self) -> None:
-        if self._inner() is None or self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            return super()._load_best_model()
-        logger.info(
-            "loading best model from %s (score %s)", self.state.best_model_checkpoint, self.state.best_metric
-        )
-        self._load_from_checkpoint(self.state.best_model_checkpoint)
+        record_base_relative_to_adapter(output_dir)  # a LoRA adapter finds its base from anywhere
+        if _is_rs_coca(self.model):  # the output folder and every checkpoint-N load without hqrs
+            save_rs_coca_remote_code(output_dir)
 
 
 class _ImageTextCallback(TrainerCallback):
@@ -333,8 +299,7 @@ class _ImageTextCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.max_logit_scale is None or model is None:
             return
-        wrapper = model.module if hasattr(model, "module") else model
-        scale = getattr(getattr(wrapper, "base_model", None), "logit_scale", None)
+        scale = getattr(transformers_model(model), "logit_scale", None)
         if isinstance(scale, torch.Tensor) and scale.requires_grad:
             with torch.no_grad():
                 scale.clamp_(0, self.max_logit_scale)
@@ -399,8 +364,8 @@ def _training_arguments(
     if args.label_names != [IMAGE_IDS]:
         args.label_names = [IMAGE_IDS]
     if args.ddp_find_unused_parameters is None:
-        # The Trainer turns this on for models that are not a PreTrainedModel (our wrapper); every
-        # trainable weight is used by the image-text forward, so spare DDP the extra graph traversal.
+        # The Trainer turns this on for a peft model (not a PreTrainedModel); every trainable weight is used
+        # by the image-text forward, so spare DDP the extra graph traversal.
         args.ddp_find_unused_parameters = False
     return args
 
@@ -436,7 +401,7 @@ def build_trainer(
     output_dir: str | os.PathLike | None = None,
     training_args: TrainingArguments | dict | None = None,
     processor: Any = None,
-    lora: LoraOptions | dict | bool | None = None,
+    lora: LoraArguments | dict | bool | None = None,
     augment: RSAugment | dict | bool | None = None,
     data: DataOptions | dict | None = None,
     streaming: bool = False,
@@ -462,7 +427,8 @@ def build_trainer(
         training_args: ``TrainingArguments`` or a dict of its fields (``remove_unused_columns`` is
             forced off and ``label_names`` to ``["image_ids"]``).
         processor: processor object or folder (default: the model folder's).
-        lora: ``True``/``LoraOptions``/dict to train LoRA adapters instead of all weights.
+        lora: ``True``/``LoraArguments``/dict of its fields (``{"lora_r": 8}``) to train LoRA adapters
+            instead of all weights.
         augment: ``True``/``RSAugment``/dict for the remote-sensing augmentations (training only).
         data: column names, seed (default: ``data_seed`` or ``seed`` of the arguments), image-error policy.
         streaming: read the dataset as an ``IterableDataset`` (``max_steps`` is then required).
@@ -509,12 +475,12 @@ def build_trainer(
 
     if lora:
         lora_options = (
-            LoraOptions() if lora is True else LoraOptions(**lora) if isinstance(lora, dict) else lora
+            LoraArguments() if lora is True else LoraArguments(**lora) if isinstance(lora, dict) else lora
         )
         loaded = apply_lora(loaded, lora_options)
-    wrapper = ImageTextTrainingModel(loaded, gather_with_grad=gather_with_grad)
     return ImageTextTrainer(
-        model=wrapper,
+        model=loaded,
+        gather_with_grad=gather_with_grad,
         args=args,
         train_dataset=train_set,
         eval_dataset=eval_set,

@@ -12,7 +12,7 @@ Example:
     >>> tiny = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
     >>> model = CLIPModel(CLIPConfig(text_config=dict(tiny, vocab_size=99),
     ...                              vision_config=dict(tiny, image_size=32, patch_size=16)))
-    >>> peft_model = apply_lora(model, LoraOptions(r=4))
+    >>> peft_model = apply_lora(model, LoraArguments(lora_r=4))
     >>> sorted({n.split(".")[-3] for n, p in peft_model.named_parameters() if p.requires_grad})
     ['lora_A', 'lora_B']
 """
@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,68 +35,84 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_LORA_TARGETS", "LoraOptions", "apply_lora", "merge_lora", "merge_lora_model"]
+__all__ = ["DEFAULT_LORA_TARGETS", "LoraArguments", "apply_lora", "merge_lora", "merge_lora_model"]
 
 #: Linear layers that get adapters (transformers' CLIP/RS-CoCa names for attention and MLP projections).
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
 
 @dataclass
-class LoraOptions:
-    """peft ``LoraConfig`` settings used by ``hqrs train --lora``.
+class LoraArguments:
+    """peft LoRA settings: the one place their defaults live (``hqrs train --lora``, :func:`apply_lora`).
+
+    The field names are the ``hqrs train`` flags (``--lora-r`` ...), parsed by ``HfArgumentParser``.
 
     Args:
-        r: adapter rank.
-        alpha: scaling numerator (the update is scaled by ``alpha / r``).
-        dropout: dropout on the adapter input.
-        target_modules: names of the linear layers to adapt (suffix match, as in peft).
+        lora_r: adapter rank.
+        lora_alpha: scaling numerator (the update is scaled by ``lora_alpha / lora_r``).
+        lora_dropout: dropout on the adapter input.
+        lora_target_modules: names of the linear layers to adapt (suffix match, as in peft); a comma-separated
+            string or items with commas are split.
+
+    Raises:
+        ValueError: a rank below 1, a non-positive alpha, a dropout outside [0, 1) or no target module, quoting
+            the value.
     """
 
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = DEFAULT_LORA_TARGETS
+    lora_r: int = field(default=16, metadata={"help": "LoRA adapter rank"})
+    lora_alpha: float = field(default=32, metadata={"help": "LoRA alpha (the update is scaled by alpha / r)"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA adapter input"})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: list(DEFAULT_LORA_TARGETS),
+        metadata={"help": "linear layer names to adapt (comma- or space-separated)"},
+    )
 
     def __post_init__(self) -> None:
-        if not isinstance(self.r, int) or self.r < 1:
-            raise ValueError(f"LoraOptions.r must be a positive int, got {self.r!r}")
-        if not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
-            raise ValueError(f"LoraOptions.alpha must be positive, got {self.alpha!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoraOptions.dropout must be in [0, 1), got {self.dropout!r}")
-        if isinstance(self.target_modules, str):
-            self.target_modules = tuple(t for t in self.target_modules.split(",") if t)
-        self.target_modules = tuple(self.target_modules)
-        if not self.target_modules:
-            raise ValueError("LoraOptions.target_modules must name at least one module")
+        if isinstance(self.lora_r, bool) or not isinstance(self.lora_r, int) or self.lora_r < 1:
+            raise ValueError(f"LoraArguments.lora_r must be a positive int, got {self.lora_r!r}")
+        if not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha <= 0:
+            raise ValueError(f"LoraArguments.lora_alpha must be positive, got {self.lora_alpha!r}")
+        if not isinstance(self.lora_dropout, (int, float)) or not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"LoraArguments.lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        items = (
+            [self.lora_target_modules]
+            if isinstance(self.lora_target_modules, str)
+            else self.lora_target_modules
+        )
+        self.lora_target_modules = [t.strip() for item in items for t in str(item).split(",") if t.strip()]
+        if not self.lora_target_modules:
+            raise ValueError("LoraArguments.lora_target_modules must name at least one module")
 
     def to_peft(self) -> Any:
+        """The peft ``LoraConfig``."""
         from peft import LoraConfig
 
         return LoraConfig(
-            r=self.r,
-            lora_alpha=self.alpha,
-            lora_dropout=self.dropout,
-            target_modules=list(self.target_modules),
+            r=self.lora_r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=list(self.lora_target_modules),
         )
 
 
-def apply_lora(model: PreTrainedModel, options: LoraOptions | dict | None = None) -> PeftModel:
-    """Wrap ``model`` in a ``PeftModel`` with LoRA adapters on :attr:`LoraOptions.target_modules`.
+def apply_lora(model: PreTrainedModel, options: LoraArguments | dict | None = None) -> PeftModel:
+    """Wrap ``model`` in a ``PeftModel`` with LoRA adapters on :attr:`LoraArguments.lora_target_modules`.
+
+    ``options`` is a :class:`LoraArguments`, a dict of its fields, or ``None`` (the defaults).
 
     Raises ``ValueError`` naming the model's linear layer names when none of the targets exists.
     """
     from peft import get_peft_model
     from torch import nn
 
-    options = LoraOptions(**options) if isinstance(options, dict) else options or LoraOptions()
+    options = LoraArguments(**options) if isinstance(options, dict) else options or LoraArguments()
     names = {
         name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)
     }
-    missing = [t for t in options.target_modules if t not in names]
-    if len(missing) == len(options.target_modules):
+    missing = [t for t in options.lora_target_modules if t not in names]
+    if len(missing) == len(options.lora_target_modules):
         raise ValueError(
-            f"none of the LoRA target modules {list(options.target_modules)} exists in "
+            f"none of the LoRA target modules {list(options.lora_target_modules)} exists in "
             f"{type(model).__name__}; its linear layers are named {sorted(names)}"
         )
     if missing:

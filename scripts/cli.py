@@ -2,7 +2,7 @@
 
 ``hqrs [-v|-q] COMMAND [options] [--config-file FILE]``
 
-Any sub-command accepts ``--config-file FILE``: a YAML mapping whose keys are that command's
+Any sub-command accepts ``--config-file FILE``: a YAML (or JSON) mapping whose keys are that command's
 option names (``out_dir`` or ``out-dir``). Values from the file become the option defaults, so a
 flag given on the command line always wins over the file.
 """
@@ -66,6 +66,56 @@ def setup_logging(verbosity: int) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", logging.getLevelName(libs).lower())
 
 
+class CommandParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` that keeps its own record of what was added to it.
+
+    ``--config-file`` needs a command's options by name, and the sub-command a command line selects before
+    the real parse; argparse keeps both only in private attributes. This parser records them through its
+    public methods instead: :attr:`options` (each ``Action`` ``add_argument`` returned, on the parser or on
+    one of its argument groups) and :attr:`subcommands` (the action ``add_subparsers`` returned, whose
+    ``choices`` maps names to sub-parsers). Sub-parsers are ``CommandParser`` too.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.options: list[argparse.Action] = []
+        self.subcommands: argparse.Action | None = None
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        self.options.append(action)
+        return action
+
+    def add_argument_group(self, *args: Any, **kwargs: Any) -> Any:
+        return _RecordedGroup(super().add_argument_group(*args, **kwargs), self.options)
+
+    def add_mutually_exclusive_group(self, **kwargs: Any) -> Any:
+        return _RecordedGroup(super().add_mutually_exclusive_group(**kwargs), self.options)
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        self.subcommands = super().add_subparsers(**kwargs)
+        return self.subcommands
+
+
+class _RecordedGroup:
+    """An argument group whose ``add_argument`` also records the action in its parser's :attr:`options`."""
+
+    def __init__(self, group: Any, options: list[argparse.Action]) -> None:
+        self.group = group
+        self.recorded = options
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = self.group.add_argument(*args, **kwargs)
+        self.recorded.append(action)
+        return action
+
+    def add_mutually_exclusive_group(self, **kwargs: Any) -> Any:
+        return _RecordedGroup(self.group.add_mutually_exclusive_group(**kwargs), self.recorded)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.group, name)
+
+
 def _common_parent() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("common options")
@@ -74,7 +124,8 @@ def _common_parent() -> argparse.ArgumentParser:
         metavar="YAML",
         type=Path,
         default=None,
-        help="YAML mapping of this command's options (keys as option names); command-line flags override it",
+        help="YAML (or JSON) mapping of this command's options (keys as option names); command-line flags "
+        "override it",
     )
     # Also accepted after the sub-command; SUPPRESS keeps the top-level value when not given here.
     group.add_argument(
@@ -86,8 +137,8 @@ def _common_parent() -> argparse.ArgumentParser:
     return parent
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> CommandParser:
+    parser = CommandParser(
         prog="hqrs",
         description="MpGI remote-sensing vision-language data and models (HQRS-IT, HQRS-CLIP, RS-CoCa).",
     )
@@ -108,18 +159,29 @@ def leaf_parser(
 
     The parser records itself in the namespace, which is how ``--config-file`` finds the
     options of the command that was chosen, however deep it is nested (``hqrs mpgi run``).
+
+    A command whose options are expensive to build (``hqrs train``: every ``TrainingArguments`` field, which
+    needs transformers) passes ``lazy_parser=FACTORY``: the leaf then only holds the common options, and
+    :func:`parse_args` parses everything else with ``FACTORY(prog)`` (a :class:`CommandParser`, built only
+    when that command runs or shows its help).
     """
+    lazy = kwargs.pop("lazy_parser", None)
+    if lazy is not None:  # -h/--help and every option go to the full parser; no abbreviations of them
+        kwargs.update(add_help=False, allow_abbrev=False)
     sub = subparsers.add_parser(name, parents=parents, **kwargs)
-    sub.set_defaults(_leaf=sub)
+    sub.set_defaults(_leaf=sub, lazy_parser=lazy)
     return sub
 
 
-def _option_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+_NOT_CONFIG = ("help", "config_file", "verbose", "quiet", argparse.SUPPRESS)
+
+
+def _option_actions(parser: CommandParser) -> dict[str, argparse.Action]:
     """The options a config file may set, by flag name (``--format`` → ``format``) and by destination
     (``fmt``), both with ``_`` for ``-``."""
     found: dict[str, argparse.Action] = {}
-    for a in parser._actions:
-        if not a.option_strings or a.dest in ("help", "config_file", "verbose", "quiet", argparse.SUPPRESS):
+    for a in parser.options:
+        if not a.option_strings or a.dest in _NOT_CONFIG:
             continue
         for flag in a.option_strings:
             if flag.startswith("--"):
@@ -128,21 +190,22 @@ def _option_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Actio
     return found
 
 
-def _flag_names(parser: argparse.ArgumentParser) -> list[str]:
+def _flag_names(parser: CommandParser) -> list[str]:
+    """The names a config file may use (long flags, ``_`` shown as ``-``) and the positionals."""
     return sorted(
         {
-            f[2:]
-            for a in parser._actions
-            if a.dest not in ("help", "config_file")
+            f[2:].replace("_", "-")
+            for a in parser.options
+            if a.dest not in _NOT_CONFIG
             for f in a.option_strings
             if f.startswith("--")
         }
-        | {a.dest.replace("_", "-") for a in parser._actions if not a.option_strings}
+        | {a.dest.replace("_", "-") for a in parser.options if not a.option_strings}
     )
 
 
-def apply_config_file(leaf: argparse.ArgumentParser, path: Path) -> list[str]:
-    """Use the YAML file at ``path`` as defaults of ``leaf``; returns the keys applied.
+def apply_config_file(leaf: CommandParser, path: Path) -> list[str]:
+    """Use the YAML (or JSON) file at ``path`` as defaults of ``leaf``; returns the keys applied.
 
     Keys are option names (``out_dir`` or ``out-dir``) or positional names (``model``). A value
     from the file satisfies a required option or positional; the command line still wins.
@@ -169,7 +232,7 @@ def apply_config_file(leaf: argparse.ArgumentParser, path: Path) -> list[str]:
             f"--config-file {str(path)!r} must hold a mapping of option names, got {type(data).__name__}"
         )
     actions = _option_actions(leaf)
-    positionals = {a.dest: a for a in leaf._actions if not a.option_strings}
+    positionals = {a.dest: a for a in leaf.options if not a.option_strings}
     defaults: dict[str, Any] = {}
     for key, value in data.items():
         dest = str(key).replace("-", "_")
@@ -179,12 +242,15 @@ def apply_config_file(leaf: argparse.ArgumentParser, path: Path) -> list[str]:
             raise ValueError(
                 f"--config-file {str(path)!r}: unknown option {key!r} for '{leaf.prog}'; known: {known}"
             )
+        if isinstance(value, str) and action.type is not None:
+            try:
+                value = action.type(value)
+            except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+                raise ValueError(f"--config-file {str(path)!r}: {key}={value!r}: {exc}") from None
         if action.choices is not None and value not in action.choices:
             raise ValueError(
                 f"--config-file {str(path)!r}: {key}={value!r} is not one of {sorted(map(str, action.choices))}"
             )
-        if isinstance(value, str) and action.type is not None:
-            value = action.type(value)
         if action.nargs == 0 and dest != action.dest:  # a flag by its name (no-progress: true)
             if not isinstance(value, bool):
                 raise ValueError(
@@ -199,7 +265,7 @@ def apply_config_file(leaf: argparse.ArgumentParser, path: Path) -> list[str]:
     return list(defaults)
 
 
-def _chosen_leaf(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.ArgumentParser | None:
+def _chosen_leaf(parser: CommandParser, argv: Sequence[str]) -> CommandParser | None:
     """The runnable sub-command parser that ``argv`` selects (``hqrs mpgi run`` → its parser), if any.
 
     Walks the sub-command names in ``argv`` without parsing options, so that ``--config-file`` can
@@ -207,7 +273,7 @@ def _chosen_leaf(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argpar
     """
     current = parser
     for token in argv:
-        sub = next((a for a in current._actions if isinstance(a, argparse._SubParsersAction)), None)
+        sub = current.subcommands
         if sub is None:
             break
         if token in sub.choices:
@@ -216,16 +282,29 @@ def _chosen_leaf(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argpar
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv`` (default ``sys.argv[1:]``): the sub-command, its ``--config-file``, then its options.
+
+    A leaf built with ``lazy_parser`` gets the arguments it does not know parsed by its full parser.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config-file", type=Path, default=None)
     config_file = pre.parse_known_args(argv)[0].config_file
-    leaf = _chosen_leaf(parser, argv) if config_file is not None else None
-    applied = apply_config_file(leaf, config_file) if leaf is not None else None
-    args = parser.parse_args(argv)
+    leaf = _chosen_leaf(parser, argv)
+    full = None
+    if leaf is not None and leaf.get_default("lazy_parser") is not None:
+        full = leaf.get_default("lazy_parser")(leaf.prog)
+    applied = None
+    if config_file is not None and leaf is not None:
+        applied = apply_config_file(full if full is not None else leaf, config_file)
+    if full is None:
+        args = parser.parse_args(argv)
+    else:
+        args, rest = parser.parse_known_args(argv)
+        vars(args).update(vars(full.parse_args(rest)))
     if applied is not None:
-        args._config_keys = applied
+        vars(args)["config_keys"] = applied
     return args
 
 
@@ -237,8 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     verbosity = (args.verbose or 0) - (args.quiet or 0)
     setup_logging(verbosity)
-    if getattr(args, "_config_keys", None):
-        logger.debug("options from %s: %s", args.config_file, ", ".join(args._config_keys))
+    if getattr(args, "config_keys", None):
+        logger.debug("options from %s: %s", args.config_file, ", ".join(args.config_keys))
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -1,10 +1,12 @@
 """``hqrs train clip|coca`` (fine-tune with the transformers Trainer) and ``hqrs merge-lora``.
 
-Trainer options pass through to ``transformers.TrainingArguments``: the common ones are flags of
-their own (``--per-device-train-batch-size``, ``--learning-rate``, ``--num-train-epochs``, ``--bf16``,
-``--gradient-accumulation-steps``, ``--report-to``, ``--eval-strategy``, ...; underscores work too),
-and any other field goes through ``--trainer-arg NAME=VALUE`` (repeatable). They are checked against
-``TrainingArguments`` when the command runs, so parsing ``hqrs`` stays fast.
+The options of ``hqrs train clip|coca`` are parsed by ``transformers.HfArgumentParser`` over three
+dataclasses: :class:`TrainCommandArguments` (model, data and run options of hqrs),
+:class:`~hqrs.modeling.training_lora.LoraArguments` (``--lora-r`` ...) and ``TrainingArguments`` itself, so
+every Trainer field is a flag (``--learning-rate`` or ``--learning_rate``). That parser needs transformers,
+so it is built only when the command runs or shows its help (``lazy_parser`` of :func:`hqrs.scripts.cli.leaf_parser`);
+``hqrs --help`` stays fast. The parsed options are saved with the run (``OUTPUT_DIR/hqrs_train_config.json``,
+usable as ``--config-file``).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import dataclasses
 import difflib
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -23,74 +26,141 @@ from .cli import leaf_parser
 
 logger = logging.getLogger("hqrs.train")
 
-_TRUE = {"true", "1", "yes", "y", "on"}
-_FALSE = {"false", "0", "no", "n", "off"}
+#: Written to the output folder at the start of a run: the options that differ from the defaults, by flag name.
+CONFIG_FILE_NAME = "hqrs_train_config.json"
+
+#: TrainingArguments fields hqrs train sets itself (samples stay PIL images until the collator; the image ids
+#: are the evaluation labels).
+_FORCED = ("remove_unused_columns", "label_names")
 
 
-def _bool(text: str) -> bool:
-    value = str(text).strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {text!r}")
+@dataclass
+class TrainCommandArguments:
+    """Model, data and run options of ``hqrs train clip|coca`` (next to LoRA and ``TrainingArguments``)."""
+
+    model: str = field(metadata={"help": "model folder or Hub id (config.json + processor)"})
+    dataset: str = field(metadata={"help": "dataset folder (builder export, save_to_disk) or Hub id"})
+    config: str = field(default="pairs", metadata={"help": "dataset configuration: pairs or default"})
+    split: str = field(default="train", metadata={"help": "training split"})
+    eval_split: str | None = field(
+        default=None,
+        metadata={"help": "held-out data: a split name, or a fraction such as 0.02 of the training images"},
+    )
+    processor: str | None = field(
+        default=None, metadata={"help": "processor folder (default: the model folder)"}
+    )
+    streaming: bool = field(default=False, metadata={"help": "stream the dataset (needs --max-steps)"})
+    augment: bool = field(default=False, metadata={"help": "RS augmentations: flips, 90° turns, random crop"})
+    image_column: str = field(default="image", metadata={"help": "image column"})
+    caption_column: str | None = field(
+        default=None, metadata={"help": "caption column (default: captions, caption or text)"}
+    )
+    image_id_column: str | None = field(
+        default=None, metadata={"help": "column grouping rows of one image (default: image_id)"}
+    )
+    image_errors: Literal["skip", "raise"] = field(
+        default="skip", metadata={"help": "image that fails to load: skip it (counted and logged) or stop"}
+    )
+    no_gather: bool = field(
+        default=False,
+        metadata={"help": "contrast each process's batch only (default: gather all processes' features)"},
+    )
+    lora: bool = field(default=False, metadata={"help": "train LoRA adapters (peft) instead of all weights"})
+    merge: bool = field(
+        default=False, metadata={"help": "after training, write OUTPUT_DIR/merged (needs --lora)"}
+    )
 
 
-# Common TrainingArguments fields with their own flag: (field, type, help). ``bool`` fields are
-# flags that also take an explicit value (``--bf16`` / ``--bf16 false``); ``list`` takes 1+ values.
-TRAINER_OPTIONS: tuple[tuple[str, Any, str], ...] = (
-    ("per_device_train_batch_size", int, "batch size per device (process) for training"),
-    ("per_device_eval_batch_size", int, "batch size per device for evaluation"),
-    ("gradient_accumulation_steps", int, "optimizer step every N batches"),
-    ("learning_rate", float, "peak learning rate"),
-    ("weight_decay", float, "AdamW weight decay"),
-    ("max_grad_norm", float, "gradient clipping norm"),
-    ("num_train_epochs", float, "number of epochs (ignored when --max-steps > 0)"),
-    ("max_steps", int, "number of optimizer steps (required with --streaming)"),
-    ("warmup_steps", float, "warmup steps (a value < 1 is a fraction of the training steps)"),
-    ("lr_scheduler_type", str, "learning-rate schedule (linear, cosine, constant, ...)"),
-    ("optim", str, "optimizer name (adamw_torch, adamw_torch_fused, sgd, ...)"),
-    ("bf16", bool, "bfloat16 mixed precision"),
-    ("fp16", bool, "float16 mixed precision"),
-    ("tf32", bool, "TF32 matmuls on Ampere+ GPUs"),
-    ("gradient_checkpointing", bool, "recompute activations to save memory"),
-    ("torch_compile", bool, "compile the model with torch.compile"),
-    ("seed", int, "random seed (model init, sampler, caption draw and augmentations)"),
-    ("data_seed", int, "seed of the data order/caption draw (default: --seed)"),
-    ("dataloader_num_workers", int, "data-loading worker processes"),
-    ("logging_steps", float, "log every N steps"),
-    ("logging_strategy", str, "no, steps or epoch"),
-    ("eval_strategy", str, "no, steps or epoch (needs --eval-split)"),
-    ("eval_steps", float, "evaluate every N steps"),
-    ("eval_on_start", bool, "evaluate before the first step"),
-    ("save_strategy", str, "no, steps, epoch or best"),
-    ("save_steps", float, "checkpoint every N steps"),
-    ("save_total_limit", int, "keep at most N checkpoints"),
-    ("load_best_model_at_end", bool, "reload the best checkpoint at the end"),
-    ("metric_for_best_model", str, "e.g. mean_recall"),
-    ("report_to", list, "trackers: none, tensorboard, wandb, trackio, ..."),
-    ("run_name", str, "run name for the trackers"),
-    ("use_cpu", bool, "train on CPU even where an accelerator exists"),
-    ("ddp_backend", str, "nccl, gloo, ..."),
-    ("deepspeed", str, "DeepSpeed JSON config file"),
-    ("fsdp", str, "FSDP options (e.g. 'full_shard auto_wrap')"),
-    ("push_to_hub", bool, "push the final model to the Hub"),
-    ("hub_model_id", str, "Hub repository of --push-to-hub"),
-    ("disable_tqdm", bool, "no progress bars"),
-    ("resume_from_checkpoint", str, "resume from this checkpoint folder ('last': newest in --output-dir)"),
-)
-_TRAINER_DESTS = tuple(name for name, _, _ in TRAINER_OPTIONS)
+def _dataclass_types() -> tuple[type, ...]:
+    from transformers import TrainingArguments
+
+    from hqrs.modeling.training_lora import LoraArguments
+
+    return TrainCommandArguments, LoraArguments, TrainingArguments
 
 
-def _trainer_arg(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--trainer-arg takes NAME=VALUE, got {text!r}")
-    name, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else raw
-    except yaml.YAMLError:
-        value = raw
-    return name.strip().replace("-", "_"), value
+def _training_fields() -> dict[str, dataclasses.Field]:
+    from transformers import TrainingArguments
+
+    return {f.name: f for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+def train_parser(prog: str) -> argparse.ArgumentParser:
+    """The full parser of ``hqrs train clip|coca``: ``HfArgumentParser`` over :func:`_dataclass_types`.
+
+    Each option shows once in the help, in its dashed spelling; the underscore spelling (``--learning_rate``)
+    parses too. ``--output-dir`` is required, ``--resume-from-checkpoint`` also takes ``last``, and
+    ``--trainer-arg NAME=VALUE`` (repeatable) sets any ``TrainingArguments`` field from a YAML value.
+    """
+    from transformers import HfArgumentParser
+
+    from .cli import CommandParser
+
+    class TrainParser(CommandParser, HfArgumentParser):
+        def add_argument(self, *flags: str, **kwargs: Any) -> argparse.Action:
+            if "--resume_from_checkpoint" in flags:
+                kwargs["help"] = "resume from this checkpoint folder ('last': the newest in --output-dir)"
+            if "--output_dir" in flags:
+                kwargs["help"] = "checkpoints and the final model (required)"
+            if kwargs.get("nargs") == "?" and kwargs.get("const") is True:
+                kwargs.setdefault("metavar", "BOOL")  # --bf16 or --bf16 false
+            # HfArgumentParser gives "--a_b" and "--a-b": show the dashed one, parse both
+            hidden = [f for f in flags if f.startswith("--") and "_" in f and f.replace("_", "-") in flags]
+            action = super().add_argument(*(f for f in flags if f not in hidden), **kwargs)
+            if hidden:
+                alias = dict(kwargs, dest=action.dest, help=argparse.SUPPRESS)
+                alias.pop("required", None)
+                super().add_argument(*hidden, **alias)
+            return action
+
+        def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+            parsed, rest = super().parse_known_args(args, namespace)
+            if getattr(parsed, "output_dir", None) is None:
+                self.error("the following arguments are required: --output-dir")
+            return parsed, rest
+
+    parser = TrainParser(
+        _dataclass_types(),
+        prog=prog,
+        usage=f"{prog} --model MODEL --dataset DATASET --output-dir DIR [options]",
+        description="Options of hqrs (model and data, LoRA) and every transformers TrainingArguments field "
+        "(each also in its underscore spelling: --learning_rate for --learning-rate).",
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "--trainer-arg",
+        dest="trainer_args",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a TrainingArguments field with a YAML value (repeatable), e.g. --trainer-arg adam_beta2=0.98",
+    )
+    return parser
+
+
+def _trainer_args(items: list[str] | dict[str, Any] | None) -> dict[str, Any]:
+    """``--trainer-arg NAME=VALUE`` items (or a mapping from ``--config-file``), checked against the fields."""
+    pairs = list(items.items()) if isinstance(items, dict) else []
+    for text in items if isinstance(items, list) else []:
+        if "=" not in text:
+            raise ValueError(f"--trainer-arg takes NAME=VALUE, got {text!r}")
+        name, raw = text.split("=", 1)
+        try:
+            pairs.append((name, yaml.safe_load(raw) if raw.strip() else raw))
+        except yaml.YAMLError:
+            pairs.append((name, raw))
+    fields = _training_fields() if pairs else {}
+    values = {}
+    for name, value in pairs:
+        name = str(name).strip().replace("-", "_")
+        if name not in fields:
+            close = difflib.get_close_matches(name, sorted(fields), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(f"--trainer-arg {name!r} is not a TrainingArguments field{hint}")
+        if name in ("output_dir", *_FORCED):
+            raise ValueError(f"--trainer-arg {name!r} is set by hqrs train and cannot be overridden")
+        values[name] = value
+    return values
 
 
 def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -106,12 +176,12 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
             sub,
             kind,
             parents,
+            lazy_parser=train_parser,
             help=f"fine-tune {what}",
             description=f"Fine-tune {what}. The loss is the model's own (contrastive"
             + (" + captioning" if kind == "coca" else "")
             + "), gathered over all processes when run with torchrun/accelerate.",
         )
-        _add_train_arguments(p)
         p.set_defaults(func=run, kind=kind)
 
     merge = leaf_parser(
@@ -131,111 +201,40 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     merge.set_defaults(func=run_merge)
 
 
-_METAVAR = {int: "N", float: "X", str: "VALUE"}
+def parse_train_arguments(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """``(TrainCommandArguments, LoraArguments, TrainingArguments)`` from a parsed ``hqrs train`` namespace."""
+    from transformers import HfArgumentParser
+
+    values = dict(vars(args))
+    values.update(_trainer_args(values.pop("trainer_args", None)))
+    values["output_dir"] = str(values["output_dir"])
+    values.pop("resume_from_checkpoint", None)  # hqrs resolves it (``last``) and hands it to train()
+    values.update(remove_unused_columns=False, label_names=["image_ids"])
+    return HfArgumentParser(_dataclass_types()).parse_dict(values, allow_extra_keys=True)
 
 
-def _add_train_arguments(p: argparse.ArgumentParser) -> None:
-    data = p.add_argument_group("model and data")
-    data.add_argument("--model", required=True, help="model folder or Hub id (config.json + processor)")
-    data.add_argument(
-        "--dataset", required=True, help="dataset folder (builder export, save_to_disk) or Hub id"
-    )
-    data.add_argument("--config", default="pairs", help="dataset configuration: pairs (default) or default")
-    data.add_argument("--split", default="train", help="training split (default: train)")
-    data.add_argument(
-        "--eval-split",
-        default=None,
-        help="held-out data: a split name, or a fraction such as 0.02 of the training images",
-    )
-    data.add_argument("--output-dir", required=True, type=Path, help="checkpoints and the final model")
-    data.add_argument("--processor", default=None, help="processor folder (default: the model folder)")
-    data.add_argument("--streaming", action="store_true", help="stream the dataset (needs --max-steps)")
-    data.add_argument(
-        "--augment", action="store_true", help="RS augmentations: flips, 90° turns, random crop"
-    )
-    data.add_argument("--image-column", default="image", help="image column (default: image)")
-    data.add_argument(
-        "--caption-column", default=None, help="caption column (default: captions, caption or text)"
-    )
-    data.add_argument(
-        "--image-id-column", default=None, help="column grouping rows of one image (default: image_id)"
-    )
-    data.add_argument(
-        "--image-errors",
-        choices=("skip", "raise"),
-        default="skip",
-        help="image that fails to load: skip it (counted and logged) or stop",
-    )
-    data.add_argument(
-        "--no-gather",
-        action="store_true",
-        help="contrast each process's batch only (default: gather features of all processes, as open_clip)",
-    )
-
-    lora = p.add_argument_group("LoRA (peft)")
-    lora.add_argument("--lora", action="store_true", help="train LoRA adapters instead of all weights")
-    lora.add_argument("--lora-r", type=int, default=16, help="adapter rank (default: 16)")
-    lora.add_argument("--lora-alpha", type=float, default=32, help="LoRA alpha (default: 32)")
-    lora.add_argument("--lora-dropout", type=float, default=0.0, help="adapter dropout (default: 0)")
-    lora.add_argument(
-        "--lora-target-modules",
-        default="q_proj,k_proj,v_proj,out_proj,fc1,fc2",
-        help="comma-separated linear layer names (default: attention and MLP projections)",
-    )
-    lora.add_argument(
-        "--merge", action="store_true", help="after training, write OUTPUT_DIR/merged (needs --lora)"
-    )
-
-    group = p.add_argument_group(
-        "Trainer arguments (transformers.TrainingArguments)",
-        "each option also takes TrainingArguments' own spelling (--learning_rate for --learning-rate)",
-    )
-    for name, kind, help_text in TRAINER_OPTIONS:
-        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
-        if kind is bool:
-            kwargs.update(type=_bool, nargs="?", const=True, metavar="BOOL")
-        elif kind is list:
-            kwargs.update(nargs="+", metavar="NAME")
-        else:
-            kwargs.update(type=kind, metavar=_METAVAR.get(kind, "VALUE"))
-        dashed = f"--{name.replace('_', '-')}"
-        group.add_argument(dashed, help=help_text, **kwargs)
-        if dashed != f"--{name}":  # TrainingArguments' own spelling parses too, without a second help line
-            group.add_argument(f"--{name}", help=argparse.SUPPRESS, **kwargs)
-    group.add_argument(
-        "--trainer-arg",
-        dest="trainer_args",
-        action="append",
-        type=_trainer_arg,
-        default=[],
-        metavar="NAME=VALUE",
-        help="any other TrainingArguments field (repeatable), e.g. --trainer-arg adam_beta2=0.98",
-    )
+def _saved_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The options of this run that differ from the defaults, by flag name (a ``--config-file`` of the run)."""
+    names = {f.name for t in _dataclass_types() for f in dataclasses.fields(t) if f.init}
+    values = {name: getattr(args, name) for name in names if hasattr(args, name) and name not in _FORCED}
+    values.update(_trainer_args(getattr(args, "trainer_args", None)))
+    defaults: dict[str, Any] = {}
+    for action in parser.options:  # a string default is parsed by the option's type, as argparse does
+        default = action.default
+        if isinstance(default, str) and callable(action.type) and action.nargs not in ("+", "*"):
+            try:
+                default = action.type(default)
+            except (TypeError, ValueError, argparse.ArgumentTypeError):
+                pass
+        defaults.setdefault(action.dest, default)
+    return {
+        name.replace("_", "-"): str(value) if isinstance(value, Path) else value
+        for name, value in sorted(values.items())
+        if value != defaults.get(name)
+    }
 
 
-def _training_arguments(args: argparse.Namespace) -> dict[str, Any]:
-    from transformers import TrainingArguments
-
-    fields = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
-    values = {name: getattr(args, name) for name in _TRAINER_DESTS if hasattr(args, name)}
-    extra = args.trainer_args
-    if isinstance(extra, dict):  # from --config-file
-        extra = list(extra.items())
-    for item in extra or []:
-        name, value = _trainer_arg(item) if isinstance(item, str) else item
-        if name not in fields:
-            close = difflib.get_close_matches(name, sorted(fields), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ValueError(f"--trainer-arg {name!r} is not a TrainingArguments field{hint}")
-        if name in ("output_dir", "remove_unused_columns", "label_names"):
-            raise ValueError(f"--trainer-arg {name!r} is set by hqrs train and cannot be overridden")
-        values[name] = value
-    values.pop("resume_from_checkpoint", None)
-    return values
-
-
-def _resume_target(args: argparse.Namespace) -> str | bool | None:
-    value = getattr(args, "resume_from_checkpoint", None)
+def _resume_target(value: str | None) -> str | bool | None:
     if value is None:
         return None
     if str(value).lower() in ("last", "latest", "true"):
@@ -259,56 +258,50 @@ def _eval_split(text: str | None) -> str | float | None:
 def run(args: argparse.Namespace) -> int:
     from hqrs.modeling.training import build_trainer, refuse_unsafe_pickles
     from hqrs.modeling.training_data import DataOptions
-    from hqrs.modeling.training_lora import LoraOptions, merge_lora
+    from hqrs.modeling.training_lora import merge_lora
 
-    if args.merge and not args.lora:
+    command, lora, training_args = parse_train_arguments(args)
+    if command.merge and not command.lora:
         raise ValueError("--merge folds LoRA adapters into the model; it needs --lora")
-    training_args = _training_arguments(args)
-    resume = _resume_target(args)
-    seed = training_args.get("data_seed", training_args.get("seed", 42))
+    resume = _resume_target(getattr(args, "resume_from_checkpoint", None))
+    output_dir = Path(training_args.output_dir)
     data = DataOptions(
-        image_column=args.image_column,
-        caption_column=args.caption_column,
-        image_id_column=args.image_id_column,
-        image_errors=args.image_errors,
-        seed=int(seed),
+        image_column=command.image_column,
+        caption_column=command.caption_column,
+        image_id_column=command.image_id_column,
+        image_errors=command.image_errors,
+        seed=training_args.data_seed if training_args.data_seed is not None else training_args.seed,
     )
-    lora = (
-        LoraOptions(
-            r=args.lora_r,
-            alpha=args.lora_alpha,
-            dropout=args.lora_dropout,
-            target_modules=args.lora_target_modules,
-        )
-        if args.lora
-        else None
-    )
-    with refuse_unsafe_pickles(args.model):  # a pickled pytorch_model.bin in the model folder
+    with refuse_unsafe_pickles(command.model):  # a pickled pytorch_model.bin in the model folder
         trainer = build_trainer(
             args.kind,
-            args.model,
-            args.dataset,
-            config=args.config,
-            split=args.split,
-            eval_split=_eval_split(args.eval_split),
-            output_dir=args.output_dir,
+            command.model,
+            command.dataset,
+            config=command.config,
+            split=command.split,
+            eval_split=_eval_split(command.eval_split),
             training_args=training_args,
-            processor=args.processor,
-            lora=lora,
-            augment=args.augment,
+            processor=command.processor,
+            lora=lora if command.lora else None,
+            augment=command.augment,
             data=data,
-            streaming=args.streaming,
-            gather_with_grad=not args.no_gather,
+            streaming=command.streaming,
+            gather_with_grad=not command.no_gather,
         )
     try:
-        with refuse_unsafe_pickles(resume if isinstance(resume, str) else args.output_dir):
+        if trainer.is_world_process_zero():
+            output_dir.mkdir(parents=True, exist_ok=True)
+            config = _saved_config(args, train_parser("hqrs train"))
+            text = json.dumps(config, indent=2, sort_keys=True, default=str)
+            (output_dir / CONFIG_FILE_NAME).write_text(text + "\n", encoding="utf-8")
+        with refuse_unsafe_pickles(resume if isinstance(resume, str) else output_dir):
             result = trainer.train(resume_from_checkpoint=resume)
         trainer.save_model()
         if trainer.is_world_process_zero():
-            summary = {"output_dir": str(args.output_dir), "global_step": trainer.state.global_step}
+            summary = {"output_dir": str(output_dir), "global_step": trainer.state.global_step}
             summary.update({k: round(v, 6) if isinstance(v, float) else v for k, v in result.metrics.items()})
-            if args.merge:
-                merged = merge_lora(args.output_dir, args.output_dir / "merged", base_model=args.model)
+            if command.merge:
+                merged = merge_lora(output_dir, output_dir / "merged", base_model=command.model)
                 summary["merged"] = str(merged)
             print(json.dumps(summary, indent=2))
     finally:

@@ -145,7 +145,7 @@ def test_config_file_supplies_required_options_and_positionals(tmp_path):
     cfg = tmp_path / "train.yaml"
     cfg.write_text(f"model: m\ndataset: d\noutput-dir: {tmp_path / 'o'}\n")
     args = cli.parse_args(["train", "clip", "--config-file", str(cfg)])
-    assert (args.model, args.dataset, args.output_dir) == ("m", "d", tmp_path / "o")
+    assert (args.model, args.dataset, args.output_dir) == ("m", "d", str(tmp_path / "o"))
     # a flag on the command line still wins over the file
     args = cli.parse_args(["train", "clip", "--config-file", str(cfg), "--model", "other"])
     assert args.model == "other"
@@ -158,7 +158,7 @@ def test_config_file_supplies_required_options_and_positionals(tmp_path):
     pos.write_text(f"dataset: {tmp_path}\n")
     positional = [
         a.dest
-        for a in cli._chosen_leaf(cli.build_parser(), ["eval", "dataset"])._actions
+        for a in cli._chosen_leaf(cli.build_parser(), ["eval", "dataset"]).options
         if not a.option_strings
     ]
     if positional:
@@ -187,14 +187,14 @@ def test_help_does_not_load_the_engine():
 
 
 def _all_parsers(parser, path=("hqrs",)):
-    """Every parser of the CLI tree with its command path (``hqrs train clip``)."""
-    import argparse
-
+    """Every parser of the CLI tree with its command path (``hqrs train clip``), the full parser of a
+    lazily built command (``hqrs train clip``: HfArgumentParser) included."""
     yield " ".join(path), parser
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                yield from _all_parsers(sub, (*path, name))
+    if parser.get_default("lazy_parser") is not None:
+        yield " ".join(path) + " (full)", parser.get_default("lazy_parser")(" ".join(path))
+    if parser.subcommands is not None:
+        for name, sub in parser.subcommands.choices.items():
+            yield from _all_parsers(sub, (*path, name))
 
 
 def test_every_help_is_plain_text_and_lists_each_option_once():
@@ -256,3 +256,25 @@ def test_quiet_before_the_command_silences_datatrove(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stderr == "" and out.stdout.startswith("HQRS-IT written to")
+
+
+def test_command_parser_records_every_option_and_subcommand():
+    """#16.5: --config-file reads the options CommandParser recorded, not argparse's private ``_actions``."""
+    parser = cli.CommandParser(prog="x")
+    direct = parser.add_argument("--a")
+    group = parser.add_argument_group("g")
+    grouped = group.add_argument("--b", type=int)
+    exclusive = group.add_mutually_exclusive_group()
+    one, two = exclusive.add_argument("--c", action="store_true"), exclusive.add_argument("--d")
+    top = parser.add_mutually_exclusive_group()
+    three = top.add_argument("--e")
+    sub = parser.add_subparsers(dest="cmd")
+    leaf = cli.leaf_parser(sub, "run", [])
+    positional = leaf.add_argument("path")
+    assert [a.dest for a in parser.options] == ["help", "a", "b", "c", "d", "e"]
+    assert parser.options[1:] == [direct, grouped, one, two, three]
+    assert parser.subcommands.choices["run"] is leaf and leaf.options[-1] is positional
+    assert cli._chosen_leaf(parser, ["--a", "1", "run"]) is leaf
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--c", "--d", "x"])  # the exclusive group still works
+    assert parser.parse_args(["--b", "3", "run", "p"]).b == 3

@@ -472,17 +472,17 @@ def test_train_clip_full_and_lora(tiny_folder, ucm_data, tmp_path, rs_real):
     full = build_trainer(
         "clip", tiny_folder, ucm_data, output_dir=tmp_path / "full", training_args=TRAIN_ARGS
     )
-    assert isinstance(full.model.model, ResNetCLIPModel)
-    before = _bn_stats(full.model.model)
+    assert isinstance(full.model, ResNetCLIPModel)
+    before = _bn_stats(full.model)
     full.train()
     full.save_model()
-    assert any(not torch.equal(before[k], v) for k, v in _bn_stats(full.model.model).items())
+    assert any(not torch.equal(before[k], v) for k, v in _bn_stats(full.model).items())
     names = {p.name for p in (tmp_path / "full").iterdir()}
     assert {"modeling_resnet_clip.py", "configuration_resnet_clip.py", "model.safetensors"} <= names
     from transformers import AutoModel
 
     reloaded = AutoModel.from_pretrained(tmp_path / "full", trust_remote_code=True)
-    assert all(torch.equal(v, full.model.model.state_dict()[k]) for k, v in reloaded.state_dict().items())
+    assert all(torch.equal(v, full.model.state_dict()[k]) for k, v in reloaded.state_dict().items())
 
     # LoRA: adapters on the attention pool's q/k/v/out projections and the text tower; frozen BatchNorm
     lora_dir = tmp_path / "lora"
@@ -491,10 +491,10 @@ def test_train_clip_full_and_lora(tiny_folder, ucm_data, tmp_path, rs_real):
         tiny_folder,
         ucm_data,
         output_dir=lora_dir,
-        lora={"r": 4, "alpha": 8},
+        lora={"lora_r": 4, "lora_alpha": 8},
         training_args=TRAIN_ARGS,
     )
-    peft_model = lora.model.model
+    peft_model = lora.model
     assert isinstance(peft_model, PeftModel)
     adapted = {n.split(".lora_A")[0] for n, _ in peft_model.named_parameters() if ".lora_A" in n}
     for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):

@@ -1,8 +1,7 @@
-"""``hqrs train clip|coca`` and ``hqrs merge-lora`` through their argparse registration."""
+"""``hqrs train clip|coca`` (HfArgumentParser over hqrs's dataclasses + TrainingArguments) and ``hqrs merge-lora``."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 
@@ -11,22 +10,38 @@ import torch
 import train_fixtures as tf
 from transformers import CLIPModel, TrainingArguments
 
+from hqrs.modeling.training_lora import LoraArguments
+from hqrs.scripts import cli
 from hqrs.scripts import train as train_cmd
 
 
 def _parse(argv):
-    parser = argparse.ArgumentParser(prog="hqrs")
-    sub = parser.add_subparsers(dest="command", required=True)
-    train_cmd.register(sub, [])
-    return parser.parse_args(argv)
+    return cli.parse_args(argv)
 
 
-def test_trainer_options_are_training_arguments_fields():
-    fields = {f.name: f for f in dataclasses.fields(TrainingArguments) if f.init}
-    for name, kind, _ in train_cmd.TRAINER_OPTIONS:
-        assert name in fields, name
-        if kind in (int, float, bool):
-            assert kind in (getattr(fields[name].type, "__args__", None) or (fields[name].type,)), name
+def test_every_training_arguments_field_is_an_option_in_both_spellings():
+    """#16.6: the options come from the dataclasses (HfArgumentParser), not from a hand-kept list."""
+    parser = train_cmd.train_parser("hqrs train clip")
+    flags = {flag for action in parser.options for flag in action.option_strings}
+    for f in dataclasses.fields(TrainingArguments):
+        if f.init:
+            assert {f"--{f.name}", f"--{f.name.replace('_', '-')}"} <= flags, f.name
+    base = ["--model", "m", "--dataset", "d", "--output-dir", "o"]
+    args = parser.parse_args([*base, "--adam-beta2", "0.9", "--lora_r", "8", "--image-errors", "raise"])
+    assert (args.adam_beta2, args.lora_r, args.image_errors) == (0.9, 8, "raise")
+    help_text = parser.format_help()
+    assert "--adam-beta2" in help_text and "--adam_beta2" not in help_text  # each option shown once
+
+
+def test_lora_defaults_live_in_one_dataclass():
+    """#16.6: LoRA defaults are LoraArguments' fields: the CLI's defaults are read from them."""
+    parser = train_cmd.train_parser("hqrs train clip")
+    for f in dataclasses.fields(LoraArguments):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        assert parser.get_default(f.name) == default, f.name
+    assert LoraArguments(lora_target_modules="q_proj,v_proj").lora_target_modules == ["q_proj", "v_proj"]
+    with pytest.raises(ValueError, match="lora_r must be a positive int, got 0"):
+        LoraArguments(lora_r=0)
 
 
 def test_train_clip_lora_merge_and_merge_lora(tmp_path, rs_real, capsys):
@@ -65,12 +80,22 @@ def test_train_clip_lora_merge_and_merge_lora(tmp_path, rs_real, capsys):
             "--merge",
         ]
     )
-    assert args.use_cpu is True and args.disable_tqdm is True and args.report_to == ["none"]
+    assert args.use_cpu is True and args.disable_tqdm is True and args.report_to == "none"
     assert args.func(args) == 0
     printed = capsys.readouterr().out  # the Trainer prints its own log dicts before the summary
     summary = json.loads(printed[printed.index('{\n  "output_dir"') :])
     assert summary["global_step"] == 2 and summary["merged"] == str(out / "merged")
     assert json.loads((out / "training_args.json").read_text())["adam_beta2"] == 0.98
+    # the run's options are saved with it, as a --config-file that reproduces them
+    saved = json.loads((out / train_cmd.CONFIG_FILE_NAME).read_text())
+    assert saved["lora-r"] == 4 and saved["adam-beta2"] == 0.98 and saved["max-steps"] == 2 and saved["merge"]
+    again = cli.parse_args(["train", "clip", "--config-file", str(out / train_cmd.CONFIG_FILE_NAME)])
+    assert (again.model, again.output_dir, again.lora_r, again.adam_beta2) == (
+        str(model_dir),
+        str(out),
+        4,
+        0.98,
+    )
     assert (out / "adapter_model.safetensors").is_file()
     merged = CLIPModel.from_pretrained(out / "merged")
     base = CLIPModel.from_pretrained(model_dir)
@@ -109,6 +134,54 @@ def test_cli_errors(tmp_path):
         args.func(args)
     with pytest.raises(SystemExit):
         _parse(["train", "clip", "--model", "m", "--dataset", "d", "--output-dir", "o", "--bf16", "maybe"])
+    with pytest.raises(SystemExit):
+        _parse(["train", "clip", "--model", "m", "--dataset", "d"])  # --output-dir is required
     args = _parse(["merge-lora", str(tmp_path), "--out", str(tmp_path / "x")])
     with pytest.raises(ValueError, match="not a LoRA adapter folder"):
         args.func(args)
+
+
+def test_training_and_cli_use_no_private_library_names():
+    """#16.5: no ``obj._name`` of argparse/Trainer (``parser._actions``, ``Trainer._save``, ...) in these modules."""
+    import ast
+    from pathlib import Path
+
+    import hqrs.modeling.training as training
+    import hqrs.modeling.training_lora as training_lora
+
+    for module in (cli, train_cmd, training, training_lora):
+        tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+        private = {
+            node.attr
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        }
+        private |= {
+            node.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.FunctionDef)
+            and node.name.startswith("_")
+            and not node.name.startswith("__")
+            if any(isinstance(p, ast.ClassDef) and node in p.body for p in ast.walk(tree))
+        }
+        assert private == set(), f"{module.__name__}: {sorted(private)}"
+
+
+def test_config_file_for_train_checks_types_and_names(tmp_path, capsys):
+    """--config-file keys of hqrs train are the HfArgumentParser options; a bad value or key names itself."""
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(
+        "model: m\ndataset: d\noutput_dir: o\nlearning-rate: 0.25\nlora-target-modules: [q_proj]\n"
+    )
+    args = cli.parse_args(["train", "coca", "--config-file", str(cfg), "--learning_rate", "0.5"])
+    assert (args.learning_rate, args.lora_target_modules, args.kind) == (0.5, ["q_proj"], "coca")
+    cfg.write_text("model: m\nlearning-rate: fast\n")
+    assert cli.main(["train", "clip", "--config-file", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hqrs: error:") and "learning-rate='fast'" in err and str(cfg) in err
+    cfg.write_text("model: m\nlearnig-rate: 1\n")
+    assert cli.main(["train", "clip", "--config-file", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown option 'learnig-rate'" in err and "learning-rate" in err and "learning_rate" not in err

@@ -110,7 +110,7 @@ def test_trainer_two_ranks_equal_one_rank_with_double_batch(tmp_path, rs_real, p
         ),
     )
     single.train()
-    one = single.model.model.state_dict()
+    one = single.model.state_dict()
     two = CLIPModel.from_pretrained(tmp_path / "two").state_dict()
     start = CLIPModel.from_pretrained(model_dir).state_dict()
     assert any(not torch.equal(one[k], start[k]) for k in one)  # training moved the weights

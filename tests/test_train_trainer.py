@@ -44,7 +44,7 @@ class _StopAt(TrainerCallback):
 
 
 def _weights(trainer) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in trainer.model.model.state_dict().items()}
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 
 def test_save_model_is_a_plain_clip_model_with_eval_metrics(tmp_path, model_dir, data_dir):
@@ -80,7 +80,7 @@ def test_save_model_is_a_plain_clip_model_with_eval_metrics(tmp_path, model_dir,
     assert {"config.json", "model.safetensors", "processor_config.json", "tokenizer.json"} <= files
     assert "training_args.bin" not in files
     reloaded = CLIPModel.from_pretrained(tmp_path / "out")
-    trained = trainer.model.model.state_dict()
+    trained = trainer.model.state_dict()
     assert set(reloaded.state_dict()) == set(trained)
     for key, value in reloaded.state_dict().items():
         assert torch.equal(value, trained[key]), key
@@ -133,12 +133,12 @@ def test_lora_saves_adapters_and_merge_matches(tmp_path, model_dir, data_dir, rs
         model_dir,
         data_dir,
         output_dir=out,
-        lora={"r": 4, "alpha": 8},
+        lora={"lora_r": 4, "lora_alpha": 8},
         training_args=dict(
             BASE_ARGS, learning_rate=5e-2, per_device_train_batch_size=8, max_steps=2, save_strategy="no"
         ),
     )
-    peft_model = trainer.model.model
+    peft_model = trainer.model  # the Trainer trains the peft model itself
     assert isinstance(peft_model, PeftModel)
     adapted = {n.split(".lora_A")[0] for n, _ in peft_model.named_parameters() if ".lora_A" in n}
     for tower in ("text_model", "vision_model"):
@@ -230,7 +230,7 @@ def test_coca_full_and_lora(tmp_path, data_dir):
     batch = next(iter(trainer.get_train_dataloader()))
     assert batch["input_ids"].shape[1] == 76  # the CoCa processor's open_clip layout
     with torch.no_grad():
-        out = trainer.model(**batch)
+        out = trainer.compute_loss(trainer.model, batch, return_outputs=True)[1]
         ref = RSCoCaModel.from_pretrained(coca_dir)(
             **{k: batch[k] for k in ("pixel_values", "input_ids", "attention_mask")}
         )
@@ -239,7 +239,7 @@ def test_coca_full_and_lora(tmp_path, data_dir):
     trainer.train()
     trainer.save_model()
     reloaded = RSCoCaModel.from_pretrained(tmp_path / "full").state_dict()
-    for key, value in trainer.model.model.state_dict().items():
+    for key, value in trainer.model.state_dict().items():
         assert torch.equal(reloaded[key], value), key
 
     lora = build_trainer(
@@ -251,8 +251,8 @@ def test_coca_full_and_lora(tmp_path, data_dir):
         lora=True,
         training_args=args,
     )
-    assert isinstance(lora.model.model, PeftModel)
-    adapted = {n for n, _ in lora.model.model.named_parameters() if ".lora_A" in n}
+    assert isinstance(lora.model, PeftModel)
+    adapted = {n for n, _ in lora.model.named_parameters() if ".lora_A" in n}
     for part in ("vision_model", "text_model", "multimodal_decoder"):
         assert any(part in n for n in adapted), part
     assert any("multimodal_decoder" in n and "fc2" in n for n in adapted)
@@ -279,8 +279,26 @@ def test_gradient_checkpointing_reaches_the_model(tmp_path, model_dir, data_dir)
     )
     before = {k: v.clone() for k, v in trainer.model.named_parameters() if v.requires_grad}
     trainer.train()
-    assert trainer.model.base_model.is_gradient_checkpointing
+    assert trainer.model.get_base_model().is_gradient_checkpointing
     after = dict(trainer.model.named_parameters())
     assert all(
         not torch.equal(before[k], after[k]) for k in before
     )  # A and B of every adapter moved (A needs B != 0: 2 steps)
+
+
+def test_trainer_overrides_only_public_hooks(model_dir, data_dir, tmp_path):
+    """#16.5: the Trainer trains the transformers model itself; no private Trainer method is overridden."""
+    from transformers import Trainer
+
+    from hqrs.modeling.training import ImageTextTrainer
+
+    private = [
+        name
+        for name in vars(ImageTextTrainer)
+        if name.startswith("_") and not name.startswith("__") and hasattr(Trainer, name)
+    ]
+    assert private == []
+    trainer = build_trainer(
+        "clip", model_dir, data_dir, output_dir=tmp_path / "o", training_args=dict(BASE_ARGS)
+    )
+    assert type(trainer.model) is CLIPModel

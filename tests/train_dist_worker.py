@@ -1,7 +1,7 @@
 """Worker of ``tests/test_train_distributed.py``, started by ``torchrun --nproc-per-node 2`` (gloo, CPU).
 
 ``grads CLIP_DIR COCA_DIR WORK_DIR``: for each model, each rank takes its half of
-``WORK_DIR/batch_<kind>.safetensors``, runs :class:`ImageTextTrainingModel` under DDP, and writes its
+``WORK_DIR/batch_<kind>.safetensors``, runs :func:`image_text_loss` on the model under DDP (what ``ImageTextTrainer.compute_loss`` does), and writes its
 loss, its (DDP-averaged) gradients and its loss without gathering to ``WORK_DIR/rank<r>_<kind>.safetensors``.
 
 ``trainer MODEL_DIR DATA_DIR OUT_DIR BATCH STEPS``: runs ``build_trainer`` for ``STEPS`` steps with a
@@ -22,7 +22,7 @@ def grads(clip_dir: str, coca_dir: str, work_dir: str) -> None:
     from transformers import CLIPModel
 
     from hqrs.modeling.modeling_rs_coca import RSCoCaModel
-    from hqrs.modeling.training import ImageTextTrainingModel
+    from hqrs.modeling.training import image_text_loss
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -31,15 +31,13 @@ def grads(clip_dir: str, coca_dir: str, work_dir: str) -> None:
         n = batch["input_ids"].shape[0] // world
         local = {k: v[rank * n : (rank + 1) * n] for k, v in batch.items()}
         model = model_cls.from_pretrained(model_dir)
-        ddp = DistributedDataParallel(ImageTextTrainingModel(model))
-        loss = ddp(**local).loss
+        ddp = DistributedDataParallel(model)
+        loss = image_text_loss(ddp, local).loss
         loss.backward()
         result = {"loss": loss.detach().reshape(1)}
         result.update({f"grad.{name}": p.grad.detach().clone() for name, p in model.named_parameters()})
         with torch.no_grad():
-            result["local_loss"] = ImageTextTrainingModel(model, gather_with_grad=False)(
-                **local
-            ).loss.reshape(1)
+            result["local_loss"] = image_text_loss(model, local, gather_with_grad=False).loss.reshape(1)
         save_file(result, os.path.join(work_dir, f"rank{rank}_{kind}.safetensors"))
     dist.destroy_process_group()
 
