@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .families import family_of
 from .loading import check_local_model, load_model_and_processor, looks_local, model_kind
-from .rs_coca_files import save_rs_coca_remote_code
 
 if TYPE_CHECKING:  # pragma: no cover
     from peft import PeftModel
@@ -200,7 +200,6 @@ def merge_lora(adapter_dir: str | Path, out_dir: str | Path, *, base_model: str 
     merged.save_pretrained(out_dir)
     if processor is not None:
         processor.save_pretrained(out_dir)
-    if kind == "coca":  # the merged folder loads without hqrs, like every RS-CoCa folder hqrs writes
-        save_rs_coca_remote_code(out_dir)
+    family_of(merged).write_remote_code(out_dir)  # loads without hqrs, like every RS-CoCa folder hqrs writes
     logger.info("merged %s into %s -> %s", adapter_dir, base, out_dir)
     return out_dir
