@@ -78,9 +78,11 @@ def tiny_open_clip(tmp_path_factory):
     for family, name in NAME_OF.items():
         torch.manual_seed(0)
         model = open_clip.create_model(name, pretrained=None).eval()
-        with torch.no_grad():
+        with (
+            torch.no_grad()
+        ):  # defined values everywhere (open_clip leaves CoCa's text_projection torch.empty)
             for p in model.parameters():
-                p.add_(torch.randn_like(p) * 0.02)
+                p.normal_(std=0.02)
         models[family] = model
     return models
 
