@@ -40,11 +40,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from .key_mapping import OPEN_CLIP_DERIVED_KEYS, KeyTable, check_complete, open_clip_expected_shapes
+from .open_clip_processing import build_image_processor, build_tokenizer
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PretrainedConfig, PreTrainedModel
 
-__all__ = ["OpenClipConverter", "save_open_clip_state_dict"]
+__all__ = ["OpenClipConverter", "open_clip_model_config", "open_clip_processor", "save_open_clip_state_dict"]
 
 #: ``save_open_clip`` formats.
 OPEN_CLIP_FORMATS = ("safetensors", "pt")
@@ -198,6 +199,45 @@ class OpenClipConverter(ABC):
         state = self.to_open_clip(model)
         save_open_clip_state_dict(state, out, fmt)
         return len(state)
+
+
+def open_clip_model_config(model_name: str, family: str, prefixes: tuple[str, ...]) -> dict[str, Any]:
+    """``open_clip.get_model_config(model_name)`` (registered configs included) for the ``family`` converter.
+
+    Raises:
+        ValueError: not a non-empty string, or no such architecture (the message lists open_clip's names that
+            start with ``prefixes``, the family's architectures).
+    """
+    import open_clip
+
+    if not isinstance(model_name, str) or not model_name:
+        raise ValueError(f"model_name must be an open_clip architecture name, got {model_name!r}")
+    cfg = open_clip.get_model_config(model_name)
+    if cfg is None:
+        names = [m for m in open_clip.list_models() if m.startswith(prefixes)]
+        raise ValueError(
+            f"unknown open_clip architecture {model_name!r}; {family} converts open_clip architectures such as "
+            f"{', '.join(names[:12])}{', …' if len(names) > 12 else ''} (see open_clip.list_models())"
+        )
+    return cfg
+
+
+def open_clip_processor(
+    processor_class: type, model_name: str, *, max_length: int, pad_token_id: int, eos_token_id: int
+) -> Any:
+    """``processor_class(image_processor, tokenizer)``: open_clip's eval transform for ``model_name`` and the
+    offline CLIP BPE tokenizer (``max_length`` tokens).
+
+    Raises:
+        ValueError: the tokenizer's pad / eos ids differ from the model config's ``pad_token_id`` / ``eos_token_id``.
+    """
+    tokenizer = build_tokenizer(model_max_length=max_length)
+    if (tokenizer.pad_token_id, tokenizer.eos_token_id) != (pad_token_id, eos_token_id):
+        raise ValueError(
+            f"tokenizer ids (pad={tokenizer.pad_token_id}, eos={tokenizer.eos_token_id}) differ from the model "
+            f"config (pad={pad_token_id}, eos={eos_token_id})"
+        )
+    return processor_class(build_image_processor(model_name), tokenizer)
 
 
 def _one_floating_dtype(converted: Mapping[str, torch.Tensor], context: str) -> torch.dtype:

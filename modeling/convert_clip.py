@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .conversion import OpenClipConverter
+from .conversion import OpenClipConverter, open_clip_model_config
 from .key_mapping import (
     OPEN_CLIP_CLIP_TEXT,
     OPEN_CLIP_CLIP_TOP_LEVEL,
@@ -115,20 +115,6 @@ _MODIFIED_RESNET_MSG = (
 )
 
 
-def _open_clip_model_config(model_name: str) -> dict[str, Any]:
-    import open_clip
-
-    if not isinstance(model_name, str) or not model_name:
-        raise ValueError(f"model_name must be an open_clip architecture name, got {model_name!r}")
-    cfg = open_clip.get_model_config(model_name)
-    if cfg is None:
-        vit = [m for m in open_clip.list_models() if m.startswith("ViT-")]
-        raise ValueError(
-            f"unknown open_clip architecture {model_name!r}; ViT names include: {', '.join(vit[:12])}, …"
-        )
-    return cfg
-
-
 def clip_config_from_open_clip(
     model_name: str, force_quick_gelu: bool = False, model_cfg: Mapping[str, Any] | None = None
 ) -> CLIPConfig:
@@ -153,7 +139,7 @@ def clip_config_from_open_clip(
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg
     from transformers import CLIPConfig
 
-    cfg = _open_clip_model_config(model_name) if model_cfg is None else dict(model_cfg)
+    cfg = open_clip_model_config(model_name, "HQRS-CLIP", ("ViT-",)) if model_cfg is None else dict(model_cfg)
     if "multimodal_cfg" in cfg or model_name.startswith("coca_"):
         raise ValueError(
             f"{model_name!r} is a CoCa architecture; it converts to RS-CoCa (hqrs.modeling.convert_rs_coca), "

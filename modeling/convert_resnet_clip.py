@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from .configuration_resnet_clip import ResNetCLIPConfig
-from .conversion import OpenClipConverter
+from .conversion import OpenClipConverter, open_clip_model_config, open_clip_processor
 from .key_mapping import (
     OPEN_CLIP_CLIP_TEXT,
     OPEN_CLIP_CLIP_TOP_LEVEL,
@@ -47,7 +47,6 @@ from .key_mapping import (
     resblock_rules,
 )
 from .modeling_resnet_clip import ResNetCLIPModel
-from .open_clip_processing import build_image_processor, build_tokenizer
 from .processing_resnet_clip import ResNetCLIPProcessor
 
 logger = logging.getLogger(__name__)
@@ -68,20 +67,6 @@ __all__ = [
 MODEL_TYPE = ResNetCLIPConfig.model_type
 
 _BN = "{p:weight|bias|running_mean|running_var|num_batches_tracked}"
-
-
-def _open_clip_cfg(model_name: str) -> dict:
-    import open_clip
-
-    if not isinstance(model_name, str) or not model_name:
-        raise ValueError(f"model_name must be an open_clip architecture name, got {model_name!r}")
-    cfg = open_clip.get_model_config(model_name)
-    if cfg is None:
-        names = [m for m in open_clip.list_models() if m.startswith("RN")]
-        raise ValueError(
-            f"unknown open_clip architecture {model_name!r}; ModifiedResNet names are: {', '.join(names)}"
-        )
-    return cfg
 
 
 def is_resnet_clip_name(model_name: str) -> bool:
@@ -118,7 +103,7 @@ def resnet_clip_config_from_open_clip(
     """
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
-    cfg = _open_clip_cfg(model_name) if model_cfg is None else dict(model_cfg)
+    cfg = open_clip_model_config(model_name, "ResNet-CLIP", ("RN",)) if model_cfg is None else dict(model_cfg)
     vision_raw, text_raw = dict(cfg.get("vision_cfg", {})), dict(cfg.get("text_cfg", {}))
     if not isinstance(vision_raw.get("layers"), (list, tuple)):
         raise ValueError(
@@ -289,14 +274,14 @@ def resnet_clip_to_open_clip_state_dict(model: ResNetCLIPModel) -> dict[str, tor
 
 def build_resnet_clip_processor(model_name: str, config: ResNetCLIPConfig) -> ResNetCLIPProcessor:
     """open_clip's eval transform for ``model_name`` + the offline CLIP BPE tokenizer, as a processor."""
-    tokenizer = build_tokenizer(model_max_length=config.text_config.max_position_embeddings)
     text = config.text_config
-    if (tokenizer.pad_token_id, tokenizer.eos_token_id) != (text.pad_token_id, text.eos_token_id):
-        raise ValueError(
-            f"tokenizer ids (pad={tokenizer.pad_token_id}, eos={tokenizer.eos_token_id}) differ from the model "
-            f"config (pad={text.pad_token_id}, eos={text.eos_token_id})"
-        )
-    return ResNetCLIPProcessor(build_image_processor(model_name), tokenizer)
+    return open_clip_processor(
+        ResNetCLIPProcessor,
+        model_name,
+        max_length=text.max_position_embeddings,
+        pad_token_id=text.pad_token_id,
+        eos_token_id=text.eos_token_id,
+    )
 
 
 def save_hf_resnet_clip(

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from .configuration_rs_coca import RSCoCaConfig
-from .conversion import OpenClipConverter
+from .conversion import OpenClipConverter, open_clip_model_config, open_clip_processor
 from .key_mapping import (
     OPEN_CLIP_PLAIN_TEXT,
     OPEN_CLIP_PLAIN_VISION,
@@ -35,7 +35,6 @@ from .key_mapping import (
     resblock_rules,
 )
 from .modeling_rs_coca import RSCoCaModel
-from .open_clip_processing import build_image_processor, build_tokenizer
 from .processing_rs_coca import RSCoCaProcessor
 from .rs_coca_files import MODEL_TYPE, save_rs_coca_remote_code
 
@@ -77,14 +76,7 @@ _UNSUPPORTED = {
 
 
 def _open_clip_cfg(model_name: str) -> dict:
-    import open_clip
-
-    cfg = open_clip.get_model_config(model_name)
-    if cfg is None:
-        raise ValueError(
-            f"unknown open_clip architecture {model_name!r}; RS-CoCa converts open_clip CoCa models such as "
-            "'coca_ViT-B-32' and 'coca_ViT-L-14' (see open_clip.list_models())"
-        )
+    cfg = open_clip_model_config(model_name, "RS-CoCa", ("coca_",))
     if "multimodal_cfg" not in cfg:
         raise ValueError(
             f"open_clip architecture {model_name!r} is not a CoCa model (its config has no multimodal_cfg); "
@@ -319,13 +311,13 @@ def default_generation_config(config: RSCoCaConfig):
 
 def build_rs_coca_processor(model_name: str, config: RSCoCaConfig) -> RSCoCaProcessor:
     """Processor for an open_clip CoCa architecture: open_clip's eval transform + CLIP BPE tokenizer."""
-    tokenizer = build_tokenizer(model_max_length=config.text_config.max_position_embeddings)
-    if tokenizer.pad_token_id != config.pad_token_id or tokenizer.eos_token_id != config.eos_token_id:
-        raise ValueError(
-            f"tokenizer ids (pad={tokenizer.pad_token_id}, eos={tokenizer.eos_token_id}) differ from the model "
-            f"config (pad={config.pad_token_id}, eos={config.eos_token_id})"
-        )
-    return RSCoCaProcessor(build_image_processor(model_name), tokenizer)
+    return open_clip_processor(
+        RSCoCaProcessor,
+        model_name,
+        max_length=config.text_config.max_position_embeddings,
+        pad_token_id=config.pad_token_id,
+        eos_token_id=config.eos_token_id,
+    )
 
 
 def save_hf_coca(model: RSCoCaModel, processor: RSCoCaProcessor | None, out_dir: str | os.PathLike) -> Path:
