@@ -51,7 +51,8 @@ if mode == "hqrs":
     import argparse
     from hqrs.scripts.convert import run_open_clip
     run_open_clip(argparse.Namespace(model_name=name, checkpoint=__import__("pathlib").Path(ckpt),
-                  out=__import__("pathlib").Path(out), force_quick_gelu=False, overwrite=False))
+                  out=__import__("pathlib").Path(out), force_quick_gelu=False, overwrite=False,
+                  model_config=None))
 elif mode == "naive":
     from transformers import CLIPModel
     from hqrs.modeling.convert_clip import OPEN_CLIP_TO_HF_CLIP, clip_config_from_open_clip

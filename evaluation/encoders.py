@@ -1,7 +1,9 @@
-"""Image / text embeddings from a saved dual-encoder folder (HQRS-CLIP ``CLIPModel`` or RS-CoCa).
+"""Image / text embeddings from a saved dual-encoder folder (HQRS-CLIP ``CLIPModel``, ResNet-CLIP or RS-CoCa).
 
 Any model whose class has ``get_image_features(pixel_values=...)`` and
-``get_text_features(input_ids=..., attention_mask=...)`` works; the folder must also hold its processor
+``get_text_features(input_ids=..., attention_mask=...)`` returning transformers 5's
+``BaseModelOutputWithPooling`` (``pooler_output`` = the projected embedding, as ``CLIPModel``; every
+family of :mod:`hqrs.modeling.families` does) works; the folder must also hold its processor
 (tokenizer + image processor). Embeddings come back L2-normalised, float32, on the CPU.
 
 Example:
@@ -21,27 +23,20 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..modeling.loading import register_rs_coca_auto_classes
+from ..modeling.families import family_of, register_auto_classes
 from .data import load_image
 
 logger = logging.getLogger(__name__)
 
-# Text towers whose embedding does not depend on how far a caption is padded (causal attention, pooled
-# at the EOS token): batches are padded to their longest caption. Other models (RS-CoCa appends its CLS
-# token after the padding, like open_clip's CoCa) get the fixed length their tokenizer was built for.
-PADDING_INVARIANT_MODEL_TYPES = frozenset({"clip"})
 
-
-def _features(out: Any):
-    """``get_*_features`` returns a tensor (RS-CoCa, transformers 4) or an output whose
-    ``pooler_output`` is the projected embedding (``CLIPModel`` in transformers 5)."""
-    import torch
-
-    if isinstance(out, torch.Tensor):
-        return out
+def _pooled(out: Any, method: str):
+    """``pooler_output`` of a ``get_*_features`` output (transformers 5 ``BaseModelOutputWithPooling``)."""
     pooled = getattr(out, "pooler_output", None)
     if pooled is None:
-        raise ValueError(f"get_*_features returned {type(out).__name__} without a pooler_output tensor")
+        raise ValueError(
+            f"{method} returned {type(out).__name__}, not an output with a pooler_output tensor "
+            "(transformers 5's BaseModelOutputWithPooling, as CLIPModel returns)"
+        )
     return pooled
 
 
@@ -95,7 +90,7 @@ class DualEncoder:
         if dtype not in dtypes:
             raise ValueError(f"dtype {dtype!r} is not one of {sorted(dtypes)}")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        register_rs_coca_auto_classes()  # RS-CoCa folders load with hqrs' classes, never the folder's code
+        register_auto_classes()  # RS-CoCa folders load with hqrs' classes, never the folder's code
         model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code, dtype=dtypes[dtype])
         for method in ("get_image_features", "get_text_features"):
             if not callable(getattr(model, method, None)):
@@ -116,7 +111,13 @@ class DualEncoder:
 
     @property
     def text_padding(self) -> str:
-        return "longest" if self.model.config.model_type in PADDING_INVARIANT_MODEL_TYPES else "max_length"
+        """Captions are padded to the longest in a batch only where the family's text embedding does not depend
+        on padding (HQRS-CLIP); otherwise (RS-CoCa appends its CLS token after the padding, like open_clip's
+        CoCa; any model outside the registry) to the fixed length the tokenizer was built for."""
+        try:
+            return family_of(self.model).text_padding
+        except ValueError:
+            return "max_length"
 
     @property
     def max_text_length(self) -> int:
@@ -147,7 +148,7 @@ class DualEncoder:
                 inputs = {
                     k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")
                 }
-                emb = _features(self.model.get_text_features(**inputs)).float()
+                emb = _pooled(self.model.get_text_features(**inputs), "get_text_features").float()
                 emb = torch.nn.functional.normalize(emb, dim=-1).cpu()
                 for row, i in enumerate(idx):
                     out[i] = emb[row]
@@ -170,8 +171,7 @@ class DualEncoder:
         chunks = []
         with torch.inference_mode():
             for pixels in tqdm(loader, desc="images", unit="batch", disable=not progress):
-                emb = _features(
-                    self.model.get_image_features(pixel_values=pixels.to(self.device, dtype))
-                ).float()
+                out = self.model.get_image_features(pixel_values=pixels.to(self.device, dtype))
+                emb = _pooled(out, "get_image_features").float()
                 chunks.append(torch.nn.functional.normalize(emb, dim=-1).cpu())
         return torch.cat(chunks)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,96 +24,14 @@ from hqrs.dataset_builder import PAPER_CITATION
 from hqrs.dataset_builder.dataset_card import TAGS, dataset_card, infos_from_folder
 from hqrs.dataset_builder.io import load_json_utf8
 from hqrs.evaluation.results import SCHEMA, model_index_entry, weights_sha256
+from hqrs.modeling.families import FAMILIES, REPO_PLACEHOLDER, ModelFamily
 
 RS_TAGS = TAGS  # the tags every hqrs card carries (dataset cards add "image-captioning")
 
-# The placeholder every usage snippet loads from; the dry-run test swaps it for the staged folder.
-REPO_PLACEHOLDER = "{repo_id}"
-
-
-@dataclass(frozen=True)
-class ModelKind:
-    """What differs between the model families we publish."""
-
-    model_type: str  # config.json "model_type"
-    display: str
-    pipeline_tag: str
-    architecture: str
-    summary: str
-    usage: str
-    remote_files: tuple[str, ...] = ()  # remote-code modules copied from hqrs.modeling
-    tags: tuple[str, ...] = ()
-
-
-MODEL_KINDS: dict[str, ModelKind] = {
-    "clip": ModelKind(
-        model_type="clip",
-        display="HQRS-CLIP",
-        pipeline_tag="zero-shot-image-classification",
-        architecture="CLIP (transformers `CLIPModel`): ViT image encoder, causal text encoder, contrastive heads",
-        summary=(
-            "A CLIP model fine-tuned on MpGI captions of remote-sensing images, for zero-shot scene "
-            "classification and image-text retrieval. It loads with plain transformers (no remote code)."
-        ),
-        usage=f"""from PIL import Image
-from transformers import pipeline
-
-classifier = pipeline("zero-shot-image-classification", model="{REPO_PLACEHOLDER}")
-image = Image.open("scene.jpg").convert("RGB")  # any RGB remote-sensing image
-labels = ["airport", "farmland", "harbor", "residential area"]
-print(classifier(image, candidate_labels=labels, hypothesis_template="a satellite image of {{}}."))""",
-        tags=("clip", "zero-shot-image-classification"),
-    ),
-    "rs_coca": ModelKind(
-        model_type="rs_coca",
-        display="RS-CoCa",
-        pipeline_tag="image-text-to-text",
-        architecture=(
-            "CoCa: ViT image encoder with attentional pooling, causal text encoder and a multimodal "
-            "text decoder with cross-attention (contrastive + captioning heads)"
-        ),
-        summary=(
-            "A CoCa model fine-tuned on MpGI captions of remote-sensing images: it writes captions with "
-            "`generate()` and embeds images and texts for retrieval."
-        ),
-        usage=f"""from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor
-
-model = AutoModelForImageTextToText.from_pretrained("{REPO_PLACEHOLDER}", trust_remote_code=True)
-processor = AutoProcessor.from_pretrained("{REPO_PLACEHOLDER}", trust_remote_code=True)
-image = Image.open("scene.jpg").convert("RGB")  # any RGB remote-sensing image
-inputs = processor(images=image, return_tensors="pt")
-tokens = model.generate(**inputs)  # beam search, 3 beams (generation_config.json)
-print(processor.batch_decode(tokens)[0])
-
-# image and text embeddings for retrieval: model.get_image_features / model.get_text_features""",
-        remote_files=("configuration_rs_coca.py", "modeling_rs_coca.py", "processing_rs_coca.py"),
-        tags=("coca", "image-captioning", "custom_code"),
-    ),
-    # -- ResNet-CLIP (HQRS-CLIP RN50 / RN101, open_clip ModifiedResNet): hqrs remote code ---------------------
-    "resnet_clip": ModelKind(
-        model_type="resnet_clip",
-        display="HQRS-CLIP (ResNet)",
-        pipeline_tag="zero-shot-image-classification",
-        architecture=(
-            "CLIP with a ModifiedResNet image encoder (3-convolution stem, anti-aliased bottleneck stages, "
-            "attention pooling; open_clip RN50/RN101) and a causal text encoder, contrastive heads"
-        ),
-        summary=(
-            "A ResNet CLIP model fine-tuned on MpGI captions of remote-sensing images, for zero-shot scene "
-            "classification and image-text retrieval. It loads with transformers and trust_remote_code=True."
-        ),
-        usage=f"""from PIL import Image
-from transformers import pipeline
-
-classifier = pipeline("zero-shot-image-classification", model="{REPO_PLACEHOLDER}", trust_remote_code=True)
-image = Image.open("scene.jpg").convert("RGB")  # any RGB remote-sensing image
-labels = ["airport", "farmland", "harbor", "residential area"]
-print(classifier(image, candidate_labels=labels, hypothesis_template="a satellite image of {{}}."))""",
-        remote_files=("configuration_resnet_clip.py", "modeling_resnet_clip.py", "processing_resnet_clip.py"),
-        tags=("clip", "zero-shot-image-classification", "custom_code"),
-    ),
-}
+# What differs between the model families we publish (architecture, paper, usage snippet, remote code) lives in
+# the family registry; the card reads it from there.
+ModelKind = ModelFamily
+MODEL_KINDS: dict[str, ModelFamily] = {family.model_type: family for family in FAMILIES}
 
 LIMITATIONS = (
     "Trained on remote-sensing imagery with machine-generated (MpGI) captions: captions can still contain "
@@ -128,8 +45,8 @@ def _template(name: str) -> str:
     return resources.files("hqrs.hub_cards").joinpath("templates", name).read_text(encoding="utf-8")
 
 
-def model_kind(model_dir: str | Path) -> ModelKind:
-    """The :class:`ModelKind` of a saved model folder, from its ``config.json``."""
+def model_kind(model_dir: str | Path) -> ModelFamily:
+    """The :class:`~hqrs.modeling.families.ModelFamily` of a saved model folder, from its ``config.json``."""
     config_path = Path(model_dir) / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(
@@ -257,9 +174,9 @@ def render_model_card(
     card_data = ModelCardData(
         model_name=name,
         library_name="transformers",
-        pipeline_tag=kind.pipeline_tag,
+        pipeline_tag=kind.card.pipeline_tag,
         license=license,
-        tags=[*RS_TAGS, *kind.tags],
+        tags=[*RS_TAGS, *kind.card.tags],
         base_model=base_model,
         datasets=datasets or None,
         eval_results=results or None,
@@ -269,11 +186,11 @@ def render_model_card(
         card_data,
         template_str=_template("model_card.md"),
         model_name=f"{name} ({kind.display})",
-        summary=kind.summary,
-        usage=kind.usage.replace(REPO_PLACEHOLDER, repo_id),
+        summary=kind.card.summary,
+        usage=kind.card.usage.replace(REPO_PLACEHOLDER, repo_id),
         remote_code=bool(kind.remote_files),
         remote_files=kind.remote_files,
-        architecture=kind.architecture,
+        architecture=f"{kind.card.architecture} ({kind.card.paper})",
         base_model=base_model,
         datasets_text=", ".join(datasets) if datasets else "not recorded",
         num_parameters=_count_parameters(model_dir),

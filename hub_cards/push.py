@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from ..modeling.rs_coca_files import is_rs_coca_folder, save_rs_coca_remote_code
 from .cards import MODEL_KINDS, model_kind, render_dataset_card, render_model_card, run_dir_of
 
 # What a model repo may hold: safetensors weights and text metadata; never pickles.
@@ -141,8 +140,7 @@ def stage_model(
     _copy_matching(model_dir, out_dir, MODEL_PATTERNS)
     for name in kind.remote_files:  # remote code always comes from this package, never from the folder
         (out_dir / name).write_bytes(_package_source(name))
-    if is_rs_coca_folder(out_dir):  # models branch (#15.1): code files + auto_map of config and processor
-        save_rs_coca_remote_code(out_dir)
+    kind.write_remote_code(out_dir)  # RS-CoCa: code files + auto_map of config and processor (#15.1)
     card = render_model_card(
         model_dir,
         repo_id,

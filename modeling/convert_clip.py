@@ -41,16 +41,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .conversion import OpenClipConverter, open_clip_model_config
 from .key_mapping import (
     OPEN_CLIP_CLIP_TEXT,
     OPEN_CLIP_CLIP_TOP_LEVEL,
-    OPEN_CLIP_DERIVED_KEYS,
     OPEN_CLIP_PLAIN_VISION,
     WEIGHT_OR_BIAS,
     KeyTable,
     MissingKeysError,
     Rule,
-    check_complete,
     resblock_rules,
 )
 from .open_clip_processing import build_clip_processor
@@ -61,7 +60,9 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CONVERTER",
     "OPEN_CLIP_TO_HF_CLIP",
+    "CLIPConverter",
     "clip_config_from_open_clip",
     "clip_to_open_clip_state_dict",
     "convert_open_clip_clip",
@@ -114,25 +115,13 @@ _MODIFIED_RESNET_MSG = (
 )
 
 
-def _open_clip_model_config(model_name: str) -> dict[str, Any]:
-    import open_clip
-
-    if not isinstance(model_name, str) or not model_name:
-        raise ValueError(f"model_name must be an open_clip architecture name, got {model_name!r}")
-    cfg = open_clip.get_model_config(model_name)
-    if cfg is None:
-        vit = [m for m in open_clip.list_models() if m.startswith("ViT-")]
-        raise ValueError(
-            f"unknown open_clip architecture {model_name!r}; ViT names include: {', '.join(vit[:12])}, …"
-        )
-    return cfg
-
-
-def clip_config_from_open_clip(model_name: str, force_quick_gelu: bool = False) -> CLIPConfig:
+def clip_config_from_open_clip(
+    model_name: str, force_quick_gelu: bool = False, model_cfg: Mapping[str, Any] | None = None
+) -> CLIPConfig:
     """The transformers ``CLIPConfig`` equivalent to open_clip's config for ``model_name``.
 
-    Every number comes from ``open_clip.get_model_config(model_name)`` (with open_clip's dataclass
-    defaults for fields the json leaves out). ``hidden_act`` is ``"quick_gelu"`` when the config sets
+    Every number comes from ``open_clip.get_model_config(model_name)`` (or ``model_cfg``, an open_clip model
+    config dict, when given; with open_clip's dataclass defaults for fields the json leaves out). ``hidden_act`` is ``"quick_gelu"`` when the config sets
     ``quick_gelu`` or ``force_quick_gelu`` is true, else ``"gelu"``. The config remembers the open_clip
     name (``config.open_clip_model_name``) for the way back.
 
@@ -150,7 +139,7 @@ def clip_config_from_open_clip(model_name: str, force_quick_gelu: bool = False) 
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg
     from transformers import CLIPConfig
 
-    cfg = _open_clip_model_config(model_name)
+    cfg = open_clip_model_config(model_name, "HQRS-CLIP", ("ViT-",)) if model_cfg is None else dict(model_cfg)
     if "multimodal_cfg" in cfg or model_name.startswith("coca_"):
         raise ValueError(
             f"{model_name!r} is a CoCa architecture; it converts to RS-CoCa (hqrs.modeling.convert_rs_coca), "
@@ -308,6 +297,50 @@ def _check_source_kind(model_name: str, sd: Mapping[str, torch.Tensor]) -> None:
         )
 
 
+class CLIPConverter(OpenClipConverter):
+    """HQRS-CLIP's :class:`~hqrs.modeling.conversion.OpenClipConverter`: open_clip ViT CLIP ⇄ ``CLIPModel``."""
+
+    model_type = "clip"
+    display = "HQRS-CLIP"
+
+    def config_from_open_clip(self, model_name, model_cfg=None, force_quick_gelu=False) -> CLIPConfig:
+        return clip_config_from_open_clip(model_name, force_quick_gelu=force_quick_gelu, model_cfg=model_cfg)
+
+    def key_table(self, config) -> KeyTable:
+        return OPEN_CLIP_TO_HF_CLIP  # per layer: one table for every depth and width
+
+    def model_class(self) -> type[CLIPModel]:
+        from transformers import CLIPModel
+
+        return CLIPModel
+
+    def build_processor(self, model_name: str, config) -> CLIPProcessor:
+        return build_clip_processor(model_name)
+
+    def check_source(self, model_name, state_dict) -> None:
+        _check_source_kind(model_name, state_dict)
+
+    def explain_mismatch(self, exc, model_name, state_dict, converted) -> ValueError:
+        """Missing keys / wrong shapes: add the checkpoint's own numbers and the open_clip names it fits."""
+        if not isinstance(exc, MissingKeysError):
+            return exc
+        fits = _guess_architectures(converted)
+        hint = f"it fits: {', '.join(fits)}" if fits else "it fits no built-in open_clip ViT name"
+        return MissingKeysError(
+            exc.missing,
+            exc.unexpected,
+            exc.mismatched,
+            context=(
+                f"checkpoint does not fit open_clip {model_name!r} (checkpoint: {_describe_checkpoint(state_dict)}; "
+                f"{hint}). Details"
+            ),
+        )
+
+
+#: The HQRS-CLIP converter (``hqrs.modeling.families.HQRS_CLIP.converter``).
+CONVERTER = CLIPConverter()
+
+
 def convert_open_clip_clip(
     model_name: str, state_dict: Mapping[str, torch.Tensor], force_quick_gelu: bool = False
 ) -> CLIPModel:
@@ -315,7 +348,8 @@ def convert_open_clip_clip(
 
     Strict: every source key must be mapped by :data:`OPEN_CLIP_TO_HF_CLIP` and every ``CLIPModel``
     weight filled with a tensor of the right shape. The model is built without random init (weights
-    are assigned, not copied), so a memory-mapped checkpoint stays file-backed.
+    are assigned, not copied), so a memory-mapped checkpoint stays file-backed
+    (:meth:`~hqrs.modeling.conversion.OpenClipConverter.to_hf`).
 
     Args:
         model_name: open_clip architecture, e.g. ``"ViT-B-32-quickgelu"``.
@@ -323,49 +357,21 @@ def convert_open_clip_clip(
         force_quick_gelu: use QuickGELU with a plain name (open_clip's ``force_quick_gelu``).
 
     Raises:
-        ValueError: ModifiedResNet/CoCa weights or name; ``UnmappedKeysError`` for keys no rule maps;
-            ``MissingKeysError`` when the weights belong to another architecture (the message lists the
+        ValueError: ModifiedResNet/CoCa weights or name, mixed dtypes; ``UnmappedKeysError`` for keys no rule
+            maps; ``MissingKeysError`` when the weights belong to another architecture (the message lists the
             missing keys and shape mismatches, the checkpoint's own numbers and the names it fits).
     """
-    from accelerate import init_empty_weights
-    from transformers import CLIPModel
-
-    config = clip_config_from_open_clip(model_name, force_quick_gelu=force_quick_gelu)
-    _check_source_kind(model_name, state_dict)
-    sd = dict(state_dict)
-    for key in OPEN_CLIP_DERIVED_KEYS:
-        sd.pop(key, None)
-    converted = OPEN_CLIP_TO_HF_CLIP.convert(sd)
-    with init_empty_weights(include_buffers=False):
-        model = CLIPModel(config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    try:
-        check_complete(converted, expected, context=f"checkpoint does not fit open_clip {model_name!r}")
-    except MissingKeysError as exc:
-        fits = _guess_architectures(converted)
-        hint = f"it fits: {', '.join(fits)}" if fits else "it fits no built-in open_clip ViT name"
-        raise MissingKeysError(
-            exc.missing,
-            exc.unexpected,
-            exc.mismatched,
-            context=(
-                f"checkpoint does not fit open_clip {model_name!r} (checkpoint: {_describe_checkpoint(sd)}; "
-                f"{hint}). Details"
-            ),
-        ) from None
-    model.load_state_dict(converted, strict=True, assign=True)
-    model.eval()
-    return model
+    return CONVERTER.to_hf(model_name, state_dict, force_quick_gelu=force_quick_gelu)
 
 
 def clip_to_open_clip_state_dict(model: CLIPModel) -> dict[str, torch.Tensor]:
     """The open_clip state dict of a ``CLIPModel`` (exact inverse of :func:`convert_open_clip_clip`).
 
     ``open_clip.create_model(model.config.open_clip_model_name).load_state_dict(sd, strict=True)``
-    accepts the result. Raises ``UnmappedKeysError`` for weights the table cannot map back (e.g. a
-    CLIPModel with extra heads).
+    accepts the result (checked when that name is an open_clip architecture). Raises ``UnmappedKeysError``
+    for weights the table cannot map back (e.g. a CLIPModel with extra heads).
     """
-    return OPEN_CLIP_TO_HF_CLIP.inverted().convert(model.state_dict())
+    return CONVERTER.to_open_clip(model)
 
 
 def save_hf_clip(model: CLIPModel, processor: CLIPProcessor | None, out_dir: str | os.PathLike) -> Path:
@@ -375,16 +381,4 @@ def save_hf_clip(model: CLIPModel, processor: CLIPProcessor | None, out_dir: str
     ``model.config.open_clip_model_name``. The folder loads offline with ``CLIPModel.from_pretrained``,
     ``AutoProcessor.from_pretrained`` and ``pipeline("zero-shot-image-classification", model=DIR)``.
     """
-    out = Path(out_dir)
-    name = getattr(model.config, OPEN_CLIP_NAME_ATTR, None)
-    if processor is None:
-        if not name:
-            raise ValueError(
-                "save_hf_clip(processor=None) needs model.config.open_clip_model_name to build the processor; "
-                "pass a CLIPProcessor"
-            )
-        processor = build_clip_processor(name)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return CONVERTER.save_hf(model, processor, out_dir)

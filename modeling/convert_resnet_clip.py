@@ -37,25 +37,24 @@ from typing import Any
 import torch
 
 from .configuration_resnet_clip import ResNetCLIPConfig
+from .conversion import OpenClipConverter, open_clip_model_config, open_clip_processor
 from .key_mapping import (
     OPEN_CLIP_CLIP_TEXT,
     OPEN_CLIP_CLIP_TOP_LEVEL,
-    OPEN_CLIP_DERIVED_KEYS,
     WEIGHT_OR_BIAS,
     KeyTable,
     Rule,
-    check_complete,
-    open_clip_expected_shapes,
     resblock_rules,
 )
 from .modeling_resnet_clip import ResNetCLIPModel
-from .open_clip_processing import build_image_processor, build_tokenizer
 from .processing_resnet_clip import ResNetCLIPProcessor
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CONVERTER",
     "MODEL_TYPE",
+    "ResNetCLIPConverter",
     "convert_open_clip_resnet_clip",
     "is_resnet_clip_name",
     "resnet_clip_config_from_open_clip",
@@ -68,20 +67,6 @@ __all__ = [
 MODEL_TYPE = ResNetCLIPConfig.model_type
 
 _BN = "{p:weight|bias|running_mean|running_var|num_batches_tracked}"
-
-
-def _open_clip_cfg(model_name: str) -> dict:
-    import open_clip
-
-    if not isinstance(model_name, str) or not model_name:
-        raise ValueError(f"model_name must be an open_clip architecture name, got {model_name!r}")
-    cfg = open_clip.get_model_config(model_name)
-    if cfg is None:
-        names = [m for m in open_clip.list_models() if m.startswith("RN")]
-        raise ValueError(
-            f"unknown open_clip architecture {model_name!r}; ModifiedResNet names are: {', '.join(names)}"
-        )
-    return cfg
 
 
 def is_resnet_clip_name(model_name: str) -> bool:
@@ -118,7 +103,7 @@ def resnet_clip_config_from_open_clip(
     """
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
-    cfg = _open_clip_cfg(model_name) if model_cfg is None else dict(model_cfg)
+    cfg = open_clip_model_config(model_name, "ResNet-CLIP", ("RN",)) if model_cfg is None else dict(model_cfg)
     vision_raw, text_raw = dict(cfg.get("vision_cfg", {})), dict(cfg.get("text_cfg", {}))
     if not isinstance(vision_raw.get("layers"), (list, tuple)):
         raise ValueError(
@@ -226,32 +211,34 @@ def _check_source_kind(model_name: str, state_dict: Mapping[str, torch.Tensor]) 
         )
 
 
-def _plain_dtype(converted: Mapping[str, torch.Tensor], context: str) -> torch.dtype:
-    """The one floating dtype of the weights (BatchNorm's int64 ``num_batches_tracked`` counters aside)."""
-    dtypes = {v.dtype for k, v in converted.items() if not k.endswith("num_batches_tracked")}
-    if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
-        raise ValueError(
-            f"{context}: expected one floating-point dtype for all weights, got {sorted(map(str, dtypes))}"
-        )
-    return next(iter(dtypes))
+class ResNetCLIPConverter(OpenClipConverter):
+    """ResNet-CLIP's :class:`~hqrs.modeling.conversion.OpenClipConverter`: open_clip ModifiedResNet CLIP ⇄
+    :class:`ResNetCLIPModel`."""
+
+    model_type = MODEL_TYPE
+    display = "ResNet-CLIP"
+
+    def config_from_open_clip(self, model_name, model_cfg=None, force_quick_gelu=False) -> ResNetCLIPConfig:
+        return resnet_clip_config_from_open_clip(model_name, model_cfg, force_quick_gelu=force_quick_gelu)
+
+    def key_table(self, config: ResNetCLIPConfig) -> KeyTable:
+        return resnet_clip_key_table(config)
+
+    def model_class(self) -> type[ResNetCLIPModel]:
+        return ResNetCLIPModel
+
+    def build_processor(self, model_name: str, config: ResNetCLIPConfig) -> ResNetCLIPProcessor:
+        return build_resnet_clip_processor(model_name, config)
+
+    def check_source(self, model_name, state_dict) -> None:
+        _check_source_kind(model_name, state_dict)
+
+    # remote code: ResNetCLIPModel/-Config are registered for the auto classes (modeling_resnet_clip.py), so
+    # save_pretrained itself copies the code files and writes config.json's auto_map
 
 
-def _model_from_state_dict(
-    config: ResNetCLIPConfig, state_dict: Mapping[str, torch.Tensor], context: str
-) -> ResNetCLIPModel:
-    converted = resnet_clip_key_table(config).convert(state_dict)
-    with torch.device("meta"):
-        model = ResNetCLIPModel(config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    check_complete(converted, expected, context=context)
-    dtype = _plain_dtype(converted, context)
-    # Assigned, not copied: the model takes over the source tensors (a memory-mapped checkpoint stays file-backed).
-    model.load_state_dict({k: v.contiguous() for k, v in converted.items()}, strict=True, assign=True)
-    # Non-persistent buffers (the text tower's position_ids) are not in any state dict: rebuild them on the CPU.
-    text_embeddings = model.text_model.embeddings
-    text_embeddings.position_ids = torch.arange(config.text_config.max_position_embeddings).expand((1, -1))
-    model.config.dtype = dtype
-    return model.eval()
+#: The ResNet-CLIP converter (``hqrs.modeling.families.RESNET_CLIP.converter``).
+CONVERTER = ResNetCLIPConverter()
 
 
 def convert_open_clip_resnet_clip(
@@ -261,7 +248,7 @@ def convert_open_clip_resnet_clip(
     force_quick_gelu: bool = False,
 ) -> ResNetCLIPModel:
     """Convert an open_clip ModifiedResNet CLIP state dict of architecture ``model_name`` into a
-    :class:`ResNetCLIPModel`.
+    :class:`ResNetCLIPModel` (:meth:`~hqrs.modeling.conversion.OpenClipConverter.to_hf`).
 
     Args:
         model_name: ``"RN50"``, ``"RN101"``, ``"RN50-quickgelu"`` ...
@@ -270,13 +257,10 @@ def convert_open_clip_resnet_clip(
         model_cfg / force_quick_gelu: as in :func:`resnet_clip_config_from_open_clip`.
 
     Raises:
-        ValueError: not a ModifiedResNet checkpoint; ``UnmappedKeysError`` for keys no rule maps;
+        ValueError: not a ModifiedResNet checkpoint, mixed dtypes; ``UnmappedKeysError`` for keys no rule maps;
             ``MissingKeysError`` (missing keys, shape mismatches) when the weights belong to another size.
     """
-    config = resnet_clip_config_from_open_clip(model_name, model_cfg, force_quick_gelu=force_quick_gelu)
-    _check_source_kind(model_name, state_dict)
-    sd = {k: v for k, v in state_dict.items() if k not in OPEN_CLIP_DERIVED_KEYS}
-    return _model_from_state_dict(config, sd, context=f"open_clip {model_name!r} checkpoint -> ResNet-CLIP")
+    return CONVERTER.to_hf(model_name, state_dict, model_cfg, force_quick_gelu=force_quick_gelu)
 
 
 def resnet_clip_to_open_clip_state_dict(model: ResNetCLIPModel) -> dict[str, torch.Tensor]:
@@ -285,23 +269,19 @@ def resnet_clip_to_open_clip_state_dict(model: ResNetCLIPModel) -> dict[str, tor
     When ``config.open_clip_model_name`` is a registered open_clip name, the keys and shapes are checked against
     ``open_clip.create_model(name)`` (on the meta device), so the result loads with ``strict=True``.
     """
-    state = resnet_clip_key_table(model.config).inverted().convert(model.state_dict())
-    name = model.config.open_clip_model_name
-    if name is not None and is_resnet_clip_name(name):
-        check_complete(state, open_clip_expected_shapes(name), context=f"ResNet-CLIP -> open_clip {name!r}")
-    return state
+    return CONVERTER.to_open_clip(model)
 
 
 def build_resnet_clip_processor(model_name: str, config: ResNetCLIPConfig) -> ResNetCLIPProcessor:
     """open_clip's eval transform for ``model_name`` + the offline CLIP BPE tokenizer, as a processor."""
-    tokenizer = build_tokenizer(model_max_length=config.text_config.max_position_embeddings)
     text = config.text_config
-    if (tokenizer.pad_token_id, tokenizer.eos_token_id) != (text.pad_token_id, text.eos_token_id):
-        raise ValueError(
-            f"tokenizer ids (pad={tokenizer.pad_token_id}, eos={tokenizer.eos_token_id}) differ from the model "
-            f"config (pad={text.pad_token_id}, eos={text.eos_token_id})"
-        )
-    return ResNetCLIPProcessor(build_image_processor(model_name), tokenizer)
+    return open_clip_processor(
+        ResNetCLIPProcessor,
+        model_name,
+        max_length=text.max_position_embeddings,
+        pad_token_id=text.pad_token_id,
+        eos_token_id=text.eos_token_id,
+    )
 
 
 def save_hf_resnet_clip(
@@ -316,18 +296,4 @@ def save_hf_resnet_clip(
     Raises:
         ValueError: no processor and no ``open_clip_model_name`` to build one from.
     """
-    out = Path(out_dir)
-    if processor is None:
-        name = model.config.open_clip_model_name
-        if not name:
-            raise ValueError(
-                "save_hf_resnet_clip needs a processor when config.open_clip_model_name is not set "
-                "(it tells which image preprocessing to use)"
-            )
-        processor = build_resnet_clip_processor(name, model.config)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(
-        out
-    )  # the classes are registered for the Auto classes: code + auto_map travel along
-    processor.save_pretrained(out)
-    return out
+    return CONVERTER.save_hf(model, processor, out_dir)

@@ -26,28 +26,28 @@ from typing import Any
 import torch
 
 from .configuration_rs_coca import RSCoCaConfig
+from .conversion import OpenClipConverter, open_clip_model_config, open_clip_processor
 from .key_mapping import (
     OPEN_CLIP_PLAIN_TEXT,
     OPEN_CLIP_PLAIN_VISION,
     KeyTable,
     Rule,
-    check_complete,
-    open_clip_expected_shapes,
     resblock_rules,
 )
 from .modeling_rs_coca import RSCoCaModel
-from .open_clip_processing import build_image_processor, build_tokenizer
 from .processing_rs_coca import RSCoCaProcessor
-from .rs_coca_files import save_rs_coca_remote_code
+from .rs_coca_files import MODEL_TYPE, save_rs_coca_remote_code
 
 __all__ = [
     "CAPTION_AUTO_CLASS",
+    "CONVERTER",
     "GENERATION_DEFAULTS",
     "coca_config_from_open_clip",
     "coca_key_table",
     "coca_to_open_clip_state_dict",
     "convert_open_clip_coca",
     "default_generation_config",
+    "RSCoCaConverter",
     "save_hf_coca",
 ]
 
@@ -76,14 +76,7 @@ _UNSUPPORTED = {
 
 
 def _open_clip_cfg(model_name: str) -> dict:
-    import open_clip
-
-    cfg = open_clip.get_model_config(model_name)
-    if cfg is None:
-        raise ValueError(
-            f"unknown open_clip architecture {model_name!r}; RS-CoCa converts open_clip CoCa models such as "
-            "'coca_ViT-B-32' and 'coca_ViT-L-14' (see open_clip.list_models())"
-        )
+    cfg = open_clip_model_config(model_name, "RS-CoCa", ("coca_",))
     if "multimodal_cfg" not in cfg:
         raise ValueError(
             f"open_clip architecture {model_name!r} is not a CoCa model (its config has no multimodal_cfg); "
@@ -248,34 +241,38 @@ def coca_key_table(config: RSCoCaConfig) -> KeyTable:
     return KeyTable("open_clip CoCa -> RS-CoCa", rules)
 
 
-def _model_from_config_and_state_dict(
-    config: RSCoCaConfig, state_dict: Mapping[str, torch.Tensor], context: str
-) -> RSCoCaModel:
-    converted = coca_key_table(config).convert(state_dict)
-    with torch.device("meta"):
-        model = RSCoCaModel(config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    check_complete(converted, expected, context=context)
-    dtypes = {v.dtype for v in converted.values()}
-    if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
-        raise ValueError(
-            f"{context}: expected one floating-point dtype for all weights, got {sorted(map(str, dtypes))}"
-        )
-    # Weights are assigned, not copied (peak memory ~ one checkpoint): the model takes over the source tensors.
-    # Only tensors that share storage with another one (q/k/v split from a fused in_proj) get their own copy,
-    # as safetensors cannot save shared storage.
-    storages: dict[int, int] = {}
-    for value in converted.values():
-        ptr = value.untyped_storage().data_ptr()
-        storages[ptr] = storages.get(ptr, 0) + 1
-    owned = {
-        key: value.clone() if storages[value.untyped_storage().data_ptr()] > 1 else value.contiguous()
-        for key, value in converted.items()
-    }
-    model.load_state_dict(owned, strict=True, assign=True)
-    model.config.dtype = next(iter(dtypes))
-    model.generation_config = default_generation_config(config)
-    return model.eval()
+class RSCoCaConverter(OpenClipConverter):
+    """RS-CoCa's :class:`~hqrs.modeling.conversion.OpenClipConverter`: open_clip CoCa ⇄ :class:`RSCoCaModel`."""
+
+    model_type = MODEL_TYPE
+    display = "RS-CoCa"
+
+    def config_from_open_clip(self, model_name, model_cfg=None, force_quick_gelu=False) -> RSCoCaConfig:
+        if force_quick_gelu:
+            raise ValueError(
+                f"force_quick_gelu applies to CLIP architectures only, not to the CoCa architecture {model_name!r} "
+                "(its config's quick_gelu decides)"
+            )
+        return coca_config_from_open_clip(model_name, model_cfg)
+
+    def key_table(self, config: RSCoCaConfig) -> KeyTable:
+        return coca_key_table(config)
+
+    def model_class(self) -> type[RSCoCaModel]:
+        return RSCoCaModel
+
+    def build_processor(self, model_name: str, config: RSCoCaConfig) -> RSCoCaProcessor:
+        return build_rs_coca_processor(model_name, config)
+
+    def finish_model(self, model: RSCoCaModel) -> None:
+        model.generation_config = default_generation_config(model.config)
+
+    def write_remote_code(self, folder: Path) -> None:
+        save_rs_coca_remote_code(folder)
+
+
+#: The RS-CoCa converter (``hqrs.modeling.families.RS_COCA.converter``).
+CONVERTER = RSCoCaConverter()
 
 
 def convert_open_clip_coca(
@@ -287,30 +284,16 @@ def convert_open_clip_coca(
     Every key must be mapped and every model weight present with the right shape; otherwise a
     ``ValueError`` lists the offending keys (wrong architecture for the checkpoint shows up here).
     ``model_cfg`` as in :func:`coca_config_from_open_clip`. The returned model takes over the tensors of
-    ``state_dict`` where it can (no copy; a memory-mapped checkpoint stays file-backed): pass a copy if you keep
-    using the source model.
+    ``state_dict`` (no copy; a memory-mapped checkpoint stays file-backed; ``q/k/v`` split from a fused
+    ``in_proj`` stay views of it until ``save_pretrained`` writes them): pass a copy if you keep using the
+    source model (:meth:`~hqrs.modeling.conversion.OpenClipConverter.to_hf`).
     """
-    config = coca_config_from_open_clip(model_name, model_cfg)
-    return _model_from_config_and_state_dict(
-        config, state_dict, context=f"open_clip {model_name!r} checkpoint -> RS-CoCa"
-    )
+    return CONVERTER.to_hf(model_name, state_dict, model_cfg)
 
 
 def coca_to_open_clip_state_dict(model: RSCoCaModel) -> dict[str, torch.Tensor]:
     """The open_clip CoCa state dict of ``model`` (exact inverse of :func:`convert_open_clip_coca`)."""
-    table = coca_key_table(model.config).inverted()
-    state = table.convert(model.state_dict())
-    name = model.config.open_clip_model_name
-    if name is not None and _is_registered(name):
-        expected = open_clip_expected_shapes(name)
-        check_complete(state, expected, context=f"RS-CoCa -> open_clip {name!r}")
-    return state
-
-
-def _is_registered(model_name: str) -> bool:
-    import open_clip
-
-    return open_clip.get_model_config(model_name) is not None
+    return CONVERTER.to_open_clip(model)
 
 
 def default_generation_config(config: RSCoCaConfig):
@@ -328,13 +311,13 @@ def default_generation_config(config: RSCoCaConfig):
 
 def build_rs_coca_processor(model_name: str, config: RSCoCaConfig) -> RSCoCaProcessor:
     """Processor for an open_clip CoCa architecture: open_clip's eval transform + CLIP BPE tokenizer."""
-    tokenizer = build_tokenizer(model_max_length=config.text_config.max_position_embeddings)
-    if tokenizer.pad_token_id != config.pad_token_id or tokenizer.eos_token_id != config.eos_token_id:
-        raise ValueError(
-            f"tokenizer ids (pad={tokenizer.pad_token_id}, eos={tokenizer.eos_token_id}) differ from the model "
-            f"config (pad={config.pad_token_id}, eos={config.eos_token_id})"
-        )
-    return RSCoCaProcessor(build_image_processor(model_name), tokenizer)
+    return open_clip_processor(
+        RSCoCaProcessor,
+        model_name,
+        max_length=config.text_config.max_position_embeddings,
+        pad_token_id=config.pad_token_id,
+        eos_token_id=config.eos_token_id,
+    )
 
 
 def save_hf_coca(model: RSCoCaModel, processor: RSCoCaProcessor | None, out_dir: str | os.PathLike) -> Path:
@@ -344,17 +327,4 @@ def save_hf_coca(model: RSCoCaModel, processor: RSCoCaProcessor | None, out_dir:
     ``.from_pretrained(out_dir, trust_remote_code=True)``; the model code is copied into it, so ``hqrs`` is
     not needed to load it. Without ``processor``, one is built from ``config.open_clip_model_name``.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if processor is None:
-        name = model.config.open_clip_model_name
-        if name is None:
-            raise ValueError(
-                "save_hf_coca needs a processor when config.open_clip_model_name is not set "
-                "(it tells which image preprocessing to use)"
-            )
-        processor = build_rs_coca_processor(name, model.config)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    save_rs_coca_remote_code(out)
-    return out
+    return CONVERTER.save_hf(model, processor, out_dir)

@@ -1,8 +1,9 @@
-"""Load a model family's model and processor: the one place that maps a ``model_type`` to its classes.
+"""Load a model family's model and processor, with the classes the family registry names.
 
 ``hqrs train`` (:mod:`hqrs.modeling.training`), ``hqrs train merge-lora`` (:mod:`hqrs.modeling.training_lora`)
-and ``hqrs eval`` (:mod:`hqrs.evaluation.encoders`) load models through here, so that an RS-CoCa folder always
-loads with the package's own classes (:func:`register_rs_coca_auto_classes`), never with the folder's code.
+and ``hqrs eval`` (:mod:`hqrs.evaluation.encoders`) load models through here; which classes load which
+``model_type`` is :mod:`hqrs.modeling.families`' business, so that an RS-CoCa folder always loads with the
+package's own classes (:func:`~hqrs.modeling.families.register_auto_classes`), never with the folder's code.
 
 Example:
     >>> from hqrs.modeling.loading import KINDS, looks_local
@@ -21,22 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForImageTextToText,
-    AutoProcessor,
-    CLIPModel,
-    CLIPProcessor,
-    PretrainedConfig,
-)
+from transformers import PretrainedConfig
 
-from .configuration_rs_coca import RSCoCaConfig
-from .modeling_resnet_clip import ResNetCLIPModel
-from .modeling_rs_coca import RSCoCaModel
-from .processing_resnet_clip import ResNetCLIPProcessor
-from .processing_rs_coca import RSCoCaProcessor
-from .rs_coca_files import MODEL_TYPE as RS_COCA_MODEL_TYPE
+from .families import FAMILIES, ModelFamily, family_for_model_type, register_auto_classes
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel
@@ -50,22 +38,17 @@ __all__ = [
     "register_rs_coca_auto_classes",
 ]
 
-#: ``hqrs train`` kinds and the ``model_type`` of ``config.json`` each accepts.
-KINDS = {"clip": ("clip", "resnet_clip"), "coca": ("rs_coca",)}  # resnet_clip: RN50/RN101 (ResNet-CLIP)
+#: ``hqrs train`` kinds and the ``model_type`` of ``config.json`` each accepts (from the family registry).
+KINDS = {
+    kind: tuple(f.model_type for f in FAMILIES if f.train_kind == kind)
+    for kind in dict.fromkeys(f.train_kind for f in FAMILIES)
+}
 
 
 def register_rs_coca_auto_classes() -> None:
-    """Register the package's RS-CoCa classes with ``AutoConfig``/``AutoModel``/
-    ``AutoModelForImageTextToText``/``AutoProcessor`` (idempotent).
-
-    Afterwards transformers treats ``rs_coca`` as a known model type in this process: it loads RS-CoCa
-    folders with these classes and never runs (or prompts to run) the folder's own code, even with
-    ``trust_remote_code=True``.
-    """
-    AutoConfig.register(RS_COCA_MODEL_TYPE, RSCoCaConfig, exist_ok=True)
-    AutoModel.register(RSCoCaConfig, RSCoCaModel, exist_ok=True)
-    AutoModelForImageTextToText.register(RSCoCaConfig, RSCoCaModel, exist_ok=True)
-    AutoProcessor.register(RSCoCaConfig, RSCoCaProcessor, exist_ok=True)
+    """Register hqrs' RS-CoCa classes with the transformers auto classes (idempotent); see
+    :func:`hqrs.modeling.families.register_auto_classes`, which this calls."""
+    register_auto_classes()
 
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
@@ -128,16 +111,11 @@ def model_kind(model: str | os.PathLike | PreTrainedModel) -> str:
     )
 
 
-def _model_classes(kind: str, model_type: str | None = None) -> tuple[type, Any]:
-    if kind == "clip" and model_type == "resnet_clip":  # ResNet-CLIP (RN50/RN101), hqrs' remote-code family
-        return ResNetCLIPModel, ResNetCLIPProcessor
-    if kind == "clip":
-        return CLIPModel, CLIPProcessor
-    if kind == "coca":
-        # the package's classes load RS-CoCa folders: no folder code runs, nothing prompts
-        register_rs_coca_auto_classes()
-        return RSCoCaModel, RSCoCaProcessor
-    raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
+def _family(model_type: str | None) -> ModelFamily:
+    family = family_for_model_type(model_type)
+    if family.auto_classes:  # the package's classes load these folders: no folder code runs, nothing prompts
+        register_auto_classes()
+    return family
 
 
 def load_model_and_processor(
@@ -165,7 +143,8 @@ def load_model_and_processor(
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type is None and isinstance(model, (str, os.PathLike)):
         model_type = _read_model_type(model)
-    model_cls, processor_cls = _model_classes(kind, model_type)
+    family = _family(model_type)
+    model_cls, processor_cls = family.load_model_class(), family.load_processor_class()
     if isinstance(model, (str, os.PathLike)):
         loaded = model_cls.from_pretrained(os.fspath(model))
     elif isinstance(model, nn.Module):

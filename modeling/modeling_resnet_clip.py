@@ -36,6 +36,7 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.clip.modeling_clip import CLIPOutput
+from transformers.utils import can_return_tuple
 
 from .configuration_resnet_clip import ResNetCLIPConfig, ResNetCLIPVisionConfig
 
@@ -241,6 +242,7 @@ class ResNetCLIPVisionModel(nn.Module):
         self.encoder = ResNetCLIPEncoder(config)
         self.attention_pool = ResNetCLIPAttentionPool(config)
 
+    @can_return_tuple
     def forward(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         """``pixel_values`` ``(batch, num_channels, image_size, image_size)`` ->
         ``last_hidden_state`` ``(batch, 32 * width, image_size / 32, image_size / 32)`` (the last stage's
@@ -320,11 +322,13 @@ class ResNetCLIPModel(ResNetCLIPPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.text_model.embeddings.token_embedding = value
 
+    @can_return_tuple
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         """``pooler_output``: projected (not normalised) image embeddings ``(batch, projection_dim)``;
         ``last_hidden_state``: the last ResNet stage ``(batch, 32 * width, G, G)``."""
-        return self.vision_model(pixel_values)
+        return self.vision_model(pixel_values, return_dict=True)
 
+    @can_return_tuple
     def get_text_features(
         self,
         input_ids: torch.Tensor,
@@ -355,6 +359,7 @@ class ResNetCLIPModel(ResNetCLIPPreTrainedModel):
         text_outputs.pooler_output = self.text_projection(text_outputs.pooler_output)
         return text_outputs
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -362,7 +367,6 @@ class ResNetCLIPModel(ResNetCLIPPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         return_loss: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> CLIPOutput:
         """Both modalities -> ``CLIPOutput`` with normalised ``image_embeds`` ``(n_images, projection_dim)`` /
@@ -379,9 +383,9 @@ class ResNetCLIPModel(ResNetCLIPPreTrainedModel):
                 f"ResNetCLIPModel.forward needs pixel_values and input_ids ({missing} is None); use "
                 "get_image_features / get_text_features for one modality"
             )
-        vision_outputs = self.get_image_features(pixel_values=pixel_values)
+        vision_outputs = self.get_image_features(pixel_values=pixel_values, return_dict=True)
         text_outputs = self.get_text_features(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, return_dict=True
         )
         image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
         text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)

@@ -33,8 +33,9 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_rs_coca import RSCoCaConfig, RSCoCaMultimodalConfig, RSCoCaTextConfig, RSCoCaVisionConfig
 
@@ -316,7 +317,8 @@ class RSCoCaVisionTransformer(nn.Module):
         self.attn_pool = RSCoCaAttentionalPooler(config)
         self.post_layernorm = nn.LayerNorm(config.pooler_hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, pixel_values: torch.Tensor, return_dict: bool = True, **kwargs) -> RSCoCaVisionOutput:
+    @can_return_tuple
+    def forward(self, pixel_values: torch.Tensor, **kwargs) -> RSCoCaVisionOutput:
         hidden_states = self.pre_layernorm(self.embeddings(pixel_values))
         for layer in self.layers:
             hidden_states = layer(hidden_states)
@@ -547,18 +549,49 @@ class RSCoCaModel(RSCoCaPreTrainedModel, GenerationMixin):
         return False
 
     # -- contrastive side ----------------------------------------------------------------------------------
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
-        """Projected (not normalised) contrastive image features, ``(batch, projection_dim)``."""
-        return self.visual_projection(self.vision_model(pixel_values).pooler_output)
+    @can_return_tuple
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        """Contrastive image features, as ``CLIPModel.get_image_features`` in transformers 5.
 
+        Args:
+            pixel_values: ``(batch, num_channels, image_size, image_size)`` from the processor.
+            return_dict: ``False`` returns the tuple ``(last_hidden_state, pooler_output)`` (default: ``config``).
+
+        Returns:
+            ``BaseModelOutputWithPooling`` with ``pooler_output`` ``(batch, projection_dim)``: the projected, not
+            normalised, image embedding (``visual_projection`` of the pooler's contrastive token), and
+            ``last_hidden_state`` ``(batch, 1 + num_patches, hidden_size)``: the ViT output before the pooler.
+        """
+        vision = self.vision_model(pixel_values, return_dict=True)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=vision.last_hidden_state,
+            pooler_output=self.visual_projection(vision.pooler_output),
+        )
+
+    @can_return_tuple
     def get_text_features(
         self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None, **kwargs
-    ) -> torch.Tensor:
-        """Projected (not normalised) contrastive text features from the CLS state, ``(batch, projection_dim)``."""
-        hidden = self.text_model(input_ids, attention_mask=attention_mask)
-        return self.text_projection(self.text_model.final_layer_norm(hidden[:, -1]))
+    ) -> BaseModelOutputWithPooling:
+        """Contrastive text features from the CLS state, as ``CLIPModel.get_text_features`` in transformers 5.
+
+        Args:
+            input_ids: ``(batch, seq_len)`` caption tokens (the processor pads them to the model's fixed length).
+            attention_mask: ``(batch, seq_len)``, 0 marks padding.
+            return_dict: ``False`` returns the tuple ``(last_hidden_state, pooler_output)`` (default: ``config``).
+
+        Returns:
+            ``BaseModelOutputWithPooling`` with ``pooler_output`` ``(batch, projection_dim)``: the projected, not
+            normalised, text embedding (``text_projection`` of the CLS state), and ``last_hidden_state``
+            ``(batch, seq_len + 1, hidden_size)``: the token states and, last, the CLS state after
+            ``final_layer_norm``.
+        """
+        hidden = self.text_model.final_layer_norm(self.text_model(input_ids, attention_mask=attention_mask))
+        return BaseModelOutputWithPooling(
+            last_hidden_state=hidden, pooler_output=self.text_projection(hidden[:, -1])
+        )
 
     # -- forward -------------------------------------------------------------------------------------------
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.FloatTensor | None = None,
@@ -571,7 +604,7 @@ class RSCoCaModel(RSCoCaPreTrainedModel, GenerationMixin):
         encoder_outputs: RSCoCaVisionOutput | tuple | None = None,
         cache: Cache | None = None,
         use_cache: bool | None = None,
-        return_dict: bool | None = None,
+        **kwargs,
     ) -> RSCoCaOutput:
         r"""Two modes.
 
@@ -641,7 +674,7 @@ class RSCoCaModel(RSCoCaPreTrainedModel, GenerationMixin):
             return encoder_outputs
         if pixel_values is None:
             raise ValueError("Captioning needs pixel_values or encoder_outputs (the vision tower's output).")
-        return self.vision_model(pixel_values)
+        return self.vision_model(pixel_values, return_dict=True)
 
     def _caption_loss(self, logits, input_ids, labels, attention_mask=None) -> torch.Tensor:
         if labels is None:

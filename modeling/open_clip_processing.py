@@ -40,13 +40,10 @@ Example:
 from __future__ import annotations
 
 import gzip
-import html
 from dataclasses import asdict
 from functools import lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING
-
-import ftfy
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTokenizer
@@ -71,32 +68,21 @@ _N_MERGES = 49152 - 256 - 2
 
 
 def clean_text(text: str) -> str:
-    """open_clip's ``basic_clean`` (``ftfy.fix_text`` + double ``html.unescape``), then strip.
+    """open_clip's own ``basic_clean`` (``ftfy.fix_text`` + double ``html.unescape``, then strip).
 
     The tokenizer itself collapses whitespace and lower-cases, so ``tok(clean_text(t))`` gives exactly
     ``open_clip.get_tokenizer(...)([t])`` ids for any text.
     """
-    text = ftfy.fix_text(text)
-    text = html.unescape(html.unescape(text))
-    return text.strip()
+    from open_clip.tokenizer import basic_clean
 
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte ↔ printable unicode table (printable latin-1 bytes map to themselves)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    keep += list(range(ord("®"), ord("ÿ") + 1))
-    codes = keep[:]
-    extra = 0
-    for b in range(256):
-        if b not in keep:
-            keep.append(b)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(keep, map(chr, codes)))
+    return basic_clean(text)
 
 
 @lru_cache(maxsize=1)
 def _vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    # open_clip's byte <-> printable-unicode table: the vocabulary file is written in it
+    from open_clip.tokenizer import bytes_to_unicode
+
     source = resources.files("open_clip").joinpath(_VOCAB_FILE)
     if not source.is_file():
         raise FileNotFoundError(
@@ -106,7 +92,7 @@ def _vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     with source.open("rb") as fh:
         lines = gzip.decompress(fh.read()).decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1 : _N_MERGES + 1]]
-    byte_tokens = list(_bytes_to_unicode().values())
+    byte_tokens = list(bytes_to_unicode().values())
     tokens = byte_tokens + [t + "</w>" for t in byte_tokens] + ["".join(m) for m in merges]
     tokens += [BOS_TOKEN, EOS_TOKEN]
     return {t: i for i, t in enumerate(tokens)}, merges

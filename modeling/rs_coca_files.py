@@ -8,9 +8,10 @@ Trainer's ``save_model`` and every ``checkpoint-N`` (``hqrs train coca``), ``mer
 ``hqrs push``'s staged folder. The code always comes from this package, never from the folder being copied.
 
 Inside ``hqrs`` the package's own classes load RS-CoCa folders:
-:func:`hqrs.modeling.loading.register_rs_coca_auto_classes` registers them with the transformers auto classes,
+:func:`hqrs.modeling.families.register_auto_classes` registers them with the transformers auto classes,
 so ``AutoModel``/``AutoProcessor`` and ``RSCoCaProcessor.from_pretrained`` use them without running (or asking
-to run) a folder's own code. It lives there, next to the classes, so that this module stays free of torch and
+to run) a folder's own code. The family registry (:data:`hqrs.modeling.families.RS_COCA`) names this module's
+:func:`save_rs_coca_remote_code` as the family's remote-code writer; this module stays free of torch and
 transformers (``hqrs push`` uses it).
 
 Example:

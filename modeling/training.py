@@ -64,10 +64,9 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.utils import ModelOutput
 
+from .families import family_of
 from .loading import KINDS, load_model_and_processor, model_kind
 from .recall import retrieval_metrics as recall_at_k
-from .rs_coca_files import MODEL_TYPE as RS_COCA_MODEL_TYPE
-from .rs_coca_files import save_rs_coca_remote_code
 from .training_data import (
     DataOptions,
     ImageCaptionDataset,
@@ -127,12 +126,6 @@ def refuse_unsafe_pickles(where: str | os.PathLike) -> Iterator[None]:
             f"(nothing in it was run): {first[:300]}. Use checkpoints written by hqrs/transformers, or re-save "
             "the weights as safetensors"
         ) from None
-
-
-def _is_rs_coca(model: Any) -> bool:
-    """An RS-CoCa model, or a peft model wrapping one."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return getattr(getattr(base, "config", None), "model_type", None) == RS_COCA_MODEL_TYPE
 
 
 @dataclass
@@ -280,8 +273,8 @@ class ImageTextTrainer(Trainer):
         Path(output_dir, "training_args.bin").unlink(missing_ok=True)  # a pickle; the JSON below replaces it
         Path(output_dir, "training_args.json").write_text(self.args.to_json_string(), encoding="utf-8")
         record_base_relative_to_adapter(output_dir)  # a LoRA adapter finds its base from anywhere
-        if _is_rs_coca(self.model):  # the output folder and every checkpoint-N load without hqrs
-            save_rs_coca_remote_code(output_dir)
+        # remote-code families (RS-CoCa): the output folder and every checkpoint-N load without hqrs
+        family_of(self.model).write_remote_code(output_dir)
 
 
 class _ImageTextCallback(TrainerCallback):

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .families import LORA_TARGET_MODULES as DEFAULT_LORA_TARGETS
+from .families import family_of
 from .loading import check_local_model, load_model_and_processor, looks_local, model_kind
-from .rs_coca_files import save_rs_coca_remote_code
 
 if TYPE_CHECKING:  # pragma: no cover
     from peft import PeftModel
@@ -38,7 +39,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["DEFAULT_LORA_TARGETS", "LoraArguments", "apply_lora", "merge_lora", "merge_lora_model"]
 
 #: Linear layers that get adapters (transformers' CLIP/RS-CoCa names for attention and MLP projections).
-DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
 
 @dataclass
@@ -216,7 +216,6 @@ def merge_lora(adapter_dir: str | Path, out_dir: str | Path, *, base_model: str 
     merged.save_pretrained(out_dir)
     if processor is not None:
         processor.save_pretrained(out_dir)
-    if kind == "coca":  # the merged folder loads without hqrs, like every RS-CoCa folder hqrs writes
-        save_rs_coca_remote_code(out_dir)
+    family_of(merged).write_remote_code(out_dir)  # loads without hqrs, like every RS-CoCa folder hqrs writes
     logger.info("merged %s into %s -> %s", adapter_dir, base, out_dir)
     return out_dir

@@ -1,10 +1,11 @@
-"""``hqrs convert``: open_clip checkpoints ↔ transformers folders (HQRS-CLIP and RS-CoCa).
+"""``hqrs convert``: open_clip checkpoints ↔ transformers folders (every family of :mod:`hqrs.modeling.families`).
 
 ``hqrs convert open-clip --model-name NAME --checkpoint PATH --out DIR``
     open_clip state dict (``.pt``/``.pth``/``.bin``/``.safetensors``, also open_clip_train's
     ``{"state_dict": ...}`` with ``module.`` prefixes; read with ``weights_only=True``) → a folder
-    that ``from_pretrained`` loads. CLIP ViT names give a transformers ``CLIPModel`` folder;
-    ``coca_*`` names give an RS-CoCa folder (``hqrs.modeling.convert_rs_coca``).
+    that ``from_pretrained`` loads; the registry (:func:`~hqrs.modeling.families.family_of_open_clip`) picks
+    the family: CLIP ViT names give a transformers ``CLIPModel`` folder, ``RN50``/``RN101`` a ResNet-CLIP folder,
+    ``coca_*`` names an RS-CoCa folder; the family's converter writes it.
 
 ``hqrs convert to-open-clip DIR --out PATH [--format safetensors|pt]``
     a converted folder → an open_clip state dict that
@@ -15,7 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 from pathlib import Path
@@ -37,9 +37,6 @@ hqrs convert to-open-clip DIR --out PATH [--format safetensors|pt]
     a converted folder -> an open_clip state dict that
     open_clip.create_model(NAME).load_state_dict(sd, strict=True) accepts; NAME is read from the
     folder's config.json (open_clip_model_name, written by the forward conversion)."""
-
-RS_COCA_MODULE = "hqrs.modeling.convert_rs_coca"
-RS_COCA_MODEL_TYPE = "rs_coca"
 
 
 def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -114,17 +111,6 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     back.set_defaults(func=run_to_open_clip)
 
 
-def _rs_coca_module():
-    try:
-        return importlib.import_module(RS_COCA_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name != RS_COCA_MODULE:
-            raise
-        raise ValueError(
-            f"RS-CoCa conversion needs {RS_COCA_MODULE}, which this hqrs install lacks"
-        ) from None
-
-
 def _check_out_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} exists and is not a folder")
@@ -178,6 +164,7 @@ def register_model_config(path: Path, model_name: str | None) -> str:
 
 
 def run_open_clip(args: argparse.Namespace) -> int:
+    from ..modeling.families import family_of_open_clip
     from ..modeling.key_mapping import load_checkpoint
 
     _check_out_dir(args.out, args.overwrite)
@@ -186,70 +173,23 @@ def run_open_clip(args: argparse.Namespace) -> int:
     elif args.model_name is None:
         raise ValueError("give --model-name (an open_clip architecture) or --model-config (a config JSON)")
     name = args.model_name
-    if _resnet_clip_name(name):  # RN50 / RN101 ...: the ResNet-CLIP remote-code family
-        return _run_open_clip_resnet(args)
-    if not name.startswith("coca_"):
-        from ..modeling.convert_clip import clip_config_from_open_clip
-
-        clip_config_from_open_clip(name)  # unknown / RN50 / unsupported names fail before the file is read
+    family = family_of_open_clip(name)  # ViT CLIP, ModifiedResNet CLIP or CoCa: the registry decides
+    converter = family.load_converter()
+    # unknown / unsupported architectures fail before the (large) checkpoint is read
+    converter.config_from_open_clip(name, force_quick_gelu=args.force_quick_gelu)
     logger.info("reading %s", args.checkpoint)
     state_dict = load_checkpoint(args.checkpoint)
-    if name.startswith("coca_"):
-        if args.force_quick_gelu:
-            raise ValueError("--force-quick-gelu applies to CLIP architectures only, not to coca_* names")
-        coca = _rs_coca_module()
-        model = coca.convert_open_clip_coca(name, state_dict)
-        del state_dict
-        coca.save_hf_coca(model, None, args.out)
-    else:
-        from ..modeling.convert_clip import convert_open_clip_clip, save_hf_clip
-
-        model = convert_open_clip_clip(name, state_dict, force_quick_gelu=args.force_quick_gelu)
-        del state_dict
-        save_hf_clip(model, None, args.out)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(
-        f"wrote {args.out} ({type(model).__name__}, {n_params / 1e6:.1f}M parameters, from open_clip {name})"
-    )
-    return 0
-
-
-# -- ResNet-CLIP (open_clip ModifiedResNet: RN50, RN101, ...) ------------------------------------------------
-RESNET_CLIP_MODEL_TYPE = "resnet_clip"
-
-
-def _resnet_clip_name(name: str) -> bool:
-    from ..modeling.convert_resnet_clip import is_resnet_clip_name
-
-    return is_resnet_clip_name(name)
-
-
-def _run_open_clip_resnet(args: argparse.Namespace) -> int:
-    from ..modeling.convert_resnet_clip import convert_open_clip_resnet_clip, save_hf_resnet_clip
-    from ..modeling.key_mapping import load_checkpoint
-
-    logger.info("reading %s", args.checkpoint)
-    state_dict = load_checkpoint(args.checkpoint)
-    model = convert_open_clip_resnet_clip(args.model_name, state_dict, force_quick_gelu=args.force_quick_gelu)
+    model = converter.to_hf(name, state_dict, force_quick_gelu=args.force_quick_gelu)
     del state_dict
-    save_hf_resnet_clip(model, None, args.out)
+    converter.save_hf(model, None, args.out)
     n_params = sum(p.numel() for p in model.parameters())
+    remote = ", remote code" if family.ships_remote_code else ""
+    load = "; load with trust_remote_code=True" if family.ships_remote_code else ""
     print(
-        f"wrote {args.out} ({type(model).__name__}, remote code, {n_params / 1e6:.1f}M parameters, from open_clip "
-        f"{args.model_name}); load with trust_remote_code=True"
+        f"wrote {args.out} ({type(model).__name__}{remote}, {n_params / 1e6:.1f}M parameters, from open_clip "
+        f"{name}){load}"
     )
     return 0
-
-
-def _resnet_clip_to_open_clip(folder: Path) -> dict:
-    from ..modeling.convert_resnet_clip import resnet_clip_to_open_clip_state_dict
-    from ..modeling.modeling_resnet_clip import ResNetCLIPModel
-
-    # hqrs' own class, not the folder's copy of the code: converting back runs no code from the folder
-    return resnet_clip_to_open_clip_state_dict(ResNetCLIPModel.from_pretrained(folder))
-
-
-# --------------------------------------------------------------------------------------------------------------
 
 
 def _folder_config(folder: Path) -> dict:
@@ -264,28 +204,9 @@ def _folder_config(folder: Path) -> dict:
         raise ValueError(f"{str(config_file)!r} is not valid JSON: {exc}") from None
 
 
-def _save_state_dict(state_dict: dict, out: Path, fmt: str) -> None:
-    import torch
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
-    # safetensors refuses tensors that share storage: give each its own contiguous memory.
-    plain, seen = {}, set()
-    for key, value in state_dict.items():
-        value = value.detach().contiguous()
-        storage = value.untyped_storage().data_ptr()
-        plain[key] = value.clone() if storage in seen else value
-        seen.add(storage)
-    if fmt == "safetensors":
-        from safetensors.torch import save_file
-
-        save_file(plain, str(tmp))
-    else:
-        torch.save(plain, tmp)
-    tmp.replace(out)
-
-
 def run_to_open_clip(args: argparse.Namespace) -> int:
+    from ..modeling.families import FAMILIES, family_for_model_type
+
     folder: Path = args.folder
     if not folder.is_dir():
         raise FileNotFoundError(f"folder {str(folder)!r} does not exist")
@@ -297,32 +218,18 @@ def run_to_open_clip(args: argparse.Namespace) -> int:
     name = config.get("open_clip_model_name")
     if args.model_config is not None:
         register_model_config(args.model_config, name)
-    if model_type == RS_COCA_MODEL_TYPE:
-        coca = _rs_coca_module()
-        from ..modeling.modeling_rs_coca import RSCoCaModel
-
-        # the package's own class: the folder's modeling_rs_coca.py is data here and never runs
-        model = RSCoCaModel.from_pretrained(folder)
-        state_dict = coca.coca_to_open_clip_state_dict(model)
-    elif model_type == RESNET_CLIP_MODEL_TYPE:
-        state_dict = _resnet_clip_to_open_clip(folder)
-    elif model_type == "clip":
-        from transformers import CLIPModel
-
-        from ..modeling.convert_clip import clip_to_open_clip_state_dict
-
-        model = CLIPModel.from_pretrained(folder)
-        state_dict = clip_to_open_clip_state_dict(model)
-    else:
+    try:
+        family = family_for_model_type(model_type)
+    except ValueError:
+        known = ", ".join(f"{f.model_type!r} ({f.display})" for f in FAMILIES)
         raise ValueError(
-            f"{str(folder)!r} holds model_type {model_type!r}; to-open-clip converts 'clip' (HQRS-CLIP), "
-            f"{RESNET_CLIP_MODEL_TYPE!r} (ResNet-CLIP: RN50, RN101) and {RS_COCA_MODEL_TYPE!r} (RS-CoCa) folders"
-        )
-    _save_state_dict(state_dict, args.out, fmt)
+            f"{str(folder)!r} holds model_type {model_type!r}; to-open-clip converts {known} folders"
+        ) from None
+    # hqrs' own class, not the folder's copy of the code: converting back runs no code from the folder
+    model = family.load_model_class().from_pretrained(folder)
+    n_tensors = family.load_converter().save_open_clip(model, args.out, fmt)
     how = f"open_clip.create_model({name!r}" if name else "open_clip.create_model(NAME"
     if config.get("open_clip_force_quick_gelu"):
         how += ", force_quick_gelu=True"
-    print(
-        f"wrote {args.out} ({fmt}, {len(state_dict)} tensors); load with {how}).load_state_dict(sd, strict=True)"
-    )
+    print(f"wrote {args.out} ({fmt}, {n_tensors} tensors); load with {how}).load_state_dict(sd, strict=True)")
     return 0

@@ -30,7 +30,9 @@ def _model_args(
     g = p.add_argument_group("model")
     g.add_argument(flag, dest="model", type=Path, required=required, metavar="DIR", help=help)
     g.add_argument(
-        "--trust-remote-code", action="store_true", help="allow custom model code in the folder (RS-CoCa)"
+        "--trust-remote-code",
+        action="store_true",
+        help="allow the model code in the folder (ResNet-CLIP); RS-CoCa folders load with hqrs' own classes",
     )
     g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
@@ -515,9 +517,9 @@ def _generate_captions(args, entries) -> tuple[dict[str, str], str]:
     from hqrs.evaluation.data import load_image, resolve_images
 
     paths = resolve_images(entries, args.images)
-    from hqrs.modeling.loading import register_rs_coca_auto_classes
+    from hqrs.modeling.families import register_auto_classes
 
-    register_rs_coca_auto_classes()  # RS-CoCa folders load with hqrs' classes, never the folder's code
+    register_auto_classes()  # RS-CoCa folders load with hqrs' classes, never the folder's code
     model = AutoModel.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     if not callable(getattr(model, "generate", None)):
         raise ValueError(f"model in {str(args.model)!r} ({type(model).__name__}) cannot generate captions")

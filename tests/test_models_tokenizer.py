@@ -10,10 +10,10 @@ from __future__ import annotations
 import open_clip
 import pytest
 import torch
+from open_clip.tokenizer import bytes_to_unicode
 from transformers import AutoTokenizer
 
 from hqrs.modeling.open_clip_processing import (
-    _bytes_to_unicode,
     _vocab_and_merges,
     build_tokenizer,
     clean_text,
@@ -53,7 +53,7 @@ def oc_tokenizer():
 
 def _whole_words() -> list[str]:
     """Every ``…</w>`` vocabulary entry as the text it stands for (entries that are not whole UTF-8 are skipped)."""
-    to_byte = {v: k for k, v in _bytes_to_unicode().items()}
+    to_byte = {v: k for k, v in bytes_to_unicode().items()}
     words = []
     for token in _vocab_and_merges()[0]:
         if token.endswith("</w>"):

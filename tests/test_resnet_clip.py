@@ -259,6 +259,21 @@ def test_wrong_image_size_is_a_clear_error(hf_tiny):
         hf_tiny.get_text_features(input_ids=torch.tensor([[49406, 320, 49407], [49406, 320, 321]]))
 
 
+def test_return_dict_false_gives_tuples_like_clip(hf_tiny):
+    # transformers 5 contract (CLIPModel): return_dict=False -> (last_hidden_state, pooler_output) / CLIPOutput tuple
+    pixels = torch.randn(2, 3, 64, 64)
+    ids = torch.tensor([[49406, 320, 49407, 0], [49406, 320, 321, 49407]])
+    with torch.no_grad():
+        image, image_tuple = (
+            hf_tiny.get_image_features(pixel_values=pixels, return_dict=r) for r in (True, False)
+        )
+        text, text_tuple = (hf_tiny.get_text_features(input_ids=ids, return_dict=r) for r in (True, False))
+        out, out_tuple = (hf_tiny(pixel_values=pixels, input_ids=ids, return_dict=r) for r in (True, False))
+    assert isinstance(image_tuple, tuple) and torch.equal(image_tuple[1], image.pooler_output)
+    assert isinstance(text_tuple, tuple) and torch.equal(text_tuple[1], text.pooler_output)
+    assert isinstance(out_tuple, tuple) and torch.equal(out_tuple[0], out.logits_per_image)
+
+
 def _run_convert(argv):
     from hqrs.scripts import convert as convert_cli
 

@@ -175,7 +175,38 @@ def test_contrastive_and_caption_parity(oc_tiny, hf_tiny, rs_inputs):
     assert (out.logits[:, :-1] - ref["logits"]).abs().max() <= TOL
     with torch.no_grad():
         features = hf_tiny.get_image_features(pixel_values)
-    assert (features - image_raw).abs().max() <= TOL
+    assert (features.pooler_output - image_raw).abs().max() <= TOL
+
+
+def test_feature_outputs_follow_the_transformers_5_contract(oc_tiny, hf_tiny, rs_inputs):
+    # as CLIPModel in transformers 5: BaseModelOutputWithPooling whose pooler_output is the projected embedding,
+    # and return_dict=False gives the tuple (last_hidden_state, pooler_output)
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    pixel_values, input_ids = rs_inputs["pixel_values"], rs_inputs["input_ids"]
+    mask = rs_inputs["attention_mask"]
+    with torch.no_grad():
+        image = hf_tiny.get_image_features(pixel_values=pixel_values)
+        text = hf_tiny.get_text_features(input_ids=input_ids, attention_mask=mask)
+        image_tuple = hf_tiny.get_image_features(pixel_values=pixel_values, return_dict=False)
+        text_tuple = hf_tiny.get_text_features(input_ids=input_ids, attention_mask=mask, return_dict=False)
+        out_tuple = hf_tiny(**rs_inputs, return_dict=False)
+        out = hf_tiny(**rs_inputs)
+        image_ref = oc_tiny.encode_image(pixel_values, normalize=False)
+        text_ref = oc_tiny.encode_text(input_ids, normalize=False)
+    assert type(image) is BaseModelOutputWithPooling and type(text) is BaseModelOutputWithPooling
+    assert image.pooler_output.shape == text.pooler_output.shape == (4, hf_tiny.config.projection_dim)
+    assert (image.pooler_output - image_ref).abs().max() <= TOL
+    assert (text.pooler_output - text_ref).abs().max() <= TOL
+    n_patches = (hf_tiny.config.vision_config.image_size // hf_tiny.config.vision_config.patch_size) ** 2
+    assert image.last_hidden_state.shape == (4, 1 + n_patches, hf_tiny.config.vision_config.hidden_size)
+    assert text.last_hidden_state.shape == (4, input_ids.shape[1] + 1, hf_tiny.config.text_config.hidden_size)
+    assert isinstance(image_tuple, tuple) and torch.equal(image_tuple[1], image.pooler_output)
+    assert isinstance(text_tuple, tuple) and torch.equal(text_tuple[1], text.pooler_output)
+    assert isinstance(out_tuple, tuple) and torch.equal(out_tuple[0], out.loss)
+    # the normalised forward embeddings are the normalised features
+    assert torch.allclose(out.image_embeds, torch.nn.functional.normalize(image.pooler_output, dim=-1))
+    assert torch.allclose(out.text_embeds, torch.nn.functional.normalize(text.pooler_output, dim=-1))
 
 
 def test_coca_loss_matches_open_clip_trainer_loss(oc_tiny, hf_tiny, rs_inputs):
