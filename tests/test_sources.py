@@ -260,6 +260,24 @@ def test_karpathy_malformed(tmp_path):
     assert sorted(i["kind"] for i in report.items) == ["image", "row", "row"]
 
 
+@pytest.mark.parametrize("kind", ["coco", "karpathy"])
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ("{not json", "JSONDecodeError"),
+        ("[" * 100_000, "RecursionError"),  # before: a RecursionError escaped the reader
+        ("null", "the top level is a NoneType, not an object"),
+        ('[{"images": []}]', "the top level is a list, not an object"),
+    ],
+)
+def test_json_annotation_file_that_is_not_an_object_is_one_file_skip(tmp_path, kind, text, why):
+    (tmp_path / "a.json").write_text(text)
+    recs, report = _records(f"{kind}:{tmp_path}/a.json")
+    assert recs == [] and [i["kind"] for i in report.items] == ["file"]
+    assert "malformed" in report.items[0]["reason"] and why in report.items[0]["reason"]
+    assert report.items[0]["file"].endswith("a.json")
+
+
 def test_splits_option_reads_only_those_splits(tmp_path):
     """`splits=test` (a contamination set): other splits' images are not opened or reported."""
     _png(tmp_path / "images/t.png")

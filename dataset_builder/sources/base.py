@@ -31,6 +31,7 @@ Contract of a format (one module per format, e.g. :mod:`.dota`):
 from __future__ import annotations
 
 import copy
+import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
@@ -369,6 +370,35 @@ class Source:
         except (OSError, UnicodeDecodeError) as exc:
             self.skip(report, path, f"cannot read annotation file ({exc})", kind="file")
             return None
+
+    def read_json_object(self, report: SkipReport, path: Path, what: str = "JSON") -> dict[str, Any] | None:
+        """The JSON object (a dict) an annotation file holds, or ``None`` after a ``file`` skip: unreadable or
+        not UTF-8 (:meth:`read_text`), not JSON, or JSON whose top level is not an object (reason
+        ``malformed {what} (...)``, e.g. ``what="COCO JSON"``)."""
+        text = self.read_text(report, path)
+        if text is None:
+            return None
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise TypeError(f"the top level is a {type(data).__name__}, not an object")
+        except (json.JSONDecodeError, RecursionError, TypeError) as exc:  # RecursionError: nested too deep
+            self.skip(report, path, f"malformed {what} ({type(exc).__name__}: {exc})", kind="file")
+            return None
+        return data
+
+    def image_file(self, report: SkipReport, file: Path) -> bool:
+        """Whether ``file`` (a directory entry) is an image file to read. A dangling or looping symbolic
+        link and a file without an image extension are skips with the reason (counted, not dropped unseen);
+        anything else that is not a file (a folder) is passed over."""
+        if not file.is_file():
+            if file.is_symlink():
+                self.skip(report, file, f"image not found ({why_missing(file)})")
+            return False
+        if file.suffix.lower() not in IMAGE_EXTENSIONS:
+            self.skip(report, file, f"not an image file extension ({file.suffix or 'none'})")
+            return False
+        return True
 
     def make_object(
         self,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,13 +25,10 @@ class CocoSource(Source):
     Options = CocoOptions
 
     def read(self, report: SkipReport) -> Iterator[AnnotatedImage]:
-        text = self.read_text(report, self.path)
-        if text is None:
+        data = self.read_json_object(report, self.path, "COCO JSON")
+        if data is None:
             return
         try:
-            data = json.loads(text)
-            if not isinstance(data, dict):
-                raise TypeError(f"the top level is a {type(data).__name__}, not an object")
             images, annotations = data["images"], data.get("annotations", [])
             for key, value in (("images", images), ("annotations", annotations)):
                 if not isinstance(value, list):
@@ -44,7 +40,7 @@ class CocoSource(Source):
                 if not isinstance(c, dict) or not _is_id(c.get("id")) or not isinstance(c.get("name"), str):
                     raise TypeError(f"category {c!r} needs an integer 'id' and a 'name' string"[:300])
                 categories[int(c["id"])] = c["name"]
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             self.skip(report, self.path, f"malformed COCO JSON ({type(exc).__name__}: {exc})", kind="file")
             return
         by_image: dict[Any, list[ObjectAnnotation]] = {}

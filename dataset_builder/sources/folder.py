@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .base import AnnotatedImage, SkipReport, Source, why_missing
-from .images import IMAGE_EXTENSIONS
 
 
 class FolderSource(Source):
@@ -31,12 +30,7 @@ class FolderSource(Source):
             for file in sorted(class_dir.rglob("*")):
                 if file.name.startswith("."):
                     continue
-                if not file.is_file():
-                    if file.is_symlink():  # dangling or looping: counted, not dropped unseen
-                        self.skip(report, file, f"image not found ({why_missing(file)})")
-                    continue
-                if file.suffix.lower() not in IMAGE_EXTENSIONS:
-                    self.skip(report, file, f"not an image file extension ({file.suffix or 'none'})")
+                if not self.image_file(report, file):
                     continue
                 yield from self.emit(
                     report,

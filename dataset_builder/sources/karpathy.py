@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,15 +32,10 @@ class KarpathySource(Source):
     Options = KarpathyOptions
 
     def read(self, report: SkipReport) -> Iterator[AnnotatedImage]:
-        text = self.read_text(report, self.path)
-        if text is None:
+        data = self.read_json_object(report, self.path)
+        if data is None:
             return
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            self.skip(report, self.path, f"malformed JSON ({exc})", kind="file")
-            return
-        entries = data.get("images") if isinstance(data, dict) else None
+        entries = data.get("images")
         if not isinstance(entries, list):
             self.skip(
                 report,

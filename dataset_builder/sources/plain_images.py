@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from .base import AnnotatedImage, SkipReport, Source, why_missing
-from .images import IMAGE_EXTENSIONS
+from .base import AnnotatedImage, SkipReport, Source
 
 
 class ImagesSource(Source):
@@ -22,11 +21,6 @@ class ImagesSource(Source):
         if not self.path.is_dir():
             raise ValueError(f"images source: PATH {str(self.path)!r} must be a directory of image files")
         for file in sorted(p for p in self.path.iterdir() if not p.name.startswith(".")):
-            if not file.is_file():
-                if file.is_symlink():  # dangling or looping: counted, not dropped unseen
-                    self.skip(report, file, f"image not found ({why_missing(file)})")
-                continue
-            if file.suffix.lower() not in IMAGE_EXTENSIONS:
-                self.skip(report, file, f"not an image file extension ({file.suffix or 'none'})")
+            if not self.image_file(report, file):
                 continue
             yield from self.emit(report, file, meta={"file": file.name})
