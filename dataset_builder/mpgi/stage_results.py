@@ -141,13 +141,13 @@ class StageInput:
 
 
 @dataclass
-class GenerationResult:
-    """The outcome of one generation stage (every generator of one backend) for one image.
+class StageOutcome:
+    """What every stage result has: ``status``, ``error`` and (keyword-only) ``usage``, ``counters``,
+    ``seconds``; :class:`GenerationResult` and :class:`IntegrationResult` add their own payload.
 
     Attributes:
-        status: ``"ok"`` or ``"failed"`` (a failed stage keeps the perspectives that succeeded).
+        status: ``"ok"`` or ``"failed"``.
         error: why it failed (``None`` when ok).
-        perspectives: the generated descriptions, with their generator, model and prompt id.
         usage: ``prompt_tokens`` / ``completion_tokens``.
         counters: requests, retries, errors and rejected answers by kind.
         seconds: the stage's time for this image (``None`` where not measured).
@@ -155,88 +155,85 @@ class GenerationResult:
 
     status: str
     error: str | None = None
-    perspectives: list[Perspective] = field(default_factory=list)
-    usage: dict[str, int] = field(default_factory=dict)
-    counters: dict[str, int] = field(default_factory=dict)
-    seconds: float | None = None
+    usage: dict[str, int] = field(default_factory=dict, kw_only=True)
+    counters: dict[str, int] = field(default_factory=dict, kw_only=True)
+    seconds: float | None = field(default=None, kw_only=True)
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
 
-    def to_metadata(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "status": self.status,
-            "error": self.error,
-            "perspectives": [perspective_to_metadata(p) for p in self.perspectives],
-            "usage": dict(self.usage),
-            "counters": dict(self.counters),
-        }
+    def _metadata(self, payload: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The stored layout: status, error, ``payload``, usage, counters, ``extra``, seconds (if measured)."""
+        out: dict[str, Any] = {"status": self.status, "error": self.error, **payload}
+        out["usage"] = dict(self.usage)
+        out["counters"] = dict(self.counters)
+        out.update(extra or {})
         if self.seconds is not None:
             out["seconds"] = self.seconds
         return out
+
+    @staticmethod
+    def _common_fields(data: dict[str, Any]) -> dict[str, Any]:
+        """The :class:`StageOutcome` fields of stored ``data`` (a missing status reads as failed)."""
+        return {
+            "status": data.get("status", "failed"),
+            "error": data.get("error"),
+            "usage": _counts(data.get("usage")),
+            "counters": _counts(data.get("counters")),
+            "seconds": data.get("seconds"),
+        }
+
+
+@dataclass
+class GenerationResult(StageOutcome):
+    """The outcome of one generation stage (every generator of one backend) for one image.
+
+    Attributes:
+        status, error, usage, counters, seconds: see :class:`StageOutcome` (a failed stage keeps the
+            perspectives that succeeded).
+        perspectives: the generated descriptions, with their generator, model and prompt id.
+    """
+
+    perspectives: list[Perspective] = field(default_factory=list)
+
+    def to_metadata(self) -> dict[str, Any]:
+        return self._metadata({"perspectives": [perspective_to_metadata(p) for p in self.perspectives]})
 
     @classmethod
     def from_metadata(cls, data: dict[str, Any]) -> GenerationResult:
         return cls(
-            status=data.get("status", "failed"),
-            error=data.get("error"),
+            **cls._common_fields(data),
             perspectives=[perspective_from_metadata(p) for p in data.get("perspectives") or []],
-            usage=_counts(data.get("usage")),
-            counters=_counts(data.get("counters")),
-            seconds=data.get("seconds"),
         )
 
 
 @dataclass
-class IntegrationResult:
+class IntegrationResult(StageOutcome):
     """The outcome of the integration stage for one image.
 
     Attributes:
-        status: ``"ok"`` or ``"failed"``.
-        error: why it failed (``None`` when ok).
+        status, error, usage, counters, seconds: see :class:`StageOutcome`.
         captions: the final captions with their sources (``Perspective.generator`` names); empty unless ok.
-        usage, counters: as in :class:`GenerationResult`.
         stats: repairs, regenerations and captions rejected/dropped by the length and fact filters
             (``None`` where the integrator keeps none, e.g. the template integrator).
-        seconds: the stage's time for this image (``None`` where not measured).
     """
 
-    status: str
-    error: str | None = None
     captions: list[Caption] = field(default_factory=list)
-    usage: dict[str, int] = field(default_factory=dict)
-    counters: dict[str, int] = field(default_factory=dict)
     stats: dict[str, int] | None = None
-    seconds: float | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
 
     def to_metadata(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"status": self.status, "error": self.error}
-        if self.ok:
-            out["captions"] = [caption_to_metadata(c) for c in self.captions]
-        out["usage"] = dict(self.usage)
-        out["counters"] = dict(self.counters)
-        if self.stats is not None:
-            out["stats"] = dict(self.stats)
-        if self.seconds is not None:
-            out["seconds"] = self.seconds
-        return out
+        captions = {"captions": [caption_to_metadata(c) for c in self.captions]} if self.ok else {}
+        stats = {"stats": dict(self.stats)} if self.stats is not None else {}
+        return self._metadata(captions, stats)
 
     @classmethod
     def from_metadata(cls, data: dict[str, Any]) -> IntegrationResult:
         stats = data.get("stats")
         return cls(
-            status=data.get("status", "failed"),
-            error=data.get("error"),
+            **cls._common_fields(data),
             captions=[caption_from_metadata(c) for c in data.get("captions") or []],
-            usage=_counts(data.get("usage")),
-            counters=_counts(data.get("counters")),
             stats=_counts(stats) if stats is not None else None,
-            seconds=data.get("seconds"),
         )
 
 
