@@ -46,7 +46,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -56,6 +55,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
+
+from hqrs.dataset_builder.io import load_json_utf8
 
 Polygon = Sequence[Sequence[float]]  # [[x, y], ...] in pixels (x = column, y = row)
 
@@ -252,10 +253,7 @@ def load_air_slt(root: str | Path) -> SeLoDataset:
             f"{str(root)!r} is not an AIR-SLT folder: {str(anno)!r} is missing (expected "
             "annotations/anno.json and imgs/ as in the public AIR-SLT release)"
         )
-    try:
-        data = json.loads(anno.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{str(anno)!r} is not valid UTF-8 JSON: {exc}") from None
+    data = load_json_utf8(anno, "AIR-SLT annotation")
     if not isinstance(data, list) or not data:
         raise ValueError(f"{str(anno)!r} must hold a non-empty JSON list of samples")
     out = SeLoDataset(root)

@@ -26,12 +26,13 @@ Example:
 from __future__ import annotations
 
 import importlib
-import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from hqrs.dataset_builder.io import load_json_utf8
 
 from .rs_coca_files import REMOTE_CODE_FILES as RS_COCA_REMOTE_FILES
 from .rs_coca_files import save_rs_coca_remote_code
@@ -83,8 +84,9 @@ class ModelFamily:
         converter: ``"module:attribute"`` of its :class:`~hqrs.modeling.conversion.OpenClipConverter`.
         open_clip_tower: which open_clip architectures map to it: ``"vit"`` (ViT CLIP), ``"modified_resnet"``
             (RN50-style CLIP) or ``"coca"`` (a config with ``multimodal_cfg``).
-        lora_target_modules: module names LoRA adapts (suffix match, as in peft).
         card: the model-card facts.
+        lora_target_modules: module names LoRA adapts (suffix match, as in peft; default
+            :data:`LORA_TARGET_MODULES`, the attention and MLP projections every family names alike).
         remote_files: code files every saved folder ships (empty: plain transformers).
         remote_code_writer: writes those files and the ``auto_map`` into a saved folder; ``None`` when
             ``save_pretrained`` does it itself (classes registered with ``register_for_auto_class``) or there is
@@ -104,8 +106,8 @@ class ModelFamily:
     processor_class: str
     converter: str
     open_clip_tower: str
-    lora_target_modules: tuple[str, ...]
     card: CardFacts
+    lora_target_modules: tuple[str, ...] = LORA_TARGET_MODULES
     remote_files: tuple[str, ...] = ()
     remote_code_writer: Callable[[str | os.PathLike], Any] | None = None
     auto_classes: tuple[str, ...] = ()
@@ -174,7 +176,6 @@ HQRS_CLIP = ModelFamily(
     processor_class="transformers:CLIPProcessor",
     converter="hqrs.modeling.convert_clip:CONVERTER",
     open_clip_tower="vit",
-    lora_target_modules=LORA_TARGET_MODULES,
     card=CardFacts(
         pipeline_tag="zero-shot-image-classification",
         architecture="CLIP (transformers `CLIPModel`): ViT image encoder, causal text encoder, contrastive heads",
@@ -200,7 +201,6 @@ RESNET_CLIP = ModelFamily(
     processor_class="hqrs.modeling.processing_resnet_clip:ResNetCLIPProcessor",
     converter="hqrs.modeling.convert_resnet_clip:CONVERTER",
     open_clip_tower="modified_resnet",
-    lora_target_modules=LORA_TARGET_MODULES,
     card=CardFacts(
         pipeline_tag="zero-shot-image-classification",
         architecture=(
@@ -229,7 +229,6 @@ RS_COCA = ModelFamily(
     processor_class="hqrs.modeling.processing_rs_coca:RSCoCaProcessor",
     converter="hqrs.modeling.convert_rs_coca:CONVERTER",
     open_clip_tower="coca",
-    lora_target_modules=LORA_TARGET_MODULES,
     card=CardFacts(
         pipeline_tag="image-text-to-text",
         architecture=(
@@ -309,10 +308,7 @@ def _folder_model_type(folder: Path) -> str | None:
             f"{str(folder)!r} has no config.json; give a model folder written by save_pretrained (e.g. by "
             "`hqrs convert`)"
         )
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{str(config_file)!r} is not valid JSON: {exc}") from None
+    config = load_json_utf8(config_file, "model config")
     if not isinstance(config, dict):
         raise ValueError(f"{str(config_file)!r} holds a JSON {type(config).__name__}, expected an object")
     return config.get("model_type")

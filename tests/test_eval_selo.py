@@ -166,7 +166,7 @@ def test_eval_selo_cli_writes_hqrs_eval_results(rs_real, tmp_path, capsys):
     "mutate, message",
     [
         (lambda r: (r / "annotations" / "anno.json").unlink(), "is not an AIR-SLT folder"),
-        (lambda r: (r / "annotations" / "anno.json").write_text("{oops"), "is not valid UTF-8 JSON"),
+        (lambda r: (r / "annotations" / "anno.json").write_text("{oops"), "anno.json' is not valid JSON"),
         (lambda r: (r / "annotations" / "anno.json").write_text("{}"), "non-empty JSON list"),
         (lambda r: _edit(r, 1, caption=" "), "entry 1: 'caption' must be a non-empty string"),
         (lambda r: _edit(r, 0, jpg_name="../0.png"), "entry 0: 'jpg_name' must be a file name"),
