@@ -31,10 +31,6 @@ def build_model(out: Path) -> Path:
     return out
 
 
-def _feat(out):
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
 def baseline_zeroshot(model, proc, data, templates, classnames, bs):
     from torch.utils.data import DataLoader
 
@@ -46,7 +42,7 @@ def baseline_zeroshot(model, proc, data, templates, classnames, bs):
             tok = proc.tokenizer(
                 [t.format(c) for t in templates], padding="max_length", max_length=77, return_tensors="pt"
             )
-            e = torch.nn.functional.normalize(_feat(model.get_text_features(**tok)), dim=-1).mean(0)
+            e = torch.nn.functional.normalize(model.get_text_features(**tok).pooler_output, dim=-1).mean(0)
             weights.append(e / e.norm())
         w = torch.stack(weights, dim=1)
         ds = [
@@ -55,7 +51,7 @@ def baseline_zeroshot(model, proc, data, templates, classnames, bs):
         ]
         preds = []
         for x, _ in DataLoader(ds, batch_size=bs):
-            f = torch.nn.functional.normalize(_feat(model.get_image_features(pixel_values=x)), dim=-1)
+            f = torch.nn.functional.normalize(model.get_image_features(pixel_values=x).pooler_output, dim=-1)
             preds.append((100 * f @ w).argmax(1))
     pred = torch.cat(preds)
     return (pred == torch.tensor(data.labels)).float().mean().item() * 100
@@ -78,9 +74,11 @@ def baseline_retrieval(model, proc, paths, captions, bs):
             t2i += [s + i for i, caps in enumerate(captions[s : s + bs]) for _ in caps]
             tok = proc.tokenizer(texts, padding="max_length", max_length=77, return_tensors="pt")
             img_emb.append(
-                torch.nn.functional.normalize(_feat(model.get_image_features(pixel_values=x)), dim=-1)
+                torch.nn.functional.normalize(model.get_image_features(pixel_values=x).pooler_output, dim=-1)
             )
-            txt_emb.append(torch.nn.functional.normalize(_feat(model.get_text_features(**tok)), dim=-1))
+            txt_emb.append(
+                torch.nn.functional.normalize(model.get_text_features(**tok).pooler_output, dim=-1)
+            )
     return retrieval_metrics(torch.cat(img_emb), torch.cat(txt_emb), t2i)
 
 
