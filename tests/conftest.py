@@ -50,3 +50,17 @@ def rs_real() -> Path:
     if not (RS_REAL / "SOURCES.md").is_file():
         pytest.skip(f"real RS samples not found at {RS_REAL} (set HQRS_RS_REAL to their folder)")
     return RS_REAL
+
+
+@pytest.fixture
+def loopback_and_unix_sockets():
+    """pytest-socket's loopback-only rule widened to every loopback host the MpGI tests serve on
+    (``127.0.0.2`` is the "remote" host that takes the OpenAI-client path) plus unix sockets: datatrove's
+    ``LocalPipelineExecutor`` always starts a ``multiprocess.Manager`` (an AF_UNIX socket, local by nature).
+
+    Use it with ``pytestmark = pytest.mark.usefixtures("loopback_and_unix_sockets")``.
+    """
+    from pytest_socket import socket_allow_hosts
+
+    socket_allow_hosts(["127.0.0.1", "127.0.0.2", "::1"], allow_unix_socket=True)
+    yield

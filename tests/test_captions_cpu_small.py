@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -29,6 +27,7 @@ import pytest
 from hqrs.dataset_builder.mpgi import iter_results
 from hqrs.dataset_builder.mpgi.local_models import LOCAL_MODELS, ModelPrepareError, prepare_model
 from hqrs.scripts.cli import main as hqrs_main
+from tests.mpgi_fixtures import transformers_serve
 
 pytest.importorskip("uvicorn", reason="transformers serve needs transformers[serving] (fastapi, uvicorn)")
 pytest.importorskip("gguf", reason="reading the SmolLM2 GGUF needs the gguf package")
@@ -46,14 +45,6 @@ def _subset(src: Path, names: list[str], out: Path) -> Path:
     return out
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def smollm2_dir(tmp_path_factory) -> Path:
     wheel = os.environ.get("HQRS_SMOLLM2_WHEEL")
@@ -66,51 +57,12 @@ def smollm2_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "warning"}
     code = "import sys; from transformers.cli.transformers import main; sys.argv[0] = 'transformers'; sys.exit(main())"
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                code,
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--device",
-                "cpu",
-            ],
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"transformers serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/v1/models", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"transformers serve not ready after 300 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+    with transformers_serve(log, [sys.executable, "-c", code], env) as (url, wait_ready):
+        wait_ready(300)
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.slow

@@ -10,98 +10,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from hqrs.dataset_builder.mpgi import iter_results, load_recipe, run_mpgi, run_status
 from hqrs.dataset_builder.mpgi.loopback import LoopbackServer, echo_responder, prompt_text
 from hqrs.dataset_builder.mpgi.recipe import recipe_from_dict
-from hqrs.dataset_builder.records import ImageRecord, ObjectAnnotation
+from tests.mpgi_fixtures import index_images, loop_recipe, make_records, site_of
 
-
-@pytest.fixture(autouse=True)
-def _loopback_and_unix_sockets():
-    """datatrove's LocalPipelineExecutor always starts a ``multiprocess.Manager`` (an AF_UNIX socket):
-    keep pytest-socket's loopback-only rule but also allow unix sockets (local by nature)."""
-    from pytest_socket import socket_allow_hosts
-
-    socket_allow_hosts(["127.0.0.1", "::1"], allow_unix_socket=True)
-    yield
-
-
-def make_records(folder: Path, n: int) -> list[ImageRecord]:
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for i in range(n):
-        path = folder / f"img{i}.png"
-        Image.new("RGB", (32, 24), (37 * i % 256, 90, 160)).save(path)
-        objects = [ObjectAnnotation("ship", bbox=(1 + j, 1, 6 + j, 5)) for j in range(1 + i % 3)]
-        out.append(
-            ImageRecord(
-                image_id=f"{i:016x}",
-                image=str(path),
-                source="test",
-                width=32,
-                height=24,
-                gsd=0.5,
-                labels=[f"site{i}"],
-                objects=objects,
-                exhaustive_classes=["ship", "plane"],
-            )
-        )
-    return out
-
-
-def loop_recipe(url: str, **backend) -> dict:
-    return {
-        "name": "loop",
-        "backends": {
-            "m": {
-                "server": "endpoint",
-                "endpoint_url": url,
-                "model": "loopback",
-                "request_timeout": 1.0,
-                "retries": 2,
-                "retry_backoff": 0.01,
-                "server_ready_attempts": 5,
-                "server_ready_delay": 0.2,
-                **backend,
-            }
-        },
-        "generators": [
-            {"name": "relay", "backend": "m", "perspective": "relay", "relay_rules": True},
-            {"name": "scene", "backend": "m", "perspective": "scene", "n": 2},
-        ],
-        "integrator": {"backend": "m", "max_repairs": 1, "fact_filter": "regenerate", "max_regenerations": 1},
-    }
-
-
-def site_of(payload: dict) -> int | None:
-    """Which record a request is about: the relay and integration prompts name 'site<i>'; the scene
-    prompt only carries the image, so those map through the image data URL."""
-    import re
-
-    m = re.search(r"The scene is site(\d+)\.", prompt_text(payload))
-    if m:
-        return int(m.group(1))
-    for message in payload["messages"]:
-        if isinstance(message["content"], list):
-            url = message["content"][0]["image_url"]["url"]
-            return IMAGE_URLS.get(url)
-    return None
-
-
-IMAGE_URLS: dict[str, int] = {}
-
-
-def index_images(records):
-    from hqrs.dataset_builder.mpgi.prompts import image_data_url
-
-    IMAGE_URLS.clear()
-    for i, r in enumerate(records):
-        IMAGE_URLS[image_data_url(r.image)] = i
+pytestmark = pytest.mark.usefixtures("loopback_and_unix_sockets")
 
 
 def test_offline_recipe_runs_without_server(tmp_path):
@@ -286,9 +203,6 @@ def test_endpoint_url_root_or_v1(tmp_path, monkeypatch, host, suffix):
     """``endpoint_url`` may be the server root or its ``/v1`` base URL. 127.0.0.1 goes through datatrove's
     raw HTTP helper; any other host (127.0.0.2, still loopback) through the OpenAI client, which gets
     the API key from the environment variable the recipe names."""
-    from pytest_socket import socket_allow_hosts
-
-    socket_allow_hosts(["127.0.0.1", "127.0.0.2", "::1"], allow_unix_socket=True)
     monkeypatch.setenv("HQRS_TEST_ENDPOINT_KEY", "sk-test-123")
     records = make_records(tmp_path / "img", 3)
     with LoopbackServer(host=host) as server:
@@ -304,9 +218,6 @@ def test_endpoint_url_root_or_v1(tmp_path, monkeypatch, host, suffix):
 
 
 def test_endpoint_api_key_env_missing_is_reported(tmp_path, monkeypatch):
-    from pytest_socket import socket_allow_hosts
-
-    socket_allow_hosts(["127.0.0.1", "127.0.0.2", "::1"], allow_unix_socket=True)
     monkeypatch.delenv("HQRS_TEST_ENDPOINT_KEY", raising=False)
     records = make_records(tmp_path / "img", 1)
     with LoopbackServer(host="127.0.0.2") as server:

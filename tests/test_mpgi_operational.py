@@ -17,15 +17,9 @@ from hqrs.dataset_builder.mpgi.engine import MpGIRunError
 from hqrs.dataset_builder.mpgi.loopback import LoopbackServer, prompt_text
 from hqrs.dataset_builder.mpgi.recipe import recipe_from_dict
 from hqrs.dataset_builder.parallel import ExecutorConfigError
-from tests.test_mpgi_engine import index_images, loop_recipe, make_records, site_of
+from tests.mpgi_fixtures import index_images, loop_recipe, make_records, mpgi_run_argv, site_of
 
-
-@pytest.fixture(autouse=True)
-def _loopback_and_unix_sockets():
-    from pytest_socket import socket_allow_hosts
-
-    socket_allow_hosts(["127.0.0.1", "127.0.0.2", "::1"], allow_unix_socket=True)
-    yield
+pytestmark = pytest.mark.usefixtures("loopback_and_unix_sockets")
 
 
 def gen_only(url: str, **backend) -> dict:
@@ -67,16 +61,7 @@ def test_server_dying_mid_run_stops_the_stage_fast_and_leaves_records_pending(tm
     make_records(tmp_path / "img", 40)
     server = LoopbackServer(latency=0.05).__enter__()
     recipe = write_recipe(tmp_path / "r.json", gen_only(server.url, request_timeout=20, max_concurrent=4))
-    args = [
-        "mpgi",
-        "run",
-        "--recipe",
-        str(recipe),
-        "--source",
-        str(tmp_path / "img"),
-        "--out",
-        str(tmp_path / "run"),
-    ]
+    args = mpgi_run_argv(recipe, tmp_path / "img", tmp_path / "run")
     proc = subprocess.Popen(
         [sys.executable, "-m", "hqrs.scripts.cli", *args, "--no-progress"],
         stdout=subprocess.PIPE,
@@ -116,16 +101,7 @@ def test_server_dying_mid_run_stops_the_stage_fast_and_leaves_records_pending(tm
 def test_absent_server_is_one_line_before_anything_runs(tmp_path):
     make_records(tmp_path / "img", 3)
     recipe = write_recipe(tmp_path / "r.yaml", gen_only("http://127.0.0.1:9"))
-    out = cli(
-        "mpgi",
-        "run",
-        "--recipe",
-        str(recipe),
-        "--source",
-        str(tmp_path / "img"),
-        "--out",
-        str(tmp_path / "run"),
-    )
+    out = cli(*mpgi_run_argv(recipe, tmp_path / "img", tmp_path / "run"))
     assert out.returncode == 1
     line = assert_one_error_line(out.stderr)
     assert "http://127.0.0.1:9" in line and "not reachable" in line and "is the server running?" in line
@@ -155,16 +131,7 @@ def test_server_that_never_becomes_ready_is_one_line(tmp_path):
         recipe = write_recipe(
             tmp_path / "r.json", gen_only(url, server_ready_attempts=2, server_ready_delay=0.2)
         )
-        out = cli(
-            "mpgi",
-            "run",
-            "--recipe",
-            str(recipe),
-            "--source",
-            str(tmp_path / "img"),
-            "--out",
-            str(tmp_path / "run"),
-        )
+        out = cli(*mpgi_run_argv(recipe, tmp_path / "img", tmp_path / "run"))
     finally:
         httpd.shutdown()
     assert out.returncode == 1
@@ -232,18 +199,7 @@ def test_missing_optional_backends_are_one_line_before_the_pass(tmp_path, server
         "generators": [{"name": "g", "backend": "m", "perspective": "scene"}],
     }
     recipe = write_recipe(tmp_path / "r.yaml", data)
-    out = cli(
-        "mpgi",
-        "run",
-        "--recipe",
-        str(recipe),
-        "--source",
-        str(tmp_path / "img"),
-        "--out",
-        str(tmp_path / "run"),
-        "--executor",
-        executor,
-    )
+    out = cli(*mpgi_run_argv(recipe, tmp_path / "img", tmp_path / "run", "--executor", executor))
     line = assert_one_error_line(out.stderr)
     assert out.returncode == 1 and f"pip install {missing}" in line
     assert not (tmp_path / "run").exists()
@@ -481,25 +437,11 @@ def test_kill9_during_a_stage_leaves_no_orphans(tmp_path):
     make_records(tmp_path / "img", 6)
     with LoopbackServer(hold_after=2) as server:
         recipe = write_recipe(tmp_path / "r.json", gen_only(server.url, request_timeout=60))
+        argv = mpgi_run_argv(
+            recipe, tmp_path / "img", tmp_path / "run", "--workers", "2", "--tasks", "2", "-q"
+        )
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "hqrs.scripts.cli",
-                "mpgi",
-                "run",
-                "--recipe",
-                str(recipe),
-                "--source",
-                str(tmp_path / "img"),
-                "--out",
-                str(tmp_path / "run"),
-                "--workers",
-                "2",
-                "--tasks",
-                "2",
-                "-q",
-            ],
+            [sys.executable, "-m", "hqrs.scripts.cli", *argv],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -22,10 +22,7 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -36,6 +33,7 @@ from hqrs.dataset_builder.mpgi.prompts import chat_payload, image_data_url, rend
 from hqrs.dataset_builder.mpgi.recipe import recipe_from_dict
 from hqrs.dataset_builder.rules import rule_facts
 from hqrs.dataset_builder.sources import SkipReport, load_source
+from tests.mpgi_fixtures import transformers_serve
 
 pytest.importorskip("uvicorn", reason="transformers serve needs transformers[serving] (fastapi, uvicorn)")
 pytest.importorskip("fastapi", reason="transformers serve needs transformers[serving] (fastapi, uvicorn)")
@@ -166,12 +164,6 @@ def build_tiny_vlm(folder: Path) -> Path:
     return _save(LlavaForConditionalGeneration(config), processor, tokenizer, folder)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post_json(url: str, payload: dict, timeout: float = 120) -> dict:
     request = urllib.request.Request(
         url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
@@ -191,54 +183,26 @@ def served_model(tmp_path_factory):
         "llm": root / "tiny-qwen2",
         "vlm": root / "tiny-llava",
     }  # loaded at the first request naming them
-    port = _free_port()
     log_path = root / "serve.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "warning"}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [
-                exe,
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "info",
-                "--device",
-                "cpu",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
+    with transformers_serve(log_path, [exe], env, "--log-level", "info") as (url, wait_ready):
         build_tiny_chat_model(models["llm"])  # while the server starts
         build_tiny_vlm(models["vlm"])
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"transformers serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}"
-                )
-            try:
-                with urllib.request.urlopen(f"{url}/v1/models", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"transformers serve not ready after 240 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_ready(240)
         yield models, url, log_path
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+
+
+def _prompt(generator, recipe, result, record) -> str:
+    """The prompt the engine sent ``generator`` for ``record`` (rendered again from the same inputs)."""
+    return render(
+        generator.prompt,
+        recipe,
+        perspective=generator.perspective,
+        relay_rules=generator.relay_rules,
+        rule_text=result.rule_text,
+        record=json.loads(json.dumps(record.to_dict())),
+        facts=json.loads(json.dumps(rule_facts(record).to_dict())),
+    )
 
 
 def _served_chat_requests(log_path: Path) -> int:
@@ -297,30 +261,14 @@ def test_cpu_tiny_recipe_through_transformers_serve(served_model, rs_real, tmp_p
         assert (relay.model, scene.model) == (str(model_dir), str(vlm_dir))
         assert relay.prompt_id.startswith("perspective.jinja@") and scene.prompt_id == relay.prompt_id
         # the relay text is the server's (greedy, hence reproducible) answer to exactly this prompt
-        prompt = render(
-            gen.prompt,
-            recipe,
-            perspective=gen.perspective,
-            relay_rules=gen.relay_rules,
-            rule_text=result.rule_text,
-            record=json.loads(json.dumps(record.to_dict())),
-            facts=json.loads(json.dumps(rule_facts(record).to_dict())),
-        )
+        prompt = _prompt(gen, recipe, result, record)
         answer = _post_json(
             f"{url}/v1/chat/completions",
             {"model": str(model_dir), **chat_payload(prompt, None, gen.sampling)},
         )
         assert relay.text == " ".join(answer["choices"][0]["message"]["content"].split()) != ""
         # the VLM saw the image: the same prompt with it is answered as the perspective says
-        prompt = render(
-            vlm_gen.prompt,
-            recipe,
-            perspective=vlm_gen.perspective,
-            relay_rules=vlm_gen.relay_rules,
-            rule_text=result.rule_text,
-            record=json.loads(json.dumps(record.to_dict())),
-            facts=json.loads(json.dumps(rule_facts(record).to_dict())),
-        )
+        prompt = _prompt(vlm_gen, recipe, result, record)
         image = image_data_url(record.image, 64)
         answer = _post_json(
             f"{url}/v1/chat/completions",

@@ -13,15 +13,9 @@ from hqrs.dataset_builder.mpgi import load_recipe, run_mpgi
 from hqrs.dataset_builder.mpgi.loopback import LoopbackServer, prompt_text
 from hqrs.dataset_builder.mpgi.prompts import render
 from hqrs.dataset_builder.mpgi.recipe import RecipeError, recipe_from_dict
-from tests.test_mpgi_engine import loop_recipe, make_records
+from tests.mpgi_fixtures import loop_recipe, make_records, mpgi_run_argv
 
-
-@pytest.fixture(autouse=True)
-def _loopback_and_unix_sockets():
-    from pytest_socket import socket_allow_hosts
-
-    socket_allow_hosts(["127.0.0.1", "127.0.0.2", "::1"], allow_unix_socket=True)
-    yield
+pytestmark = pytest.mark.usefixtures("loopback_and_unix_sockets")
 
 
 # Server-side template injection payloads: each one, in a plain jinja2.Environment, reaches Python
@@ -49,15 +43,29 @@ SSTI = [
 ]
 
 
-def _recipe_with_prompt(folder: Path, prompt: str, template: str | None = None) -> Path:
+def _recipe_with_prompt(
+    folder: Path, prompt: str, template: str | None = None, url: str = "http://127.0.0.1:1"
+) -> Path:
     if template is not None:
         (folder / "t.jinja").write_text(template)
     path = folder / "r.yaml"
     path.write_text(
-        "name: hostile\nbackends:\n  m: {server: endpoint, endpoint_url: 'http://127.0.0.1:1', model: x}\n"
+        f"name: hostile\nbackends:\n  m: {{server: endpoint, endpoint_url: '{url}', model: x}}\n"
         f"generators:\n  - {{name: g, backend: m, perspective: scene, prompt: '{prompt}'}}\n"
     )
     return path
+
+
+def _cli_run(tmp_path: Path, prompt: str, template: str | None = None) -> tuple[int, int]:
+    """``hqrs mpgi run`` (in process) of two images with a recipe whose generator prompt is ``prompt``,
+    against a loopback server: (exit code, requests the server received)."""
+    from hqrs.scripts.cli import main
+
+    make_records(tmp_path / "img", 2)
+    with LoopbackServer() as server:
+        recipe = _recipe_with_prompt(tmp_path, prompt, template, url=server.url)
+        rc = main(mpgi_run_argv(recipe, tmp_path / "img", tmp_path / "run", "--no-progress"))
+        return rc, sum(server.received.values())
 
 
 @pytest.mark.parametrize("payload", SSTI)
@@ -99,31 +107,9 @@ def test_template_paths_stay_in_the_recipe_folder(tmp_path, prompt):
 
 
 def test_hostile_template_path_is_one_cli_error_and_sends_nothing(tmp_path, capsys):
-    from hqrs.scripts.cli import main
-
-    make_records(tmp_path / "img", 2)
-    with LoopbackServer() as server:
-        path = tmp_path / "r.yaml"
-        path.write_text(
-            f"name: hostile\nbackends:\n  m: {{server: endpoint, endpoint_url: '{server.url}', model: x}}\n"
-            "generators:\n  - {name: g, backend: m, perspective: scene, prompt: /etc/passwd}\n"
-        )
-        rc = main(
-            [
-                "mpgi",
-                "run",
-                "--recipe",
-                str(path),
-                "--source",
-                str(tmp_path / "img"),
-                "--out",
-                str(tmp_path / "run"),
-                "--no-progress",
-            ]
-        )
-        assert sum(server.received.values()) == 0
+    assert _cli_run(tmp_path, "/etc/passwd") == (1, 0)
     err = capsys.readouterr().err
-    assert rc == 1 and err.count("hqrs: error:") == 1 and "Traceback" not in err
+    assert err.count("hqrs: error:") == 1 and "Traceback" not in err
     assert "/etc/passwd" in err and "outside the recipe's folder" in err
 
 
@@ -182,29 +168,6 @@ def test_api_key_reaches_only_the_authorization_header(tmp_path, monkeypatch):
     "template", ["{{ nope }}", "{{ record.__class__.__mro__ }}", "{% include 'perspective.jinja' %}"]
 )
 def test_bad_template_is_one_cli_error_before_any_request(tmp_path, capsys, template):
-    from hqrs.scripts.cli import main
-
-    make_records(tmp_path / "img", 2)
-    with LoopbackServer() as server:
-        (tmp_path / "t.jinja").write_text(template)
-        path = tmp_path / "r.yaml"
-        path.write_text(
-            f"name: bad\nbackends:\n  m: {{server: endpoint, endpoint_url: '{server.url}', model: x}}\n"
-            "generators:\n  - {name: g, backend: m, perspective: scene, prompt: t.jinja}\n"
-        )
-        rc = main(
-            [
-                "mpgi",
-                "run",
-                "--recipe",
-                str(path),
-                "--source",
-                str(tmp_path / "img"),
-                "--out",
-                str(tmp_path / "run"),
-                "--no-progress",
-            ]
-        )
-        assert sum(server.received.values()) == 0
+    assert _cli_run(tmp_path, "t.jinja", template) == (1, 0)
     err = capsys.readouterr().err
-    assert rc == 1 and err.count("hqrs: error:") == 1 and "Traceback" not in err and "t.jinja" in err
+    assert err.count("hqrs: error:") == 1 and "Traceback" not in err and "t.jinja" in err
