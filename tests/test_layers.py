@@ -68,6 +68,7 @@ LAYER_OF = {
     f"{_DB}.export": "dataset",
     f"{_DB}.planning": "dataset",
     f"{_DB}.rows": "dataset",
+    f"{_DB}.split_settings": "dataset",
     # modeling
     "hqrs.modeling": "modeling",
     "hqrs.modeling.configuration_resnet_clip": "modeling",
