@@ -11,7 +11,9 @@ and the hub code use to find things in it::
     OUT/<split>.csv + OUT/images/                      open_clip CSV (``--format open_clip-csv``)
     OUT/.parts/<split>-XXXXX-of-YYYYY.tsv              the CSV's finished parts (resume)
     OUT/.staging/                                      the staged, split and sharded plan (resume)
-    OUT/.cache/hqrs_mpgi/                              the MpGI run of ``--source`` when no run dir is given
+    OUT/mpgi_run/                                      ``hqrs build --source``'s MpGI run (default --run-dir)
+    OUT/.cache/hqrs_mpgi/                              ``build(sources=...)``'s MpGI run when none is named
+    OUT/demo_scenes/                                   the generated scenes of ``hqrs build --demo``
     OUT/.hqrs_export.json                              which plan the shards in OUT were written for
     OUT/**/.NAME.PID.tmp                               a file being written (renamed when complete)
 
@@ -100,8 +102,22 @@ class BuildFolder:
         return self.path(".cache", "hqrs_mpgi")
 
     @property
+    def mpgi_run(self) -> Path:
+        """``hqrs build --source``'s MpGI run directory when ``--run-dir`` is not given."""
+        return self.path("mpgi_run")
+
+    @property
+    def demo_scenes(self) -> Path:
+        return self.path("demo_scenes")
+
+    @property
     def data(self) -> Path:
         return self.path("data")
+
+    @staticmethod
+    def data_files(config: str, split: str) -> str:
+        """The card's ``data_files`` pattern of one config's split (relative to the folder)."""
+        return f"data/{config}/{split}-*"
 
     @property
     def images(self) -> Path:

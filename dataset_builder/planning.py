@@ -21,6 +21,7 @@ image (id, perceptual hash, byte size). Then:
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
 import json
@@ -202,11 +203,14 @@ def _resolve_input_image(path: str | os.PathLike, allowed_roots: Iterable[str]) 
     return real
 
 
-def read_verified(path: str | os.PathLike, image_id: str, allowed_roots: Iterable[str] = ()) -> bytes:
+def read_verified(
+    path: str | os.PathLike, image_id: str, allowed_roots: Iterable[str] = (), *, check_header: bool = True
+) -> bytes:
     """The bytes of the image a result points to, read once and checked before they are embedded.
 
     ``image_id`` must be a content id and ``path`` a regular file (symbolic links followed) inside one of
-    ``allowed_roots`` (when given) whose SHA-256 gives ``image_id`` and whose header parses as an image.
+    ``allowed_roots`` (when given) whose SHA-256 gives ``image_id`` and (``check_header``) whose header
+    parses as an image (:func:`stage_image` leaves that to the one open that makes the cell).
 
     Raises:
         ValueError / OSError: what is wrong, naming the path.
@@ -220,11 +224,12 @@ def read_verified(path: str | os.PathLike, image_id: str, allowed_roots: Iterabl
             f"the bytes of {str(real)!r} hash to {actual}, not to the record's image_id {image_id}: "
             "the file changed since the run, or the record was altered"
         )
-    try:
-        with pixel_limit(None), Image.open(io.BytesIO(data)) as im:
-            im.size  # noqa: B018 - the header parsed
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"{str(real)!r} is not an image ({exc})") from None
+    if check_header:
+        try:
+            with pixel_limit(None), Image.open(io.BytesIO(data)) as im:
+                im.size  # noqa: B018 - the header parsed
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+            raise ValueError(f"{str(real)!r} is not an image ({exc})") from None
     return data
 
 
@@ -259,10 +264,13 @@ def stage_image(args: tuple[str, str, tuple[str, ...], bool, str | None]) -> Sta
     """
     path, image_id, allowed_roots, keep_original, phash = args
     try:
-        data = read_verified(path, image_id, allowed_roots)
+        data = read_verified(path, image_id, allowed_roots, check_header=False)
+    except (OSError, ValueError) as exc:
+        return str(exc)
+    try:  # the one open (and at most one decode) of these bytes
         cell, computed = cell_from_bytes(data, str(path), image_id, keep_original, not _valid_phash(phash))
     except (OSError, SyntaxError, SkipItem, ValueError, Image.DecompressionBombError) as exc:
-        return str(exc)
+        return f"{str(path)!r} is not an image ({exc})"
     return StagedCell(len(data), computed or phash, cell)
 
 
@@ -275,6 +283,10 @@ def _cell_schema():
     return pa.schema([("bytes", pa.binary()), ("path", pa.string())])
 
 
+_BATCH_ROWS = 64  # staged cells per record batch (fewer, larger batches write and map faster)
+_BATCH_BYTES = 32 << 20  # ... and a batch is flushed at this many image bytes (memory stays bounded)
+
+
 class StagedImagesWriter:
     """Appends image cells to the staged Arrow IPC file (the index of a cell is its order)."""
 
@@ -285,16 +297,29 @@ class StagedImagesWriter:
         self._schema = _cell_schema()
         self._sink = pa.OSFile(str(path), "wb")
         self._ipc = pa.ipc.new_file(self._sink, self._schema)
+        self._bytes: list[bytes] = []
+        self._paths: list[str] = []
+        self._pending = 0
         self.count = 0
 
     def append(self, cell: ImageCell) -> int:
-        pa = self._pa
-        arrays = [pa.array([cell.bytes], pa.binary()), pa.array([cell.path], pa.string())]
-        self._ipc.write_batch(pa.record_batch(arrays, schema=self._schema))
+        self._bytes.append(cell.bytes)
+        self._paths.append(cell.path)
+        self._pending += len(cell.bytes)
+        if len(self._bytes) >= _BATCH_ROWS or self._pending >= _BATCH_BYTES:
+            self._flush()
         self.count += 1
         return self.count - 1
 
+    def _flush(self) -> None:
+        if self._bytes:
+            pa = self._pa
+            arrays = [pa.array(self._bytes, pa.binary()), pa.array(self._paths, pa.string())]
+            self._ipc.write_batch(pa.record_batch(arrays, schema=self._schema))
+            self._bytes, self._paths, self._pending = [], [], 0
+
     def close(self) -> None:
+        self._flush()
         self._ipc.close()
         self._sink.close()
 
@@ -313,10 +338,21 @@ class StagedImages:
         import pyarrow as pa
 
         self._reader = pa.ipc.open_file(pa.memory_map(str(path)))
+        self._starts = [0]
+        for i in range(self._reader.num_record_batches):
+            self._starts.append(self._starts[-1] + self._reader.get_batch(i).num_rows)
+        self._batch_index = -1
+        self._batch = None
 
     def cell(self, index: int) -> ImageCell:
-        batch = self._reader.get_batch(index)
-        return ImageCell(batch.column(0)[0].as_py(), batch.column(1)[0].as_py())
+        """The cell of staged image ``index`` (IndexError past the end)."""
+        if not 0 <= index < self._starts[-1]:
+            raise IndexError(f"staged image {index} not in 0..{self._starts[-1] - 1}")
+        b = bisect.bisect_right(self._starts, index) - 1
+        if b != self._batch_index:
+            self._batch_index, self._batch = b, self._reader.get_batch(b)
+        row = index - self._starts[b]
+        return ImageCell(self._batch.column(0)[row].as_py(), self._batch.column(1)[row].as_py())
 
 
 @dataclass
@@ -455,7 +491,7 @@ def make_plan(
         remote=lambda r: needs_encoding(r.record.image, keep_original),
         arg=job,
     )
-    with open(all_path, "w", encoding="utf-8") as out, StagedImagesWriter(staging / IMAGES_FILE) as cells:
+    with open(all_path, "wb") as out, StagedImagesWriter(staging / IMAGES_FILE) as cells:
         for result, got in staged:
             record = result.record
             if record.image_id in seen:  # a duplicate of an image accepted while this one was read
@@ -471,10 +507,11 @@ def make_plan(
                     record.image, f"image refused at build time: {got}", kind="result", source=record.source
                 )
                 continue
-            planned = PlannedImage(result, cells.count, got.size)
-            doc = planned.to_dict()
-            bad = bad_text(doc["result"])
-            if bad:  # a lone surrogate would abort the staging write below
+            doc = PlannedImage(result, cells.count, got.size).to_dict()
+            try:  # a lone surrogate cannot be written as UTF-8: a skip with the place named
+                line = json.dumps(doc, ensure_ascii=False, default=_json_default).encode("utf-8")
+            except UnicodeEncodeError:
+                bad = bad_text(doc["result"]) or "the result holds text that is not valid Unicode"
                 report_local.skip(record.image, bad, kind="result", source=record.source)
                 continue
             cells.append(got.cell)
@@ -482,8 +519,7 @@ def make_plan(
             ids.append(record.image_id)
             hashes.append(int(got.phash, 16))
             sizes.append(got.size)
-            out.write(json.dumps(doc, ensure_ascii=False, default=_json_default))
-            out.write("\n")
+            out.write(line + b"\n")
 
     groups = near_duplicate_groups(hashes, settings.near_dup_distance)
     group_key: dict[int, str] = {}

@@ -134,9 +134,11 @@ def register(subparsers, parents) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..dataset_builder.build_folder import BuildFolder
     from ..dataset_builder.export import EXIT_SKIPPED, export_dataset
 
     out = Path(args.out)
+    folder = BuildFolder(out)
     inputs = [bool(args.source), bool(args.from_run), bool(args.captions_csv), bool(args.demo)]
     if sum(inputs) != 1:
         raise ValueError("give exactly one input: --source, --from-run, --captions-csv or --demo")
@@ -145,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     if args.demo:
         from ..dataset_builder.demo import demo_source_spec, make_demo_scenes
 
-        sources = [demo_source_spec(make_demo_scenes(out / "demo_scenes"))]
+        sources = [demo_source_spec(make_demo_scenes(folder.demo_scenes))]
         ratios = args.split_ratios or DEMO_RATIOS
     report = export_dataset(
         out,
@@ -153,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         captions_csv=args.captions_csv,
         sources=sources,
         recipe=args.recipe,
-        mpgi_dir=args.run_dir or (str(out / "mpgi_run") if sources else None),
+        mpgi_dir=args.run_dir or (str(folder.mpgi_run) if sources else None),
         configs=tuple(args.config or ("default", "full", "pairs")),
         fmt=args.fmt,
         num_proc=args.num_proc,
@@ -172,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
         f"HQRS-IT written to {out}: {report['images']} images ({splits}); "
         f"shards written {report['shards']['written']}, reused {report['shards']['reused']}; "
         f"skipped {report['skipped']}; removed from train by the contamination guard "
-        f"{report['contamination']['removed_from_train']} (details: {out / 'build_report.json'})"
+        f"{report['contamination']['removed_from_train']} (details: {folder.report})"
     )
     if args.strict and report["skipped"]:
         kinds = ", ".join(f"{k} {n}" for k, n in report["skipped_by_kind"].items())

@@ -48,7 +48,6 @@ import re
 import struct
 import tempfile
 import warnings
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -695,15 +694,27 @@ def png_bytes(image: Image.Image, compress_level: int = 6) -> bytes:
 _CELL_MODES = ("1", "L", "LA", "P", "RGB", "RGBA")  # modes a browser shows from a PNG as they are
 
 
-def cell_png_bytes(image: Image.Image) -> bytes:
-    """A lossless PNG of ``image`` written for speed by Pillow: zlib level 1, Huffman-only strategy.
+_FAST_PNG_MODES = ("L", "LA", "RGB", "RGBA")
 
-    On aerial photos this is about 25 % faster than Pillow's default ``compress_level=1`` strategy for
-    about 2 % larger files (still smaller than the hand-written "Up"-filter encoder it replaced).
+
+def cell_png_bytes(image: Image.Image) -> bytes:
+    """A lossless 8-bit PNG of ``image`` written for speed: libpng through ``imagecodecs`` with every row
+    "Up"-filtered, zlib level 1 and its run-length strategy (OpenCV's fast settings).
+
+    About 2× faster than Pillow's encoder at ``compress_level=1`` (Pillow picks a filter per row and
+    exposes no choice) for ~7 % larger files on aerial photos. Modes L / LA / RGB / RGBA; others (1, P)
+    go through Pillow.
     """
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=1, compress_type=zlib.Z_HUFFMAN_ONLY)
-    return buf.getvalue()
+    if image.mode not in _FAST_PNG_MODES:
+        buf = io.BytesIO()
+        image.save(buf, format="PNG", compress_level=1)
+        return buf.getvalue()
+    import imagecodecs
+
+    png = imagecodecs.PNG
+    return bytes(
+        imagecodecs.png_encode(np.asarray(image), level=1, strategy=png.STRATEGY.RLE, filter=png.FILTER.UP)
+    )
 
 
 @dataclass(frozen=True)
@@ -732,24 +743,25 @@ def cell_from_bytes(
     data: bytes, name: str, image_id: str, keep_original: bool = False, phash: bool = False
 ) -> tuple[ImageCell, str | None]:
     """The :class:`ImageCell` of an image file's bytes ``data`` (``name``: its file name, for the
-    extension), and its perceptual hash when ``phash``; the bytes are decoded at most once.
+    extension), and its perceptual hash when ``phash``; the bytes are opened once (the header always
+    parses: a file that is no image raises) and decoded at most once.
 
     JPEG / PNG / WebP (or anything with ``keep_original``) are embedded as they are; other formats (TIFF,
     BMP) become a lossless PNG (:func:`cell_png_bytes`). No Pillow pixel limit: the source that made the
     record checked the image against its ``max_pixels``.
 
     Raises:
-        OSError / SyntaxError / ValueError / Image.DecompressionBombError: the bytes do not decode.
+        OSError (``UnidentifiedImageError``) / SyntaxError / ValueError / Image.DecompressionBombError: the
+            bytes are not an image, or do not decode.
     """
     ext = Path(name).suffix.lower()
-    if ext in WEB_EXTENSIONS or keep_original:
-        cell = ImageCell(data, f"{image_id}{'.jpg' if ext == '.jpeg' else ext}")
-        if not phash:
-            return cell, None
-        with pixel_limit(None), Image.open(io.BytesIO(data)) as im:
+    with pixel_limit(None), Image.open(io.BytesIO(data)) as im:  # the header parses (or raises)
+        if ext in WEB_EXTENSIONS or keep_original:
+            cell = ImageCell(data, f"{image_id}{'.jpg' if ext == '.jpeg' else ext}")
+            if not phash:
+                return cell, None
             _draft_for_phash(im)
             return cell, perceptual_hash(_to_pil_rgb8(im))
-    with pixel_limit(None), Image.open(io.BytesIO(data)) as im:
         im.load()
         stored = im if im.mode in _CELL_MODES else im.convert("RGB")
         cell = ImageCell(cell_png_bytes(stored), f"{image_id}.png")
