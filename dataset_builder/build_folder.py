@@ -10,7 +10,8 @@ and the hub code use to find things in it::
     OUT/<split>-XXXXX-of-YYYYY.tar                     webdataset shards (``--format webdataset``)
     OUT/<split>.csv + OUT/images/                      open_clip CSV (``--format open_clip-csv``)
     OUT/.parts/<split>-XXXXX-of-YYYYY.tsv              the CSV's finished parts (resume)
-    OUT/.staging/                                      the staged, split and sharded plan (resume)
+    OUT/.staging/                                      the staged plan and image cells (resume; about
+                                                       the size of the embedded images)
     OUT/mpgi_run/                                      ``hqrs build --source``'s MpGI run (default --run-dir)
     OUT/.cache/hqrs_mpgi/                              ``build(sources=...)``'s MpGI run when none is named
     OUT/demo_scenes/                                   the generated scenes of ``hqrs build --demo``

@@ -428,10 +428,12 @@ def _drop_stale_shards(folder: BuildFolder, tasks: list[_Task], stamp: dict[str,
 
 
 def write_shards(tasks: list[_Task], pool=None, progress: bool = False) -> list[ShardResult]:
-    """Stage 3: write every shard (in ``pool``'s workers when given, one shard per job)."""
+    """Stage 3: write every shard (in ``pool``'s workers when given and there is more than one shard, one
+    shard per job; a single shard is written here, where pyarrow is already loaded)."""
     results = []
+    remote = len(tasks) > 1
     with tqdm(total=len(tasks), desc="writing shards", unit=" shards", disable=not progress) as bar:
-        for _, result in bounded_map(_run_task, tasks, pool, chunk=1):
+        for _, result in bounded_map(_run_task, tasks, pool, remote=lambda _: remote, chunk=1):
             results.append(result)
             bar.update()
     return results
