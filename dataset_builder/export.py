@@ -569,7 +569,7 @@ def build(
         seed=plan.stats["seed"],
         splits={
             s: {
-                "images": plan.splits[s]["num_examples"],
+                "images": plan.splits[s].num_examples,
                 "rows": {c: split_rows.get(c, {}).get(s, 0) for c in split_rows},
             }
             for s in plan.splits

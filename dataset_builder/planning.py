@@ -382,18 +382,35 @@ def iter_planned(files: Iterable[str]) -> Iterator[PlannedImage]:
 
 
 @dataclass
+class SplitPlan:
+    """One split of a plan: its image count, the bytes of its source images and its staged shard files
+    (names in ``staging/<split>/``, each a JSON-lines list of :class:`PlannedImage`)."""
+
+    num_examples: int
+    num_bytes_images: int
+    shards: list[str]
+
+
+@dataclass
 class Plan:
     """The staged, split and sharded build input (``plan.json`` in the staging folder)."""
 
     fingerprint: str
-    splits: dict[str, dict[str, Any]]  # name → {"num_examples", "num_bytes", "shards": [file names]}
-    stats: dict[str, Any]
+    splits: dict[str, SplitPlan]  # only the splits that got images, in SPLITS order
+    stats: dict[str, Any]  # what build_report.json shows of the planning (near-duplicates, contamination)
     skips: list[dict[str, str]]  # every item skipped while reading the input and staging it
     records: dict[str, int] = field(default_factory=dict)  # records read per source
     version: int = PLAN_VERSION
 
     def shard_files(self, staging: Path, split: str) -> list[str]:
-        return [str(staging / split / name) for name in self.splits[split]["shards"]]
+        return [str(staging / split / name) for name in self.splits[split].shards]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        """The plan of ``plan.json`` (TypeError / KeyError when it is not one)."""
+        data = dict(data)
+        data["splits"] = {name: SplitPlan(**split) for name, split in data["splits"].items()}
+        return cls(**data)
 
 
 def _json_default(obj: Any) -> Any:
@@ -407,9 +424,8 @@ def load_plan(staging: Path, fingerprint: str) -> Plan | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        plan = Plan(**data)
-    except (json.JSONDecodeError, TypeError):
+        plan = Plan.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, TypeError, KeyError, AttributeError):
         return None
     if plan.fingerprint != fingerprint or plan.version != PLAN_VERSION:
         return None
@@ -624,11 +640,7 @@ def make_plan(
         "shard_size": settings.shard_size,
     }
     splits = {
-        s: {
-            "num_examples": counts[s],
-            "num_bytes_images": nbytes[s],
-            "shards": [f"{k:05d}.jsonl" for k in range(n_chunks[s])],
-        }
+        s: SplitPlan(counts[s], nbytes[s], [f"{k:05d}.jsonl" for k in range(n_chunks[s])])
         for s in SPLITS
         if counts[s]
     }
@@ -653,6 +665,7 @@ __all__ = [
     "Plan",
     "PhashIndex",
     "PlannedImage",
+    "SplitPlan",
     "SplitSettings",
     "StagedCell",
     "StagedImages",
