@@ -244,7 +244,10 @@ def plan_build(
         fingerprint,
         report,
         progress=config.progress,
-        pool=pool,
+        # a caption CSV's records are analysed in the pool while they stream into the plan; re-encoding
+        # in the same pool then only waits on the analysis (measured: 4.8 s against 3.1 s for 1,000
+        # images, num_proc 2), so it runs here; after MpGI (sources, run dir) the pool is free for it
+        pool=None if inp.captions_csv else pool,
         keep_original=config.keep_original,
     )
     return plan, staging

@@ -21,7 +21,6 @@ image (id, perceptual hash, byte size). Then:
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import io
 import json
@@ -283,12 +282,9 @@ def _cell_schema():
     return pa.schema([("bytes", pa.binary()), ("path", pa.string())])
 
 
-_BATCH_ROWS = 64  # staged cells per record batch (fewer, larger batches write and map faster)
-_BATCH_BYTES = 32 << 20  # ... and a batch is flushed at this many image bytes (memory stays bounded)
-
-
 class StagedImagesWriter:
-    """Appends image cells to the staged Arrow IPC file (the index of a cell is its order)."""
+    """Appends image cells to the staged Arrow IPC file, one record batch per cell (the index of a cell
+    is its batch number, so a reader fetches exactly the cells it needs)."""
 
     def __init__(self, path: Path):
         import pyarrow as pa
@@ -297,29 +293,17 @@ class StagedImagesWriter:
         self._schema = _cell_schema()
         self._sink = pa.OSFile(str(path), "wb")
         self._ipc = pa.ipc.new_file(self._sink, self._schema)
-        self._bytes: list[bytes] = []
-        self._paths: list[str] = []
-        self._pending = 0
         self.count = 0
 
     def append(self, cell: ImageCell) -> int:
-        self._bytes.append(cell.bytes)
-        self._paths.append(cell.path)
-        self._pending += len(cell.bytes)
-        if len(self._bytes) >= _BATCH_ROWS or self._pending >= _BATCH_BYTES:
-            self._flush()
+        batch = self._pa.RecordBatch.from_pydict(
+            {"bytes": [cell.bytes], "path": [cell.path]}, schema=self._schema
+        )
+        self._ipc.write_batch(batch)
         self.count += 1
         return self.count - 1
 
-    def _flush(self) -> None:
-        if self._bytes:
-            pa = self._pa
-            arrays = [pa.array(self._bytes, pa.binary()), pa.array(self._paths, pa.string())]
-            self._ipc.write_batch(pa.record_batch(arrays, schema=self._schema))
-            self._bytes, self._paths, self._pending = [], [], 0
-
     def close(self) -> None:
-        self._flush()
         self._ipc.close()
         self._sink.close()
 
@@ -331,28 +315,24 @@ class StagedImagesWriter:
 
 
 class StagedImages:
-    """The staged image cells of a plan (``images.arrow`` in the staging folder), read by index through a
-    memory map: the shard writers take the image bytes from here, never from the input files."""
+    """The staged image cells of a plan (``images.arrow`` in the staging folder), read by index: the shard
+    writers take the image bytes from here, never from the input files. (Plain reads, not a memory map:
+    mapped pages the writer has touched would stay resident and make the peak RSS grow with the dataset.)"""
 
     def __init__(self, path: Path):
         import pyarrow as pa
 
-        self._reader = pa.ipc.open_file(pa.memory_map(str(path)))
-        self._starts = [0]
-        for i in range(self._reader.num_record_batches):
-            self._starts.append(self._starts[-1] + self._reader.get_batch(i).num_rows)
-        self._batch_index = -1
-        self._batch = None
+        self._reader = pa.ipc.open_file(pa.OSFile(str(path), "rb"))
+
+    def __len__(self) -> int:
+        return self._reader.num_record_batches
 
     def cell(self, index: int) -> ImageCell:
-        """The cell of staged image ``index`` (IndexError past the end)."""
-        if not 0 <= index < self._starts[-1]:
-            raise IndexError(f"staged image {index} not in 0..{self._starts[-1] - 1}")
-        b = bisect.bisect_right(self._starts, index) - 1
-        if b != self._batch_index:
-            self._batch_index, self._batch = b, self._reader.get_batch(b)
-        row = index - self._starts[b]
-        return ImageCell(self._batch.column(0)[row].as_py(), self._batch.column(1)[row].as_py())
+        """The cell of staged image ``index`` (IndexError naming it past the end)."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"staged image {index} not in 0..{len(self) - 1}")
+        batch = self._reader.get_batch(index)
+        return ImageCell(batch.column(0)[0].as_py(), batch.column(1)[0].as_py())
 
 
 @dataclass
