@@ -27,6 +27,7 @@ import contextlib
 import csv
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -48,6 +49,7 @@ from .records import Caption, MpGIResult, atomic_write_bytes, check_image_id
 from .rows import CONFIG_NAMES, FEATURES, caption_length, encode_rows, label_text, nonempty_captions, rows_for
 from .sources import DUPLICATE_REASON, captions_csv_spec, iter_records, load_source, load_sources
 from .sources.base import SkipReport
+from .sources.images import ImageCell, encode_cell, needs_encoding
 
 logger = logging.getLogger("hqrs.export")
 
@@ -244,10 +246,7 @@ def plan_build(
         fingerprint,
         report,
         progress=config.progress,
-        # a caption CSV's records are analysed in the pool while they stream into the plan; re-encoding
-        # in the same pool then only waits on the analysis (measured: 4.8 s against 3.1 s for 1,000
-        # images, num_proc 2), so it runs here; after MpGI (sources, run dir) the pool is free for it
-        pool=None if inp.captions_csv else pool,
+        pool=pool,
         keep_original=config.keep_original,
     )
     return plan, staging
@@ -266,35 +265,67 @@ class _Task:
     files: list[str]  # staged PlannedImage shard files
     out: str
     images: str  # the staged image cells (planning.IMAGES_FILE)
+    keep_original: bool = False
 
 
-def _with_cells(task: _Task) -> Iterator[tuple[MpGIResult, Any]]:
-    """The task's planned results with their staged image cells (no input file is read here)."""
+def _with_cells(task: _Task, pool=None) -> Iterator[tuple[MpGIResult, ImageCell]]:
+    """The task's planned results with their image cells, from the staged cells (no input file is read
+    here); re-encoding runs in ``pool``'s workers when given."""
     staged = StagedImages(Path(task.images))
-    for planned in iter_planned(task.files):
-        yield planned.result, staged.cell(planned.index)
+    keep = task.keep_original
+    pairs = ((planned.result, staged.cell(planned.index)) for planned in iter_planned(task.files))
+    for (result, _), cell in bounded_map(
+        encode_cell,
+        pairs,
+        pool,
+        remote=lambda pair: needs_encoding(pair[1].path, keep),
+        arg=lambda pair: (pair[1], pair[0].record.image_id, keep),
+    ):
+        yield result, cell
 
 
-def _run_task(task: _Task) -> ShardResult:
-    out = Path(task.out)
-    if out.exists():
-        rows, size = _shard_stats(task, out)
-        return ShardResult(task.out, task.config, task.split, rows, size, reused=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path(out)
-    try:
-        if task.kind == "parquet":
-            rows = _write_parquet(task, tmp)
-        elif task.kind == "wds":
-            rows = _write_wds(task, tmp)
+def _run_task(task: _Task, pool=None) -> ShardResult:
+    return _run_pass([task], pool)[0]
+
+
+def _run_pass(tasks: list[_Task], pool=None) -> list[ShardResult]:
+    """Write the shards of ``tasks`` (one staged shard list: the parquet configs of one shard, or one
+    webdataset / CSV part) in one pass over its images; a shard that exists is reused."""
+    results: dict[int, ShardResult] = {}
+    todo = []
+    for i, task in enumerate(tasks):
+        out = Path(task.out)
+        if out.exists():
+            rows, size = _shard_stats(task, out)
+            results[i] = ShardResult(task.out, task.config, task.split, rows, size, reused=True)
         else:
-            rows = _write_csv_part(task, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    return ShardResult(task.out, task.config, task.split, rows, out.stat().st_size, reused=False)
+            todo.append(i)
+    if todo:
+        tmps = {}
+        for i in todo:
+            out = Path(tasks[i].out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmps[i] = tmp_path(out)
+        try:
+            cells = _with_cells(tasks[todo[0]], pool)
+            first = tasks[todo[0]]
+            if first.kind == "parquet":
+                rows = _write_parquet([tasks[i] for i in todo], [tmps[i] for i in todo], cells)
+            elif first.kind == "wds":
+                rows = [_write_wds(first, tmps[todo[0]], cells)]
+            else:
+                rows = [_write_csv_part(first, tmps[todo[0]], cells)]
+            for i in todo:
+                os.replace(tmps[i], tasks[i].out)
+        except BaseException:
+            for tmp in tmps.values():
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+            raise
+        for i, n in zip(todo, rows):
+            t = tasks[i]
+            results[i] = ShardResult(t.out, t.config, t.split, n, Path(t.out).stat().st_size, reused=False)
+    return [results[i] for i in range(len(tasks))]
 
 
 def _shard_stats(task: _Task, out: Path) -> tuple[int, int]:
@@ -311,24 +342,32 @@ def _shard_stats(task: _Task, out: Path) -> tuple[int, int]:
     return rows, out.stat().st_size
 
 
-def _write_parquet(task: _Task, tmp: Path) -> int:
+def _write_parquet(
+    tasks: list[_Task], tmps: list[Path], cells: Iterable[tuple[MpGIResult, ImageCell]]
+) -> list[int]:
+    """Every config's shard of one staged shard list, in one pass (row groups of ROW_GROUP_ROWS)."""
     import pyarrow.parquet as pq
 
-    features = FEATURES[task.config]
-    n = 0
-    with pq.ParquetWriter(tmp, features.arrow_schema) as writer:
-        batch: list[dict[str, Any]] = []
-        for result, cell in _with_cells(task):
-            for _, row in rows_for(task.config, result, cell):
-                batch.append(row)
-                if len(batch) >= ROW_GROUP_ROWS:
-                    writer.write_table(encode_rows(features, batch))
-                    n += len(batch)
-                    batch = []
-        if batch or n == 0:
-            writer.write_table(encode_rows(features, batch))
-            n += len(batch)
-    return n
+    features = [FEATURES[t.config] for t in tasks]
+    counts = [0] * len(tasks)
+    batches: list[list[dict[str, Any]]] = [[] for _ in tasks]
+    with contextlib.ExitStack() as stack:
+        writers = [
+            stack.enter_context(pq.ParquetWriter(tmp, f.arrow_schema)) for tmp, f in zip(tmps, features)
+        ]
+        for result, cell in cells:
+            for k, task in enumerate(tasks):
+                for _, row in rows_for(task.config, result, cell):
+                    batches[k].append(row)
+                    if len(batches[k]) >= ROW_GROUP_ROWS:
+                        writers[k].write_table(encode_rows(features[k], batches[k]))
+                        counts[k] += len(batches[k])
+                        batches[k] = []
+        for k in range(len(tasks)):
+            if batches[k] or counts[k] == 0:
+                writers[k].write_table(encode_rows(features[k], batches[k]))
+                counts[k] += len(batches[k])
+    return counts
 
 
 def _sample_json(result: MpGIResult, captions: list[Caption]) -> dict[str, Any]:
@@ -361,10 +400,10 @@ def _member_name(image_id: Any, ext: str) -> str:
     return f"{image_id}.{ext}"
 
 
-def _write_wds(task: _Task, tmp: Path) -> int:
+def _write_wds(task: _Task, tmp: Path, cells: Iterable[tuple[MpGIResult, ImageCell]]) -> int:
     n = 0
     with tarfile.open(tmp, "w") as tar:
-        for result, cell in _with_cells(task):
+        for result, cell in cells:
             image_id = check_image_id(result.record.image_id, "webdataset member")
             captions = nonempty_captions(result)
             _add_bytes(tar, _member_name(image_id, cell.ext), cell.bytes)
@@ -375,13 +414,13 @@ def _write_wds(task: _Task, tmp: Path) -> int:
     return n
 
 
-def _write_csv_part(task: _Task, tmp: Path) -> int:
+def _write_csv_part(task: _Task, tmp: Path, cells: Iterable[tuple[MpGIResult, ImageCell]]) -> int:
     folder = BuildFolder(Path(task.out).parent.parent)  # OUT (the part files are OUT/.parts/*.tsv)
     folder.images.mkdir(parents=True, exist_ok=True)  # a pre-planted OUT/images link is refused
     n = 0
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-        for result, cell in _with_cells(task):
+        for result, cell in cells:
             check_image_id(result.record.image_id, "open_clip CSV image")
             target = folder.image_file(cell.path)
             if not target.exists():
@@ -392,7 +431,9 @@ def _write_csv_part(task: _Task, tmp: Path) -> int:
     return n
 
 
-def _tasks(fmt: str, configs: Iterable[str], plan: Plan, staging: Path, folder: BuildFolder) -> list[_Task]:
+def _tasks(
+    fmt: str, configs: Iterable[str], plan: Plan, staging: Path, folder: BuildFolder, keep_original: bool
+) -> list[_Task]:
     images = str(staging / IMAGES_FILE)
     tasks = []
     for split in SPLITS:
@@ -404,13 +445,19 @@ def _tasks(fmt: str, configs: Iterable[str], plan: Plan, staging: Path, folder: 
             if fmt == "parquet":
                 for config in configs:
                     target = folder.parquet_shard(config, split, k, total)
-                    tasks.append(_Task("parquet", config, split, k, total, [file], str(target), images))
+                    tasks.append(
+                        _Task("parquet", config, split, k, total, [file], str(target), images, keep_original)
+                    )
             elif fmt == "webdataset":
                 target = folder.wds_shard(split, k, total)
-                tasks.append(_Task("wds", "default", split, k, total, [file], str(target), images))
+                tasks.append(
+                    _Task("wds", "default", split, k, total, [file], str(target), images, keep_original)
+                )
             else:
                 target = folder.csv_part(split, k, total)
-                tasks.append(_Task("csv", "pairs", split, k, total, [file], str(target), images))
+                tasks.append(
+                    _Task("csv", "pairs", split, k, total, [file], str(target), images, keep_original)
+                )
     return tasks
 
 
@@ -431,14 +478,14 @@ def _drop_stale_shards(folder: BuildFolder, tasks: list[_Task], stamp: dict[str,
 
 
 def write_shards(tasks: list[_Task], pool=None, progress: bool = False) -> list[ShardResult]:
-    """Stage 3: write every shard (in ``pool``'s workers when given and there is more than one shard, one
-    shard per job; a single shard is written here, where pyarrow is already loaded)."""
+    """Stage 3: write every shard; the tasks of one staged shard list (the parquet configs of a shard)
+    are written in one pass over its images, and TIFF / BMP re-encoding runs in ``pool`` when given."""
     results = []
-    remote = len(tasks) > 1
+    groups = [list(g) for _, g in itertools.groupby(tasks, key=lambda t: (t.kind, t.split, t.index, t.files))]
     with tqdm(total=len(tasks), desc="writing shards", unit=" shards", disable=not progress) as bar:
-        for _, result in bounded_map(_run_task, tasks, pool, remote=lambda _: remote, chunk=1):
-            results.append(result)
-            bar.update()
+        for group in groups:
+            results.extend(_run_pass(group, pool))
+            bar.update(len(group))
     return results
 
 
@@ -538,7 +585,7 @@ def build(
         if pool is not None:
             stack.enter_context(pool)
         plan, staging = plan_build(inp, folder, config, report, pool)
-        tasks = _tasks(fmt, configs, plan, staging, folder)
+        tasks = _tasks(fmt, configs, plan, staging, folder, config.keep_original)
         _drop_stale_shards(folder, tasks, {"plan": plan.fingerprint})
         shards = write_shards(tasks, pool, config.progress)
 

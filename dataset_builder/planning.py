@@ -266,8 +266,15 @@ def stage_image(args: tuple[str, str, tuple[str, ...], bool, str | None]) -> Sta
         data = read_verified(path, image_id, allowed_roots, check_header=False)
     except (OSError, ValueError) as exc:
         return str(exc)
-    try:  # the one open (and at most one decode) of these bytes
-        cell, computed = cell_from_bytes(data, str(path), image_id, keep_original, not _valid_phash(phash))
+    want_phash = not _valid_phash(phash)
+    try:  # the one open of these bytes here
+        if needs_encoding(path, keep_original) and not want_phash:
+            # staged as read: the writer makes its PNG (the one decode), in its pool when it has one
+            with pixel_limit(None), Image.open(io.BytesIO(data)) as im:
+                im.size  # noqa: B018 - the header parsed
+            cell, computed = ImageCell(data, f"{image_id}{Path(path).suffix.lower()}"), None
+        else:  # as embedded, or decoded once for the missing hash (and the PNG from that decode)
+            cell, computed = cell_from_bytes(data, str(path), image_id, keep_original, want_phash)
     except (OSError, SyntaxError, SkipItem, ValueError, Image.DecompressionBombError) as exc:
         return f"{str(path)!r} is not an image ({exc})"
     return StagedCell(len(data), computed or phash, cell)
@@ -484,7 +491,9 @@ def make_plan(
         stage_image,
         candidates(),
         pool,
-        remote=lambda r: needs_encoding(r.record.image, keep_original),
+        remote=lambda r: (
+            needs_encoding(r.record.image, keep_original) and not _valid_phash(r.record.meta.get("phash"))
+        ),
         arg=job,
     )
     with open(all_path, "wb") as out, StagedImagesWriter(staging / IMAGES_FILE) as cells:

@@ -768,6 +768,17 @@ def cell_from_bytes(
         return cell, perceptual_hash(_to_pil_rgb8(im)) if phash else None
 
 
+def encode_cell(args: tuple[ImageCell, str, bool]) -> ImageCell:
+    """The embedded cell of a staged one: TIFF / BMP (staged as read) become a lossless PNG here, the one
+    decode of that image in a build; other cells pass as they are. A pool job (it lives here, in a light
+    module, so that pool workers do not import the build's heavy modules): ``(cell, image_id,
+    keep_original)``."""
+    cell, image_id, keep_original = args
+    if not needs_encoding(cell.path, keep_original):
+        return cell
+    return cell_from_bytes(cell.bytes, cell.path, image_id, keep_original)[0]
+
+
 def image_cell(path: str, image_id: str, keep_original: bool = False) -> dict[str, Any]:
     """The ``Image`` cell (``{"bytes", "path"}``) of the file at ``path``: :func:`cell_from_bytes` of its
     bytes (read once)."""
