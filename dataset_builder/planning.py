@@ -438,9 +438,10 @@ def make_plan(
     """Stage ``results`` (streaming) and plan splits and shards; reuses a finished plan with the same
     fingerprint (which must cover ``keep_original``). ``report`` receives the skipped results.
 
-    Each result's image file is read here once (:func:`stage_image`: verified, its perceptual hash made if
-    the record has none, its cell made, re-encoding in ``pool``'s workers when given) and its cell staged
-    in ``images.arrow``; the writers read the cells from there."""
+    Each result's image file is read here once (:func:`stage_image`: verified; decoded only for a missing
+    perceptual hash, in ``pool``'s workers for TIFF / BMP when given) and its bytes staged in
+    ``images.arrow``; the writers read the cells from there (TIFF / BMP as read: the writer makes their
+    PNG)."""
     existing = load_plan(staging, fingerprint)
     if existing is not None:
         logger.info("reusing the staged plan in %s", staging)
