@@ -22,11 +22,12 @@ image (id, perceptual hash, byte size). Then:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,81 +35,25 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from .records import MpGIResult, atomic_write_bytes, check_image_id, file_content_id
+from .build_folder import SPLITS
+from .parallel import bounded_map
+from .records import MpGIResult, atomic_write_bytes, check_image_id, content_id, file_content_id
 from .sources import IMAGE_EXTENSIONS, duplicate_reason, load_sources
 from .sources.base import SkipReport, bad_text
-from .sources.images import SkipItem, file_perceptual_hash, hamming, pixel_limit
+from .sources.images import (
+    ImageCell,
+    SkipItem,
+    cell_from_bytes,
+    file_perceptual_hash,
+    hamming,
+    needs_encoding,
+    pixel_limit,
+)
+from .split_settings import SplitSettings, parse_ratios, parse_size
 
 logger = logging.getLogger("hqrs.planning")
 
-SPLITS = ("train", "validation", "test")
-PLAN_VERSION = 2  # 2: the plan keeps the input's skips and record counts
-
-
-def parse_size(value: int | str) -> tuple[str, int]:
-    """``2000`` → ``("rows", 2000)``; ``"500MB"`` → ``("bytes", 500_000_000)``."""
-    if isinstance(value, int) or str(value).strip().isdigit():
-        n = int(value)
-        if n <= 0:
-            raise ValueError(f"shard size must be positive, got {value!r}")
-        return "rows", n
-    text = str(value).strip().upper().replace(" ", "")
-    for unit, mult in (
-        ("GIB", 2**30),
-        ("MIB", 2**20),
-        ("KIB", 2**10),
-        ("GB", 10**9),
-        ("MB", 10**6),
-        ("KB", 10**3),
-    ):
-        if text.endswith(unit):
-            try:
-                n = int(float(text[: -len(unit)]) * mult)
-            except ValueError:
-                break
-            if n > 0:
-                return "bytes", n
-    raise ValueError(f"shard size must be a row count (2000) or a size like '500MB', got {value!r}")
-
-
-def parse_ratios(value: str | Iterable[float]) -> tuple[float, float, float]:
-    try:
-        parts = [float(v) for v in (value.split(",") if isinstance(value, str) else value)]
-    except (TypeError, ValueError):
-        parts = []
-    if len(parts) != 3 or any(not p >= 0 for p in parts) or not 0 < sum(parts) < float("inf"):
-        raise ValueError(
-            f"split ratios must be three non-negative numbers train,validation,test, got {value!r}"
-        )
-    total = sum(parts)
-    return tuple(p / total for p in parts)  # type: ignore[return-value]
-
-
-@dataclass
-class SplitSettings:
-    """How images are split. See the module docstring."""
-
-    ratios: tuple[float, float, float] = (0.9, 0.05, 0.05)
-    seed: str = "hqrs-it"
-    near_dup_distance: int = 4
-    contamination: tuple[str, ...] = ()
-    contamination_distance: int = 4
-    shard_size: int | str = 2000
-    allowed_roots: tuple[str, ...] = ()  # images must resolve inside one of these folders ((): anywhere)
-
-    def __post_init__(self) -> None:
-        self.ratios = parse_ratios(self.ratios)
-        self.allowed_roots = tuple(str(Path(r).expanduser().resolve()) for r in self.allowed_roots)
-        if not -1 <= int(self.near_dup_distance) <= 16:
-            raise ValueError(
-                f"near_dup_distance must be in [-1, 16] (-1 disables), got {self.near_dup_distance!r}"
-            )
-        if not -1 <= int(self.contamination_distance) <= 16:
-            raise ValueError(
-                f"contamination_distance must be in [-1, 16] (-1: exact content only), got {self.contamination_distance!r}"
-            )
-        self.contamination = tuple(str(c) for c in self.contamination)
-        parse_size(self.shard_size)
+PLAN_VERSION = 3  # 2: the plan keeps the input's skips and record counts; 3: image cells staged
 
 
 def split_of(key: str, ratios: tuple[float, float, float], seed: str) -> str:
@@ -238,16 +183,7 @@ def load_eval_sets(specs: Iterable[str], report: SkipReport | None = None) -> Ev
     return out
 
 
-def verify_image(path: str | os.PathLike, image_id: str, allowed_roots: Iterable[str] = ()) -> int:
-    """Check one image a result points to before it is embedded; returns its size in bytes.
-
-    ``image_id`` must be a content id and ``path`` a regular file (symbolic links followed) inside one of
-    ``allowed_roots`` (when given) whose SHA-256 gives ``image_id`` and that opens as an image.
-
-    Raises:
-        ValueError / OSError / SkipItem: what is wrong, naming the path.
-    """
-    check_image_id(image_id)
+def _resolve_input_image(path: str | os.PathLike, allowed_roots: Iterable[str]) -> Path:
     p = Path(path)
     try:
         real = p.resolve(strict=True)
@@ -263,18 +199,183 @@ def verify_image(path: str | os.PathLike, image_id: str, allowed_roots: Iterable
         )
     if not real.is_file():
         raise ValueError(f"{str(real)!r} is not a regular file")
-    actual = file_content_id(real)
+    return real
+
+
+def read_verified(
+    path: str | os.PathLike, image_id: str, allowed_roots: Iterable[str] = (), *, check_header: bool = True
+) -> bytes:
+    """The bytes of the image a result points to, read once and checked before they are embedded.
+
+    ``image_id`` must be a content id and ``path`` a regular file (symbolic links followed) inside one of
+    ``allowed_roots`` (when given) whose SHA-256 gives ``image_id`` and (``check_header``) whose header
+    parses as an image (:func:`stage_image` leaves that to the one open that makes the cell).
+
+    Raises:
+        ValueError / OSError: what is wrong, naming the path.
+    """
+    check_image_id(image_id)
+    real = _resolve_input_image(path, allowed_roots)
+    data = real.read_bytes()
+    actual = content_id(data)
     if actual != image_id:
         raise ValueError(
             f"the bytes of {str(real)!r} hash to {actual}, not to the record's image_id {image_id}: "
             "the file changed since the run, or the record was altered"
         )
+    if check_header:
+        try:
+            with pixel_limit(None), Image.open(io.BytesIO(data)) as im:
+                im.size  # noqa: B018 - the header parsed
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+            raise ValueError(f"{str(real)!r} is not an image ({exc})") from None
+    return data
+
+
+def verify_image(path: str | os.PathLike, image_id: str, allowed_roots: Iterable[str] = ()) -> int:
+    """:func:`read_verified` of one image; returns its size in bytes.
+
+    Raises:
+        ValueError / OSError: what is wrong, naming the path.
+    """
+    return len(read_verified(path, image_id, allowed_roots))
+
+
+@dataclass(frozen=True)
+class StagedCell:
+    """What reading one result's image gives the plan: its size, perceptual hash and embedded cell."""
+
+    size: int
+    phash: str
+    cell: ImageCell
+
+
+def _valid_phash(phash: Any) -> bool:
+    return isinstance(phash, str) and len(phash) == 16 and set(phash) <= set("0123456789abcdef")
+
+
+def stage_image(args: tuple[str, str, tuple[str, ...], bool, str | None]) -> StagedCell | str:
+    """Read the image of one result once, verify it (:func:`read_verified`) and make its cell and (when
+    ``phash`` is not a valid one) its perceptual hash from one decode at most; a pool job.
+
+    ``args``: ``(path, image_id, allowed_roots, keep_original, phash)``. Returns the reason as a string
+    when the image is refused.
+    """
+    path, image_id, allowed_roots, keep_original, phash = args
     try:
-        with pixel_limit(None), Image.open(real) as im:
-            im.size  # noqa: B018 - the header parsed
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"{str(real)!r} is not an image ({exc})") from None
-    return real.stat().st_size
+        data = read_verified(path, image_id, allowed_roots, check_header=False)
+    except (OSError, ValueError) as exc:
+        return str(exc)
+    want_phash = not _valid_phash(phash)
+    try:  # the one open of these bytes here
+        if needs_encoding(path, keep_original) and not want_phash:
+            # staged as read: the writer makes its PNG (the one decode), in its pool when it has one
+            with pixel_limit(None), Image.open(io.BytesIO(data)) as im:
+                im.size  # noqa: B018 - the header parsed
+            cell, computed = ImageCell(data, f"{image_id}{Path(path).suffix.lower()}"), None
+        else:  # as embedded, or decoded once for the missing hash (and the PNG from that decode)
+            cell, computed = cell_from_bytes(data, str(path), image_id, keep_original, want_phash)
+    except (OSError, SyntaxError, SkipItem, ValueError, Image.DecompressionBombError) as exc:
+        return f"{str(path)!r} is not an image ({exc})"
+    return StagedCell(len(data), computed or phash, cell)
+
+
+IMAGES_FILE = "images.arrow"  # the staged image cells, one record batch per staged image
+
+
+def _cell_schema():
+    import pyarrow as pa
+
+    return pa.schema([("bytes", pa.binary()), ("path", pa.string())])
+
+
+class StagedImagesWriter:
+    """Appends image cells to the staged Arrow IPC file, one record batch per cell (the index of a cell
+    is its batch number, so a reader fetches exactly the cells it needs)."""
+
+    def __init__(self, path: Path):
+        import pyarrow as pa
+
+        self._pa = pa
+        self._schema = _cell_schema()
+        self._sink = pa.OSFile(str(path), "wb")
+        self._ipc = pa.ipc.new_file(self._sink, self._schema)
+        self.count = 0
+
+    def append(self, cell: ImageCell) -> int:
+        batch = self._pa.RecordBatch.from_pydict(
+            {"bytes": [cell.bytes], "path": [cell.path]}, schema=self._schema
+        )
+        self._ipc.write_batch(batch)
+        self.count += 1
+        return self.count - 1
+
+    def close(self) -> None:
+        self._ipc.close()
+        self._sink.close()
+
+    def __enter__(self) -> StagedImagesWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class StagedImages:
+    """The staged image cells of a plan (``images.arrow`` in the staging folder), read by index: the shard
+    writers take the image bytes from here, never from the input files. (Plain reads, not a memory map:
+    mapped pages the writer has touched would stay resident and make the peak RSS grow with the dataset.)"""
+
+    def __init__(self, path: Path):
+        import pyarrow as pa
+
+        self._reader = pa.ipc.open_file(pa.OSFile(str(path), "rb"))
+
+    def __len__(self) -> int:
+        return self._reader.num_record_batches
+
+    def cell(self, index: int) -> ImageCell:
+        """The cell of staged image ``index`` (IndexError naming it past the end)."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"staged image {index} not in 0..{len(self) - 1}")
+        batch = self._reader.get_batch(index)
+        return ImageCell(batch.column(0)[0].as_py(), batch.column(1)[0].as_py())
+
+
+@dataclass
+class PlannedImage:
+    """One staged image, as planning hands it to the writers: the MpGI result, the index of its cell in
+    the staged :class:`StagedImages` and the size of the source image in bytes."""
+
+    result: MpGIResult
+    index: int
+    size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "size": self.size, "result": self.result.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PlannedImage:
+        return cls(MpGIResult.from_dict(data["result"]), int(data["index"]), int(data["size"]))
+
+
+def iter_planned(files: Iterable[str]) -> Iterator[PlannedImage]:
+    """The :class:`PlannedImage` of staged shard files (:meth:`Plan.shard_files`), in order."""
+    for file in files:
+        with open(file, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    yield PlannedImage.from_dict(json.loads(line))
+
+
+@dataclass
+class SplitPlan:
+    """One split of a plan: its image count, the bytes of its source images and its staged shard files
+    (names in ``staging/<split>/``, each a JSON-lines list of :class:`PlannedImage`)."""
+
+    num_examples: int
+    num_bytes_images: int
+    shards: list[str]
 
 
 @dataclass
@@ -282,14 +383,21 @@ class Plan:
     """The staged, split and sharded build input (``plan.json`` in the staging folder)."""
 
     fingerprint: str
-    splits: dict[str, dict[str, Any]]  # name → {"num_examples", "num_bytes", "shards": [file names]}
-    stats: dict[str, Any]
+    splits: dict[str, SplitPlan]  # only the splits that got images, in SPLITS order
+    stats: dict[str, Any]  # what build_report.json shows of the planning (near-duplicates, contamination)
     skips: list[dict[str, str]]  # every item skipped while reading the input and staging it
     records: dict[str, int] = field(default_factory=dict)  # records read per source
     version: int = PLAN_VERSION
 
     def shard_files(self, staging: Path, split: str) -> list[str]:
-        return [str(staging / split / name) for name in self.splits[split]["shards"]]
+        return [str(staging / split / name) for name in self.splits[split].shards]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        """The plan of ``plan.json`` (TypeError / KeyError when it is not one)."""
+        data = dict(data)
+        data["splits"] = {name: SplitPlan(**split) for name, split in data["splits"].items()}
+        return cls(**data)
 
 
 def _json_default(obj: Any) -> Any:
@@ -303,11 +411,12 @@ def load_plan(staging: Path, fingerprint: str) -> Plan | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        plan = Plan(**data)
-    except (json.JSONDecodeError, TypeError):
+        plan = Plan.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, TypeError, KeyError, AttributeError):
         return None
     if plan.fingerprint != fingerprint or plan.version != PLAN_VERSION:
+        return None
+    if not (staging / IMAGES_FILE).is_file():
         return None
     for split in plan.splits:
         if not all(Path(f).is_file() for f in plan.shard_files(staging, split)):
@@ -322,9 +431,17 @@ def make_plan(
     fingerprint: str,
     report: SkipReport | None = None,
     progress: bool = False,
+    *,
+    pool=None,
+    keep_original: bool = False,
 ) -> Plan:
     """Stage ``results`` (streaming) and plan splits and shards; reuses a finished plan with the same
-    fingerprint. ``report`` receives the skipped results."""
+    fingerprint (which must cover ``keep_original``). ``report`` receives the skipped results.
+
+    Each result's image file is read here once (:func:`stage_image`: verified; decoded only for a missing
+    perceptual hash, in ``pool``'s workers for TIFF / BMP when given) and its bytes staged in
+    ``images.arrow``; the writers read the cells from there (TIFF / BMP as read: the writer makes their
+    PNG)."""
     existing = load_plan(staging, fingerprint)
     if existing is not None:
         logger.info("reusing the staged plan in %s", staging)
@@ -341,7 +458,8 @@ def make_plan(
     hashes: list[int | None] = []
     sizes: list[int] = []
     seen: dict[str, str] = {}
-    with open(all_path, "w", encoding="utf-8") as out:
+
+    def candidates() -> Iterator[MpGIResult]:
         for result in tqdm(results, desc="staging results", unit=" images", disable=not progress):
             record = result.record
             if result.status != "ok":
@@ -351,13 +469,38 @@ def make_plan(
                     kind="result",
                     source=record.source,
                 )
-                continue
-            if not [c for c in result.captions if c.text.strip()]:
+            elif not [c for c in result.captions if c.text.strip()]:
                 report_local.skip(
                     record.image, "MpGI result has no caption", kind="result", source=record.source
                 )
-                continue
-            if record.image_id in seen:
+            elif record.image_id in seen:  # a known duplicate is not read again
+                report_local.skip(
+                    record.image,
+                    duplicate_reason(seen[record.image_id], record.image_id),
+                    kind="image",
+                    source=record.source,
+                )
+            else:
+                yield result
+
+    def job(result: MpGIResult) -> tuple[str, str, tuple[str, ...], bool, str | None]:
+        record = result.record
+        phash = record.meta.get("phash")
+        return record.image, record.image_id, settings.allowed_roots, keep_original, phash
+
+    staged = bounded_map(
+        stage_image,
+        candidates(),
+        pool,
+        remote=lambda r: (
+            needs_encoding(r.record.image, keep_original) and not _valid_phash(r.record.meta.get("phash"))
+        ),
+        arg=job,
+    )
+    with open(all_path, "wb") as out, StagedImagesWriter(staging / IMAGES_FILE) as cells:
+        for result, got in staged:
+            record = result.record
+            if record.image_id in seen:  # a duplicate of an image accepted while this one was read
                 report_local.skip(
                     record.image,
                     duplicate_reason(seen[record.image_id], record.image_id),
@@ -365,34 +508,24 @@ def make_plan(
                     source=record.source,
                 )
                 continue
-            phash = record.meta.get("phash")
-            try:
-                size = verify_image(record.image, record.image_id, settings.allowed_roots)
-                if (
-                    not isinstance(phash, str)
-                    or len(phash) != 16
-                    or not set(phash) <= set("0123456789abcdef")
-                ):
-                    phash = file_perceptual_hash(record.image)
-            except (OSError, SkipItem, ValueError) as exc:
+            if isinstance(got, str):
                 report_local.skip(
-                    record.image,
-                    f"image refused at build time: {exc}",
-                    kind="result",
-                    source=record.source,
+                    record.image, f"image refused at build time: {got}", kind="result", source=record.source
                 )
                 continue
-            doc = result.to_dict()
-            bad = bad_text(doc)
-            if bad:  # a lone surrogate would abort the staging write below
+            doc = PlannedImage(result, cells.count, got.size).to_dict()
+            try:  # a lone surrogate cannot be written as UTF-8: a skip with the place named
+                line = json.dumps(doc, ensure_ascii=False, default=_json_default).encode("utf-8")
+            except UnicodeEncodeError:
+                bad = bad_text(doc["result"]) or "the result holds text that is not valid Unicode"
                 report_local.skip(record.image, bad, kind="result", source=record.source)
                 continue
+            cells.append(got.cell)
             seen[record.image_id] = record.image
             ids.append(record.image_id)
-            hashes.append(int(phash, 16))
-            sizes.append(size)
-            out.write(json.dumps(doc, ensure_ascii=False, default=_json_default))
-            out.write("\n")
+            hashes.append(int(got.phash, 16))
+            sizes.append(got.size)
+            out.write(line + b"\n")
 
     groups = near_duplicate_groups(hashes, settings.near_dup_distance)
     group_key: dict[int, str] = {}
@@ -497,11 +630,7 @@ def make_plan(
         "shard_size": settings.shard_size,
     }
     splits = {
-        s: {
-            "num_examples": counts[s],
-            "num_bytes_images": nbytes[s],
-            "shards": [f"{k:05d}.jsonl" for k in range(n_chunks[s])],
-        }
+        s: SplitPlan(counts[s], nbytes[s], [f"{k:05d}.jsonl" for k in range(n_chunks[s])])
         for s in SPLITS
         if counts[s]
     }
@@ -520,17 +649,25 @@ def make_plan(
 
 
 __all__ = [
+    "IMAGES_FILE",
     "SPLITS",
     "EvalSet",
     "Plan",
     "PhashIndex",
+    "PlannedImage",
+    "SplitPlan",
     "SplitSettings",
+    "StagedCell",
+    "StagedImages",
     "hamming",
     "load_eval_sets",
     "make_plan",
     "near_duplicate_groups",
     "parse_ratios",
+    "iter_planned",
     "parse_size",
+    "read_verified",
     "split_of",
+    "stage_image",
     "verify_image",
 ]

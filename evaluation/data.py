@@ -19,6 +19,7 @@ from typing import Any
 
 from PIL import Image
 
+from hqrs.dataset_builder.build_folder import BuildFolder
 from hqrs.dataset_builder.imaging import decode_image
 from hqrs.dataset_builder.io import load_json_utf8
 from hqrs.dataset_builder.sources import SkipReport, load_source, parse_spec
@@ -242,18 +243,7 @@ def load_class_folder(spec: str | Path) -> ClassificationData:
 
 def _readme_configs(folder: Path) -> list[str]:
     """Config names declared in ``folder/README.md``'s YAML (``configs: [{config_name, data_files}]``)."""
-    readme = folder / "README.md"
-    if not readme.is_file():
-        return []
-    from huggingface_hub.repocard import metadata_load
-
-    try:
-        meta = metadata_load(readme) or {}
-    except Exception as exc:  # yaml errors of a hand-written card
-        raise ValueError(f"{str(readme)!r}: cannot read its YAML header ({exc})") from None
-    configs = meta.get("configs") if isinstance(meta, dict) else None
-    configs = configs if isinstance(configs, list) else []
-    return [str(c.get("config_name", "default")) for c in configs if isinstance(c, dict)]
+    return BuildFolder(folder).card_configs()
 
 
 def open_dataset(

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from hqrs.dataset_builder.build_folder import BuildFolder
 from hqrs.dataset_builder.imaging import decode_image
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -219,14 +220,7 @@ def _pick_split(obj: Any, split: str, source: str) -> Any:
 
 def _builder_layout_files(root: Path, config: str) -> dict[str, list[str]] | None:
     """``{split: [files]}`` of the builder's hub layout ``data/<config>/<split>-*.parquet``, or ``None``."""
-    folder = root / "data" / config
-    if not folder.is_dir():
-        return None
-    splits: dict[str, list[str]] = {}
-    for path in sorted(folder.glob("*.parquet")):
-        name = path.name.split("-", 1)[0] if "-" in path.name else path.stem
-        splits.setdefault(name, []).append(str(path))
-    return splits or None
+    return BuildFolder(root).shard_files(config) or None
 
 
 def load_training_dataset(
@@ -271,7 +265,7 @@ def load_training_dataset(
                 "parquet", data_files={split: layout[split]}, split=split, streaming=streaming
             )
         if (root / "data").is_dir() and config:
-            found = sorted(p.name for p in (root / "data").iterdir() if p.is_dir())
+            found = BuildFolder(root).config_dirs()
             if found:
                 raise ValueError(
                     f"dataset folder {text!r} has no configuration {config!r} (data/{config}/); found {found}"

@@ -6,10 +6,15 @@ import argparse
 import logging
 from pathlib import Path
 
+from ..dataset_builder.split_settings import SplitSettings
 from .cli import leaf_parser
 from .mpgi import quiet_datatrove
 
 logger = logging.getLogger("hqrs.build")
+
+SPLIT = SplitSettings  # the defaults of the split options are its fields' (one source of truth)
+DEFAULT_RATIOS = ",".join(f"{r:g}" for r in SPLIT.ratios)
+DEMO_RATIOS = "0.6,0.2,0.2"  # the 16-scene demo: every split gets some scenes
 
 
 # the kinds of hqrs.dataset_builder.sources.SOURCE_KINDS (not imported here: numpy / PIL would slow every
@@ -94,16 +99,21 @@ def register(subparsers, parents) -> None:
         "do not show TIFF)",
     )
     p.add_argument(
-        "--shard-size", default="2000", help="images per shard (2000) or bytes of images ('500MB')"
+        "--shard-size",
+        default=str(SPLIT.shard_size),
+        help=f"images per shard ({SPLIT.shard_size}) or bytes of images ('500MB', '1GiB')",
     )
     p.add_argument(
         "--split-ratios",
         default=None,
-        help="train,validation,test ratios (default 0.9,0.05,0.05; demo 0.6,0.2,0.2)",
+        help=f"train,validation,test ratios (default {DEFAULT_RATIOS}; demo {DEMO_RATIOS})",
     )
-    p.add_argument("--seed", default="hqrs-it", help="salt of the split hash")
+    p.add_argument("--seed", default=SPLIT.seed, help=f"salt of the split hash (default {SPLIT.seed})")
     p.add_argument(
-        "--near-dup-distance", type=int, default=4, help="perceptual-hash bits for near-duplicates (-1: off)"
+        "--near-dup-distance",
+        type=int,
+        default=SPLIT.near_dup_distance,
+        help=f"perceptual-hash bits for near-duplicates (-1: off; default {SPLIT.near_dup_distance})",
     )
     p.add_argument(
         "--contamination",
@@ -114,33 +124,38 @@ def register(subparsers, parents) -> None:
         "(karpathy:dataset_rsicd.json?splits=test), an image folder or a hash JSON; repeatable",
     )
     p.add_argument(
-        "--contamination-distance", type=int, default=4, help="perceptual-hash bits (-1: exact bytes only)"
+        "--contamination-distance",
+        type=int,
+        default=SPLIT.contamination_distance,
+        help=f"perceptual-hash bits (-1: exact bytes only; default {SPLIT.contamination_distance})",
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..dataset_builder.build_folder import BuildFolder
     from ..dataset_builder.export import EXIT_SKIPPED, export_dataset
 
     out = Path(args.out)
+    folder = BuildFolder(out)
     inputs = [bool(args.source), bool(args.from_run), bool(args.captions_csv), bool(args.demo)]
     if sum(inputs) != 1:
         raise ValueError("give exactly one input: --source, --from-run, --captions-csv or --demo")
     sources = list(args.source or [])
-    ratios = args.split_ratios or "0.9,0.05,0.05"
+    ratios = args.split_ratios or DEFAULT_RATIOS
     if args.demo:
         from ..dataset_builder.demo import demo_source_spec, make_demo_scenes
 
-        sources = [demo_source_spec(make_demo_scenes(out / "demo_scenes"))]
-        ratios = args.split_ratios or "0.6,0.2,0.2"
+        sources = [demo_source_spec(make_demo_scenes(folder.demo_scenes))]
+        ratios = args.split_ratios or DEMO_RATIOS
     report = export_dataset(
         out,
         run_dir=args.from_run,
         captions_csv=args.captions_csv,
         sources=sources,
         recipe=args.recipe,
-        mpgi_dir=args.run_dir or (str(out / "mpgi_run") if sources else None),
+        mpgi_dir=args.run_dir or (str(folder.mpgi_run) if sources else None),
         configs=tuple(args.config or ("default", "full", "pairs")),
         fmt=args.fmt,
         num_proc=args.num_proc,
@@ -159,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
         f"HQRS-IT written to {out}: {report['images']} images ({splits}); "
         f"shards written {report['shards']['written']}, reused {report['shards']['reused']}; "
         f"skipped {report['skipped']}; removed from train by the contamination guard "
-        f"{report['contamination']['removed_from_train']} (details: {out / 'build_report.json'})"
+        f"{report['contamination']['removed_from_train']} (details: {folder.report})"
     )
     if args.strict and report["skipped"]:
         kinds = ", ".join(f"{k} {n}" for k, n in report["skipped_by_kind"].items())

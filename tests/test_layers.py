@@ -43,6 +43,7 @@ LAYER_OF = {
     f"{_DB}.io": "core",
     f"{_DB}.imaging": "core",
     f"{_DB}.parallel": "core",
+    f"{_DB}.build_folder": "core",
     # sources: readers of the eight input formats
     f"{_DB}.sources": "sources",
     f"{_DB}.sources.adapters": "sources",
@@ -80,6 +81,8 @@ LAYER_OF = {
     f"{_DB}.demo": "dataset",
     f"{_DB}.export": "dataset",
     f"{_DB}.planning": "dataset",
+    f"{_DB}.rows": "dataset",
+    f"{_DB}.split_settings": "dataset",
     # modeling
     "hqrs.modeling": "modeling",
     "hqrs.modeling.configuration_resnet_clip": "modeling",

@@ -391,7 +391,7 @@ def test_no_progress_and_qq_silence_datatrove(tmp_path):
 
 
 def test_stale_build_temp_files_are_removed(tmp_path):
-    from hqrs.dataset_builder.export import _remove_stale_tmp
+    from hqrs.dataset_builder.build_folder import BuildFolder
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -400,7 +400,7 @@ def test_stale_build_temp_files_are_removed(tmp_path):
     live = tmp_path / "data" / f".train-00000-of-00001.parquet.{__import__('os').getpid()}.tmp"
     stale.write_bytes(b"PAR1")
     live.write_bytes(b"PAR1")
-    assert _remove_stale_tmp(tmp_path) == 1
+    assert BuildFolder(tmp_path).remove_stale_tmp() == 1
     assert not stale.exists() and live.exists()
 
 

@@ -115,21 +115,32 @@ def test_writers_refuse_names_and_links_that_leave_the_output_folder(tmp_path):
     (out / "images").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(ValueError, match="outside the output folder"):
         inside(out, "images", "a.png")
+    from hqrs.dataset_builder.planning import PlannedImage, StagedImagesWriter
+    from hqrs.dataset_builder.records import Caption, ImageRecord, MpGIResult
+    from hqrs.dataset_builder.sources.images import ImageCell, image_cell
+
     image = _png(tmp_path / "src" / "a.png")
-    doc = {
-        "record": {"image": str(image), "image_id": file_content_id(image), "source": "t"},
-        "captions": [{"text": "a caption", "length": "short", "sources": []}],
-    }
+    image_id = file_content_id(image)
+    cells = tmp_path / "images.arrow"
+    with StagedImagesWriter(cells) as writer:
+        writer.append(ImageCell(**image_cell(str(image), image_id)))
+    record = ImageRecord(image_id=image_id, image=str(image), source="t", width=8, height=8)
+    planned = PlannedImage(MpGIResult(record, "", captions=[Caption("a caption", "short")]), 0, 1)
     staged = tmp_path / "staged.jsonl"
-    staged.write_text(json.dumps(doc) + "\n")
-    task = export._Task("csv", "pairs", "train", 0, 1, [str(staged)], str(out / ".parts" / "t.tsv"))
+    staged.write_text(json.dumps(planned.to_dict()) + "\n")
+    task = export._Task(
+        "csv", "pairs", "train", 0, 1, [str(staged)], str(out / ".parts" / "t.tsv"), str(cells)
+    )
     with pytest.raises(ValueError, match="outside the output folder"):
         export._run_task(task)
     assert list((tmp_path / "elsewhere").iterdir()) == []
-    # a staged document with a traversal id (no from_dict on this path): the tar writer refuses it
-    doc["record"]["image_id"] = "../../evil"
+    # a staged result with a traversal id (from_dict does not check ids): the tar writer refuses it
+    doc = planned.to_dict()
+    doc["result"]["record"]["image_id"] = "../../evil"
     staged.write_text(json.dumps(doc) + "\n")
-    task = export._Task("wds", "default", "train", 0, 1, [str(staged)], str(tmp_path / "w" / "s.tar"))
+    task = export._Task(
+        "wds", "default", "train", 0, 1, [str(staged)], str(tmp_path / "w" / "s.tar"), str(cells)
+    )
     with pytest.raises(ValueError, match="is not an image id"):
         export._run_task(task)
     assert not (tmp_path / "w" / "s.tar").exists()

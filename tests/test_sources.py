@@ -405,8 +405,8 @@ def test_image_cell_is_not_bound_by_pillows_default_pixel_limit(tmp_path, monkey
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA"])
-def test_fast_png_is_lossless(mode):
-    from hqrs.dataset_builder.sources.images import fast_png_bytes
+def test_cell_png_is_lossless(mode):
+    from hqrs.dataset_builder.sources.images import cell_png_bytes
 
     rng = np.random.default_rng(1)
     bands = len(mode)
@@ -414,7 +414,7 @@ def test_fast_png_is_lossless(mode):
     image = Image.fromarray(array[..., 0] if bands == 1 else array, mode=mode)
     import io
 
-    decoded = Image.open(io.BytesIO(fast_png_bytes(image)))
+    decoded = Image.open(io.BytesIO(cell_png_bytes(image)))
     assert decoded.format == "PNG" and decoded.mode == mode and decoded.size == (53, 37)
     assert np.array_equal(np.asarray(decoded), np.asarray(image))
 

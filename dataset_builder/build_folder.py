@@ -1,0 +1,238 @@
+"""The layout of a build folder (what ``hqrs build`` writes), in one place.
+
+A :class:`BuildFolder` owns every path of a folder written by
+:func:`hqrs.dataset_builder.export.build` and is what the writers (export, planning), training, evaluation
+and the hub code use to find things in it::
+
+    OUT/README.md                                      card: YAML ``configs`` + ``dataset_info``
+    OUT/build_report.json                              counts, skips with file and reason, splits, shards
+    OUT/data/<config>/<split>-XXXXX-of-YYYYY.parquet   parquet shards, image bytes embedded
+    OUT/<split>-XXXXX-of-YYYYY.tar                     webdataset shards (``--format webdataset``)
+    OUT/<split>.csv + OUT/images/                      open_clip CSV (``--format open_clip-csv``)
+    OUT/.parts/<split>-XXXXX-of-YYYYY.tsv              the CSV's finished parts (resume)
+    OUT/.staging/                                      the staged plan and image cells (resume; about
+                                                       the size of the embedded images)
+    OUT/mpgi_run/                                      ``hqrs build --source``'s MpGI run (default --run-dir)
+    OUT/.cache/hqrs_mpgi/                              ``build(sources=...)``'s MpGI run when none is named
+    OUT/demo_scenes/                                   the generated scenes of ``hqrs build --demo``
+    OUT/.hqrs_export.json                              which plan the shards in OUT were written for
+    OUT/**/.NAME.PID.tmp                               a file being written (renamed when complete)
+
+Every path a writer gets from here is confined to ``OUT`` by :func:`~hqrs.dataset_builder.records.inside`
+(names read from input, or links planted in ``OUT``, cannot lead a write elsewhere). The readers
+(:meth:`configs`, :meth:`splits`, :meth:`shard_files`, :meth:`read_report`, :meth:`card_configs`) only
+look.
+
+Example:
+    >>> folder = BuildFolder("out")
+    >>> folder.parquet_shard("pairs", "train", 0, 3).as_posix()  # doctest: +SKIP
+    '.../out/data/pairs/train-00000-of-00003.parquet'
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .io import load_json_utf8
+from .records import inside
+
+SPLITS = ("train", "validation", "test")  # the build's split names, in order
+
+CARD = "README.md"
+REPORT = "build_report.json"
+STAMP = ".hqrs_export.json"
+# shards of every format, relative to OUT (a rerun deletes the ones its plan does not name)
+SHARD_GLOBS = ("data/*/*.parquet", "*-of-*.tar", ".parts/*.tsv")
+
+
+def shard_name(split: str, index: int, total: int, ext: str) -> str:
+    """``<split>-XXXXX-of-YYYYY.<ext>`` (datasets' and the Hub's shard naming)."""
+    return f"{split}-{index:05d}-of-{total:05d}.{ext}"
+
+
+def tmp_path(path: Path) -> Path:
+    """Where ``path`` is written before it is renamed into place: ``.NAME.PID.tmp`` next to it."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _split_of_file(name: str) -> str:
+    return name.split("-", 1)[0] if "-" in name else Path(name).stem
+
+
+@dataclass(frozen=True)
+class BuildFolder:
+    """A build folder (see the module docstring). ``root`` need not exist yet."""
+
+    root: Path
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    # ----------------------------------------------------------------------------- writer paths
+
+    def path(self, *parts: str) -> Path:
+        """``root / parts``, confined to ``root`` (ValueError naming both when it leaves it)."""
+        return inside(self.root, *parts)
+
+    @property
+    def card(self) -> Path:
+        return self.path(CARD)
+
+    @property
+    def report(self) -> Path:
+        return self.path(REPORT)
+
+    @property
+    def stamp(self) -> Path:
+        return self.path(STAMP)
+
+    @property
+    def staging(self) -> Path:
+        return self.path(".staging")
+
+    @property
+    def cache(self) -> Path:
+        return self.path(".cache")
+
+    @property
+    def mpgi_cache(self) -> Path:
+        """The MpGI run directory of a ``sources`` build that names none."""
+        return self.path(".cache", "hqrs_mpgi")
+
+    @property
+    def mpgi_run(self) -> Path:
+        """``hqrs build --source``'s MpGI run directory when ``--run-dir`` is not given."""
+        return self.path("mpgi_run")
+
+    @property
+    def demo_scenes(self) -> Path:
+        return self.path("demo_scenes")
+
+    @property
+    def data(self) -> Path:
+        return self.path("data")
+
+    @staticmethod
+    def data_files(config: str, split: str) -> str:
+        """The card's ``data_files`` pattern of one config's split (relative to the folder)."""
+        return f"data/{config}/{split}-*"
+
+    @property
+    def images(self) -> Path:
+        """``images/`` of the open_clip CSV format (a pre-planted link to elsewhere is refused)."""
+        return self.path("images")
+
+    def image_file(self, name: str) -> Path:
+        return self.path("images", name)
+
+    def parquet_shard(self, config: str, split: str, index: int, total: int) -> Path:
+        return self.path("data", config, shard_name(split, index, total, "parquet"))
+
+    def wds_shard(self, split: str, index: int, total: int) -> Path:
+        return self.path(shard_name(split, index, total, "tar"))
+
+    def csv_part(self, split: str, index: int, total: int) -> Path:
+        return self.path(".parts", shard_name(split, index, total, "tsv"))
+
+    def csv_file(self, split: str) -> Path:
+        return self.path(f"{split}.csv")
+
+    def relative(self, path: str | os.PathLike) -> str:
+        """``path`` relative to ``root`` (as the report lists shards)."""
+        return str(Path(path).relative_to(self.root))
+
+    # ----------------------------------------------------------------------------- housekeeping
+
+    def existing_shards(self) -> list[Path]:
+        """Shard files of any format in the folder that resolve inside it (one reached through a link
+        to another folder is not ours to delete, and is left out)."""
+        found = []
+        for pattern in SHARD_GLOBS:
+            for shard in sorted(self.root.glob(pattern)):
+                try:
+                    inside(self.root, str(shard.relative_to(self.root)))
+                except ValueError:
+                    continue
+                found.append(shard)
+        return found
+
+    def remove_stale_tmp(self) -> int:
+        """Remove the ``.NAME.PID.tmp`` files of builds that were killed (their PID no longer runs)."""
+        removed = 0
+        for tmp in self.root.rglob(".*.tmp"):
+            pid = tmp.name.rsplit(".", 2)[-2]
+            if not pid.isdigit():
+                continue
+            try:
+                os.kill(int(pid), 0)
+                continue  # still running (or the PID was reused): leave it
+            except ProcessLookupError:
+                pass
+            except (PermissionError, OverflowError):
+                continue
+            tmp.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    # ----------------------------------------------------------------------------- readers
+
+    def is_build(self) -> bool:
+        """Whether the folder holds parquet shards in the build layout (``data/<config>/*.parquet``)."""
+        return bool(self.configs())
+
+    def configs(self) -> list[str]:
+        """Configs with parquet shards under ``data/`` (sorted)."""
+        data = self.root / "data"
+        if not data.is_dir():
+            return []
+        return sorted(p.name for p in data.iterdir() if p.is_dir() and any(p.glob("*.parquet")))
+
+    def config_dirs(self) -> list[str]:
+        """Every folder under ``data/`` (a config, or a folder that is not one), sorted."""
+        data = self.root / "data"
+        return sorted(p.name for p in data.iterdir() if p.is_dir()) if data.is_dir() else []
+
+    def shard_files(self, config: str) -> dict[str, list[str]]:
+        """``{split: [parquet files]}`` of ``data/<config>/`` (split from the file name), sorted;
+        ``{}`` when the config has no shards."""
+        folder = self.root / "data" / config
+        splits: dict[str, list[str]] = {}
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.parquet")):
+                splits.setdefault(_split_of_file(path.name), []).append(str(path))
+        return splits
+
+    def splits(self, config: str) -> list[str]:
+        """Split names of ``config`` in build order (train, validation, test), then any others."""
+        found = self.shard_files(config)
+        return [s for s in SPLITS if s in found] + sorted(set(found) - set(SPLITS))
+
+    def read_report(self) -> dict[str, Any]:
+        """``build_report.json`` (FileNotFoundError / ValueError naming the file)."""
+        return load_json_utf8(self.root / REPORT, "build report")
+
+    def card_configs(self) -> list[str]:
+        """Config names declared in ``README.md``'s YAML (``configs: [{config_name, data_files}]``);
+        ``[]`` without a card.
+
+        Raises:
+            ValueError: the card's YAML header does not parse (the message names the file).
+        """
+        card = self.root / CARD
+        if not card.is_file():
+            return []
+        from huggingface_hub.repocard import metadata_load
+
+        try:
+            meta = metadata_load(card) or {}
+        except Exception as exc:  # yaml errors of a hand-written card
+            raise ValueError(f"{str(card)!r}: cannot read its YAML header ({exc})") from None
+        configs = meta.get("configs") if isinstance(meta, dict) else None
+        configs = configs if isinstance(configs, list) else []
+        return [str(c.get("config_name", "default")) for c in configs if isinstance(c, dict)]
+
+
+__all__ = ["CARD", "REPORT", "SHARD_GLOBS", "SPLITS", "STAMP", "BuildFolder", "shard_name", "tmp_path"]
