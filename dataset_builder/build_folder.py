@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,13 +45,40 @@ SPLITS = ("train", "validation", "test")  # the build's split names, in order
 CARD = "README.md"
 REPORT = "build_report.json"
 STAMP = ".hqrs_export.json"
+DATA = "data"
+MPGI_RUN = "mpgi_run"
+STATS = "stats"  # the plots ``hqrs push dataset --plot`` adds to the dataset repo
+FORMATS = ("parquet", "open_clip-csv", "webdataset")  # what ``hqrs build --format`` writes
+PUSHABLE_FORMATS = ("parquet",)  # what a Hub dataset repo gets (configs, dataset_info, the viewer)
 # shards of every format, relative to OUT (a rerun deletes the ones its plan does not name)
-SHARD_GLOBS = ("data/*/*.parquet", "*-of-*.tar", ".parts/*.tsv")
+SHARD_GLOBS = (f"{DATA}/*/*.parquet", "*-of-*.tar", ".parts/*.tsv")
+# <split>-XXXXX-of-YYYYY.<ext>: the split is a plain name (no '-', so the name parses back)
+SHARD_RE = re.compile(
+    r"(?P<split>[A-Za-z0-9][A-Za-z0-9_]*)-(?P<index>\d+)-of-(?P<total>\d+)\.(?P<ext>[a-z]+)"
+)
+# what a dataset repo holds of a build folder, relative to OUT (plus the card, written at push time)
+PUBLISH_GLOBS = (f"{DATA}/*/*.parquet", REPORT, "*.png", f"{STATS}/*.png")
 
 
 def shard_name(split: str, index: int, total: int, ext: str) -> str:
-    """``<split>-XXXXX-of-YYYYY.<ext>`` (datasets' and the Hub's shard naming)."""
+    """``<split>-XXXXX-of-YYYYY.<ext>`` (datasets' and the Hub's shard naming; parsed by :func:`parse_shard`)."""
     return f"{split}-{index:05d}-of-{total:05d}.{ext}"
+
+
+def parse_shard(name: str, ext: str | None = None) -> str | None:
+    """The split of a shard file name written by :func:`shard_name` (with extension ``ext`` when given),
+    ``None`` for any other name.
+
+    Example:
+        >>> parse_shard("train-00000-of-00002.parquet", "parquet")
+        'train'
+        >>> parse_shard("train.parquet") is None
+        True
+    """
+    match = SHARD_RE.fullmatch(name)
+    if match is None or (ext is not None and match["ext"] != ext):
+        return None
+    return match["split"]
 
 
 def tmp_path(path: Path) -> Path:
@@ -59,7 +87,7 @@ def tmp_path(path: Path) -> Path:
 
 
 def _split_of_file(name: str) -> str:
-    return name.split("-", 1)[0] if "-" in name else Path(name).stem
+    return parse_shard(name) or (name.split("-", 1)[0] if "-" in name else Path(name).stem)
 
 
 @dataclass(frozen=True)
@@ -105,7 +133,7 @@ class BuildFolder:
     @property
     def mpgi_run(self) -> Path:
         """``hqrs build --source``'s MpGI run directory when ``--run-dir`` is not given."""
-        return self.path("mpgi_run")
+        return self.path(MPGI_RUN)
 
     @property
     def demo_scenes(self) -> Path:
@@ -113,12 +141,17 @@ class BuildFolder:
 
     @property
     def data(self) -> Path:
-        return self.path("data")
+        return self.path(DATA)
 
     @staticmethod
     def data_files(config: str, split: str) -> str:
-        """The card's ``data_files`` pattern of one config's split (relative to the folder)."""
-        return f"data/{config}/{split}-*"
+        """The card's ``data_files`` pattern of one config's split (relative to the folder, and to the
+        dataset repo it is pushed to): ``data/<config>/<split>-*.parquet``."""
+        return f"{DATA}/{config}/{split}-*.parquet"
+
+    def stats_file(self, name: str) -> Path:
+        """``stats/<name>``: a plot ``hqrs push dataset --plot`` adds to the staged dataset repo."""
+        return self.path(STATS, name)
 
     @property
     def images(self) -> Path:
@@ -129,7 +162,7 @@ class BuildFolder:
         return self.path("images", name)
 
     def parquet_shard(self, config: str, split: str, index: int, total: int) -> Path:
-        return self.path("data", config, shard_name(split, index, total, "parquet"))
+        return self.path(DATA, config, shard_name(split, index, total, "parquet"))
 
     def wds_shard(self, split: str, index: int, total: int) -> Path:
         return self.path(shard_name(split, index, total, "tar"))
@@ -183,27 +216,69 @@ class BuildFolder:
         """Whether the folder holds parquet shards in the build layout (``data/<config>/*.parquet``)."""
         return bool(self.configs())
 
+    def is_data_dir(self) -> bool:
+        """Whether the folder is the ``data/`` folder of a build (then :attr:`parent` is the build)."""
+        return self.root.name == DATA and self.parent.has_data()
+
+    @property
+    def parent(self) -> BuildFolder:
+        return BuildFolder(self.root.parent)
+
+    def has_data(self) -> bool:
+        """Whether ``data/`` exists (a parquet build, or a folder laid out like one)."""
+        return (self.root / DATA).is_dir()
+
     def configs(self) -> list[str]:
         """Configs with parquet shards under ``data/`` (sorted)."""
-        data = self.root / "data"
-        if not data.is_dir():
-            return []
-        return sorted(p.name for p in data.iterdir() if p.is_dir() and any(p.glob("*.parquet")))
+        return [c for c in self.config_dirs() if self.config_shards(c)]
 
     def config_dirs(self) -> list[str]:
         """Every folder under ``data/`` (a config, or a folder that is not one), sorted."""
-        data = self.root / "data"
+        data = self.root / DATA
         return sorted(p.name for p in data.iterdir() if p.is_dir()) if data.is_dir() else []
+
+    def config_shards(self, config: str) -> list[Path]:
+        """Every ``*.parquet`` file of ``data/<config>/``, sorted (named as shards or not)."""
+        return sorted((self.root / DATA / config).glob("*.parquet"))
 
     def shard_files(self, config: str) -> dict[str, list[str]]:
         """``{split: [parquet files]}`` of ``data/<config>/`` (split from the file name), sorted;
         ``{}`` when the config has no shards."""
-        folder = self.root / "data" / config
         splits: dict[str, list[str]] = {}
-        if folder.is_dir():
-            for path in sorted(folder.glob("*.parquet")):
-                splits.setdefault(_split_of_file(path.name), []).append(str(path))
+        for path in self.config_shards(config):
+            splits.setdefault(_split_of_file(path.name), []).append(str(path))
         return splits
+
+    def format(self) -> str | None:
+        """Which ``--format`` the folder's shards were written in, from the files: ``parquet``
+        (``data/<config>/*.parquet``), ``webdataset`` (``<split>-XXXXX-of-YYYYY.tar``) or
+        ``open_clip-csv`` (``<split>.csv`` or its ``.parts/``); ``None`` when it holds none of them."""
+        if self.configs():
+            return "parquet"
+        if any(parse_shard(p.name, "tar") for p in self.root.glob("*.tar")):
+            return "webdataset"
+        if any((self.root / f"{split}.csv").is_file() for split in SPLITS) or any(
+            (self.root / ".parts").glob("*.tsv")
+        ):
+            return "open_clip-csv"
+        return None
+
+    def publish_files(self) -> list[Path]:
+        """The files of the folder a Hub dataset repo holds (:data:`PUBLISH_GLOBS`: parquet shards,
+        the build report, plots), sorted; the card is rendered at push time."""
+        found = {p for pattern in PUBLISH_GLOBS for p in self.root.glob(pattern) if p.is_file()}
+        return sorted(found)
+
+    def run_dir(self, report: dict[str, Any] | None = None) -> Path:
+        """The MpGI run the build was made from: the report's ``input.run_dir`` (``report`` as read, or
+        read here; an unreadable report counts as none), else ``mpgi_run/``. Not checked to exist."""
+        if report is None:
+            try:
+                report = self.read_report()
+            except (OSError, ValueError):
+                report = {}
+        run_dir = (report.get("input") or {}).get("run_dir") if isinstance(report, dict) else None
+        return Path(run_dir) if isinstance(run_dir, str) and run_dir else self.root / MPGI_RUN
 
     def splits(self, config: str) -> list[str]:
         """Split names of ``config`` in build order (train, validation, test), then any others."""
@@ -235,4 +310,20 @@ class BuildFolder:
         return [str(c.get("config_name", "default")) for c in configs if isinstance(c, dict)]
 
 
-__all__ = ["CARD", "REPORT", "SHARD_GLOBS", "SPLITS", "STAMP", "BuildFolder", "shard_name", "tmp_path"]
+__all__ = [
+    "CARD",
+    "DATA",
+    "FORMATS",
+    "MPGI_RUN",
+    "PUBLISH_GLOBS",
+    "PUSHABLE_FORMATS",
+    "REPORT",
+    "SHARD_GLOBS",
+    "SHARD_RE",
+    "SPLITS",
+    "STAMP",
+    "BuildFolder",
+    "parse_shard",
+    "shard_name",
+    "tmp_path",
+]

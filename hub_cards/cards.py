@@ -21,6 +21,7 @@ from urllib.parse import parse_qs
 from safetensors import safe_open
 
 from hqrs.dataset_builder import PAPER_CITATION
+from hqrs.dataset_builder.build_folder import BuildFolder
 from hqrs.dataset_builder.dataset_card import TAGS, dataset_card, infos_from_folder
 from hqrs.dataset_builder.io import load_json_utf8
 from hqrs.evaluation.results import SCHEMA, model_index_entry, weights_sha256
@@ -232,12 +233,17 @@ def render_dataset_card(
     the push adds: ``stats`` is the JSON of ``hqrs eval dataset`` (flat numbers are tabled), ``plots`` are
     PNG paths relative to the folder, ``sources`` a list of ``{"name", "license", "citation"}``. The build
     report (``build_report.json``) supplies split, skip and contamination numbers, and the MpGI run
-    manifest (``mpgi_run/manifest.json`` or the report's ``run_dir``) the recipe, models and tokens.
+    manifest (``manifest.json`` of :meth:`~hqrs.dataset_builder.build_folder.BuildFolder.run_dir`) the
+    recipe, models and tokens.
+
+    Raises:
+        ValueError: a ``webdataset`` / ``open_clip-csv`` build (only parquet builds are pushed), or see
+            :func:`~hqrs.dataset_builder.dataset_card.infos_from_folder`.
     """
-    dataset_dir = Path(dataset_dir)
-    infos = infos_from_folder(dataset_dir)
-    report = _read_json(dataset_dir / "build_report.json")
-    manifest = _read_json(run_dir_of(dataset_dir, report) / "manifest.json")
+    folder = BuildFolder(dataset_dir)
+    infos = infos_from_folder(folder.root)
+    report = _read_json(folder.report)
+    manifest = _read_json(folder.run_dir(report) / "manifest.json")  # the MpGI run's own file
     return dataset_card(
         infos,
         pretty_name=repo_id.split("/")[-1],
@@ -253,14 +259,9 @@ def render_dataset_card(
 
 
 def run_dir_of(dataset_dir: str | Path, report: dict[str, Any] | None = None) -> Path:
-    """The MpGI run a build folder was made from: its report's ``input.run_dir``, else ``mpgi_run/``."""
-    if report is None:
-        try:
-            report = _read_json(Path(dataset_dir) / "build_report.json")
-        except ValueError:
-            report = {}
-    run_dir = (report.get("input") or {}).get("run_dir") if isinstance(report, dict) else None
-    return Path(run_dir) if isinstance(run_dir, str) and run_dir else Path(dataset_dir) / "mpgi_run"
+    """The MpGI run a build folder was made from (:meth:`BuildFolder.run_dir`): its report's
+    ``input.run_dir``, else ``mpgi_run/``."""
+    return BuildFolder(dataset_dir).run_dir(report)
 
 
 # What the source datasets' own distributions say about their licences (read from their public pages /

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from .cards import MODEL_KINDS, model_kind, render_dataset_card, render_model_card, run_dir_of
+from hqrs.dataset_builder.build_folder import CARD, BuildFolder
+
+from .cards import MODEL_KINDS, model_kind, render_dataset_card, render_model_card
 
 # What a model repo may hold: safetensors weights and text metadata; never pickles.
 MODEL_PATTERNS = (
@@ -37,14 +39,6 @@ MODEL_PATTERNS = (
     "chat_template.jinja",
 )
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-DATASET_PATTERNS = (
-    "data/**/*.parquet",
-    "data/**/*.tar",
-    "data/**/*.csv",
-    "build_report.json",
-    "*.png",
-    "stats/*.png",
-)
 TEXT_SUFFIXES = {".json", ".md", ".py", ".txt", ".yaml", ".yml", ".jinja", ".csv"}
 # Every Hugging Face token format: user/fine-grained "hf_…", OAuth "hf_oauth_…", organisation "api_org_…"
 # and the legacy "api_…" tokens.
@@ -165,35 +159,48 @@ def stage_dataset(
     sources: list[dict[str, str]] | None = None,
     license: str = "other",
 ) -> PushPlan:
-    """Copy a ``hqrs build`` folder's shards, report and plots into ``out_dir`` with a rendered card."""
+    """Copy a ``hqrs build`` folder's shards, report and plots into ``out_dir`` with a rendered card.
+
+    The staged folder has the build folder's layout (:class:`~hqrs.dataset_builder.build_folder.BuildFolder`):
+    :meth:`~hqrs.dataset_builder.build_folder.BuildFolder.publish_files` (parquet shards, the build report
+    with local paths made relative, plots), ``--plot`` files under ``stats/`` and the card.
+
+    Raises:
+        ValueError: a ``--format webdataset`` / ``open_clip-csv`` build (only parquet builds are pushed;
+            the message names the format and says to rebuild with ``--format parquet``), a folder that is no
+            build, bad ``stats`` / ``sources``, or what :func:`check_folder` refuses.
+    """
     _validate_repo_id(repo_id)
-    dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
+    build, staged = BuildFolder(dataset_dir), BuildFolder(out_dir)
     plots = [Path(plot) for plot in plots or []]
-    # rendered first: a folder that is no build, bad stats / sources fail before anything is written to out_dir
+    # rendered first: a folder that is no (parquet) build, bad stats / sources fail before anything is
+    # written to out_dir
     card = render_dataset_card(
-        dataset_dir,
+        build.root,
         repo_id,
         stats=stats,
-        plots=[f"stats/{plot.name}" for plot in plots],
+        plots=[staged.relative(staged.stats_file(plot.name)) for plot in plots],
         sources=sources,
         license=license,
     )
     for plot in plots:
         if not plot.is_file():
             raise FileNotFoundError(f"plot {str(plot)!r} not found")
-    _prepare_out(out_dir)
-    _copy_matching(dataset_dir, out_dir, DATASET_PATTERNS)
-    report = out_dir / "build_report.json"
-    if report.is_file():
-        report.write_text(
-            json.dumps(_without_local_paths(json.loads(report.read_text()), dataset_dir), indent=2)
-        )
+    _prepare_out(staged.root)
+    for path in build.publish_files():
+        target = staged.path(build.relative(path))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    if staged.report.is_file():
+        public = _without_local_paths(json.loads(staged.report.read_text(encoding="utf-8")), build.root)
+        staged.report.write_text(json.dumps(public, indent=2), encoding="utf-8")
     for plot in plots:
-        (out_dir / "stats").mkdir(exist_ok=True)
-        shutil.copy2(plot, out_dir / "stats" / plot.name)
-    card.save(out_dir / "README.md")
-    check_folder(out_dir, "dataset", recipe_secret_names(run_dir_of(dataset_dir)))
-    return _plan(out_dir, repo_id, "dataset")
+        target = staged.stats_file(plot.name)
+        target.parent.mkdir(exist_ok=True)
+        shutil.copy2(plot, target)
+    card.save(staged.card)
+    check_folder(staged.root, "dataset", recipe_secret_names(build.run_dir()))
+    return _plan(staged.root, repo_id, "dataset")
 
 
 _ABS_PATH = re.compile(r"(?<![\w./])/(?:[^/\s\"'?&=]+/)*[^/\s\"'?&=]+")
@@ -377,7 +384,7 @@ def check_folder(folder: str | Path, repo_type: str, secret_names: list[str] | t
 
     folder = Path(folder)
     problems: list[str] = []
-    card_path = folder / "README.md"
+    card_path = folder / CARD  # a model folder's card has the same name as a build folder's
     if not card_path.is_file():
         problems.append("README.md (the card) is missing")
     else:
