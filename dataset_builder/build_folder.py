@@ -217,8 +217,9 @@ class BuildFolder:
         return bool(self.configs())
 
     def is_data_dir(self) -> bool:
-        """Whether the folder is the ``data/`` folder of a build (then :attr:`parent` is the build)."""
-        return self.root.name == DATA and self.parent.has_data()
+        """Whether the folder is named like a build's ``data/`` folder and exists (then :attr:`parent` is
+        the build a user who gave this path means)."""
+        return self.root.name == DATA and self.root.is_dir()
 
     @property
     def parent(self) -> BuildFolder:

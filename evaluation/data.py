@@ -273,7 +273,7 @@ def _open_dataset(
     import datasets
 
     path = Path(spec)
-    if path.is_dir() and path.name == "data" and _readme_configs(path.parent):  # data/ of a build
+    if BuildFolder(path).is_data_dir() and _readme_configs(path.parent):  # data/ of a build
         path = path.parent
     configs = _readme_configs(path) if path.is_dir() else []
     if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hqrs.dataset_builder.build_folder import BuildFolder
 from hqrs.dataset_builder.mpgi.engine import iter_results
 from hqrs.dataset_builder.mpgi.integrate import check_caption
 from hqrs.dataset_builder.records import MpGIResult
@@ -173,17 +174,17 @@ def load_dataset_captions(
         split = "all"
     if not path.exists():
         raise FileNotFoundError(f"dataset {str(path)!r} does not exist")
-    if path.name == "data" and (path / "default").is_dir():  # the data/ folder of a build: the build
+    if BuildFolder(path).is_data_dir() and (path / "default").is_dir():  # the data/ folder of a build
         path = path.parent
     is_run = path.is_dir() and (path / "recipe.json").is_file()
     is_jsonl = path.suffix == ".jsonl" or (
-        path.is_dir() and not (path / "data").is_dir() and any(path.rglob("*.jsonl"))
+        path.is_dir() and not BuildFolder(path).has_data() and any(path.rglob("*.jsonl"))
     )
     if (is_run or is_jsonl) and (split != "all" or config is not None):
         raise ValueError(f"{str(path)!r} is an MpGI run / results file: it has no splits or configs")
     if is_run:  # an MpGI run directory
         return _from_results(path.name, iter_results(path), images)
-    if path.is_dir() and (path / "data").is_dir():  # the folder `hqrs build` writes
+    if BuildFolder(path).has_data():  # the folder `hqrs build` writes
         data = _load_hf(path, caption_column, images, name=path.name, split=split, config=config)
         run_dir = _build_run_dir(path)
         if run_dir is not None:  # the records behind the rows: facts for the consistency check
@@ -201,12 +202,12 @@ def load_dataset_captions(
 
 def _build_run_dir(build_dir: Path) -> Path | None:
     """The MpGI run a build folder was made from (its report's ``input.run_dir``, or ``mpgi_run/``)."""
-    report = build_dir / "build_report.json"
-    candidates = [build_dir / "mpgi_run"]
-    if report.is_file():
-        run_dir = (json.loads(report.read_text(encoding="utf-8")).get("input") or {}).get("run_dir")
-        if run_dir:
-            candidates.insert(0, Path(run_dir))
+    folder = BuildFolder(build_dir)
+    try:
+        report = folder.read_report()
+    except FileNotFoundError:
+        report = {}
+    candidates = [folder.run_dir(report), folder.run_dir({})]  # the recorded run, then the default mpgi_run/
     return next((c for c in candidates if (c / "recipe.json").is_file()), None)
 
 

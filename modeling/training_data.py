@@ -264,12 +264,11 @@ def load_training_dataset(
             return load_dataset(
                 "parquet", data_files={split: layout[split]}, split=split, streaming=streaming
             )
-        if (root / "data").is_dir() and config:
-            found = BuildFolder(root).config_dirs()
-            if found:
-                raise ValueError(
-                    f"dataset folder {text!r} has no configuration {config!r} (data/{config}/); found {found}"
-                )
+        found = BuildFolder(root).config_dirs() if config else []
+        if found:
+            raise ValueError(
+                f"dataset folder {text!r} has no configuration {config!r} (data/{config}/); found {found}"
+            )
         return load_dataset(str(root), name=config, split=split, streaming=streaming)
     if root.exists():
         raise ValueError(f"dataset {text!r} is a file; give its folder or a Hub repository id")

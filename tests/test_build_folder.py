@@ -4,13 +4,18 @@ the split defaults."""
 from __future__ import annotations
 
 import argparse
+import ast
 import inspect
 import json
+import re
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from hqrs.dataset_builder import build_folder as layout
+from hqrs.dataset_builder import export
 from hqrs.dataset_builder.build_folder import BuildFolder
 from hqrs.dataset_builder.builder import HQRSITConfig
 from hqrs.dataset_builder.export import BuildConfig, BuildInput, BuildReport, build, export_dataset
@@ -87,3 +92,88 @@ def test_build_returns_a_typed_report_and_the_folder_reads_it_back(tmp_path):
         BuildInput(run_dir="r", captions_csv="c")
     with pytest.raises(ValueError, match="format must be one of"):
         BuildConfig(fmt="zip")
+    # the readers the card and the hub push use
+    assert folder.format() == "parquet" and folder.run_dir({}) == tmp_path / "out" / "mpgi_run"
+    published = [folder.relative(p) for p in folder.publish_files()]
+    assert published == [
+        "build_report.json",
+        *(folder.relative(p) for c in ("default", "pairs") for p in folder.config_shards(c)),
+    ]
+
+
+def test_shard_names_parse_back():
+    name = layout.shard_name("validation", 3, 12, "parquet")
+    assert name == "validation-00003-of-00012.parquet"
+    assert layout.parse_shard(name, "parquet") == "validation" and layout.parse_shard(name, "tar") is None
+    for other in ["train.parquet", "train-0-of-x.parquet", "-00000-of-00001.tar", "a b-00000-of-00001.tar"]:
+        assert layout.parse_shard(other) is None, other
+    assert BuildFolder.data_files("pairs", "test") == "data/pairs/test-*.parquet"
+    assert export.FORMATS == layout.FORMATS  # what `hqrs build --format` accepts is what the folder knows
+
+
+# --------------------------------------------------------------------------- one owner of the layout
+
+ROOT = Path(__file__).resolve().parents[1]
+SCANNED = ("dataset_builder", "hub_cards", "modeling", "evaluation", "scripts")
+# the names of a build folder's layout; a module that needs one asks BuildFolder
+LAYOUT_NAMES = {layout.DATA, layout.REPORT, layout.MPGI_RUN, ".staging"}
+LAYOUT_PARTS = (layout.REPORT, layout.MPGI_RUN, ".staging", "-of-")
+# (file, literal): what is legitimately not the build layout
+ALLOWED = {
+    ("hub_cards/cards.py", "data"): "_GENERIC_DIRS: source folder names that say nothing about the source",
+}
+
+
+def layout_literals(source: str) -> list[tuple[int, str]]:
+    """String literals of ``source`` that spell a build-folder path: a layout name (``data``,
+    ``build_report.json``, ``mpgi_run``, ``.staging``), a ``data/...`` path or a ``-of-`` shard name.
+    Docstrings, prose (a literal with whitespace: messages), dict keys and subscripts are not paths."""
+    tree = ast.parse(source)
+    skip = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+            if isinstance(body[0].value, ast.Constant):
+                skip.add(id(body[0].value))
+        if isinstance(node, ast.Dict):
+            skip.update(id(k) for k in node.keys if k is not None)
+        if isinstance(node, ast.Subscript):
+            skip.add(id(node.slice))
+    found = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Constant) and isinstance(node.value, str)) or id(node) in skip:
+            continue
+        text = node.value
+        if re.search(r"\s", text):
+            continue
+        if text in LAYOUT_NAMES or text.startswith("data/") or any(p in text for p in LAYOUT_PARTS):
+            found.append((node.lineno, text))
+    return found
+
+
+def test_layout_literals_are_caught():
+    planted = '''"""Doc: OUT/build_report.json and data/x-00000-of-00001.parquet are fine here."""
+from pathlib import Path
+def f(out, split):
+    """data/ in a docstring."""
+    print(f"{out} has no data/ folder")  # prose
+    meta = {"data": 1}["data"]
+    return Path(out) / "build_report.json", Path(out, "data"), f"{split}-{0:05d}-of-{1:05d}.tar", out / "mpgi_run"
+'''
+    assert sorted(t for _, t in layout_literals(planted)) == ["-of-", "build_report.json", "data", "mpgi_run"]
+
+
+def test_only_build_folder_spells_the_build_layout():
+    """dataset, hub, modeling, evaluation and CLI code find build-folder paths through BuildFolder."""
+    found = []
+    for package in SCANNED:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            if rel == "dataset_builder/build_folder.py":
+                continue
+            for line, text in layout_literals(path.read_text(encoding="utf-8")):
+                if (rel, text) not in ALLOWED:
+                    found.append(f"{rel}:{line}: {text!r}")
+    assert not found, "build-folder paths spelled outside build_folder.py (use BuildFolder):\n" + "\n".join(
+        found
+    )

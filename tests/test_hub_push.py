@@ -198,6 +198,42 @@ def test_dataset_dry_run_loads_with_load_dataset(built_dataset, tmp_path, capsys
     assert len(datasets.load_dataset(str(out))["train"][0]["captions"]) == 6
 
 
+@pytest.mark.parametrize(
+    "fmt, written",
+    [
+        (
+            "webdataset",
+            ["test-00000-of-00001.tar", "train-00000-of-00001.tar", "validation-00000-of-00001.tar"],
+        ),
+        ("open_clip-csv", ["images", "test.csv", "train.csv", "validation.csv"]),
+    ],
+)
+def test_only_parquet_builds_are_pushed(fmt, written, tmp_path, capsys):
+    """A `--format webdataset` / `open_clip-csv` build (shards at OUT's root, no data/) is refused by name
+    with the fix, before anything is staged; the same input built as parquet is pushed."""
+    build = tmp_path / fmt
+    assert cli.main(["-q", "build", "--demo", "--format", fmt, "--out", str(build)]) == 0
+    assert sorted(set(p.name for p in build.iterdir()) & {*written, "data"}) == written  # what export wrote
+    capsys.readouterr()
+    argv = ["push", "dataset", str(build), "--repo-id", "hqrs-test/tiny-hqrs-it", "--dry-run"]
+    assert cli.main([*argv, str(tmp_path / "stage")]) == 1
+    assert capsys.readouterr().err == (
+        f"hqrs: error: {str(build)!r} is a --format {fmt} build; only --format parquet builds get a dataset "
+        "card and can be pushed to the Hub (configs, dataset_info and the dataset viewer need the parquet "
+        "shards): rebuild with `hqrs build --format parquet --out NEW_FOLDER` (same input) to push\n"
+    )
+    assert not (tmp_path / "stage").exists()
+    # the fix the message names works: same input, --format parquet, into a new folder
+    fixed = tmp_path / "parquet"
+    assert cli.main(["-q", "build", "--demo", "--format", "parquet", "--out", str(fixed)]) == 0
+    argv[2] = str(fixed)
+    assert cli.main([*argv, str(tmp_path / "stage")]) == 0
+    staged = sorted(
+        p.relative_to(tmp_path / "stage").as_posix() for p in (tmp_path / "stage").rglob("*.parquet")
+    )
+    assert staged and all(p.startswith("data/") for p in staged)
+
+
 def test_dataset_card_statistics_from_eval_dataset(built_dataset, tmp_path, capsys):
     """`--stats` takes what `hqrs eval dataset` writes; bad --stats / --sources fail before OUT exists."""
     assert cli.main(["-q", "eval", "dataset", str(built_dataset), "--out-dir", str(tmp_path / "q")]) == 0
