@@ -20,8 +20,10 @@ and the hub code use to find things in it::
 
 Every path a writer gets from here is confined to ``OUT`` by :func:`~hqrs.dataset_builder.records.inside`
 (names read from input, or links planted in ``OUT``, cannot lead a write elsewhere). The readers
-(:meth:`configs`, :meth:`splits`, :meth:`shard_files`, :meth:`read_report`, :meth:`card_configs`) only
-look.
+(:meth:`configs`, :meth:`splits`, :meth:`shard_files`, :meth:`config_shards`, :meth:`read_report`,
+:meth:`card_configs`, :meth:`format`, :meth:`publish_files`, :meth:`run_dir`) only look. Shard names are
+written by :func:`shard_name` and parsed by :func:`parse_shard` (:data:`SHARD_RE`), nowhere else; no other
+module spells a layout name (tests/test_build_folder.py::test_only_build_folder_spells_the_build_layout).
 
 Example:
     >>> folder = BuildFolder("out")

@@ -258,12 +258,6 @@ def render_dataset_card(
     )
 
 
-def run_dir_of(dataset_dir: str | Path, report: dict[str, Any] | None = None) -> Path:
-    """The MpGI run a build folder was made from (:meth:`BuildFolder.run_dir`): its report's
-    ``input.run_dir``, else ``mpgi_run/``."""
-    return BuildFolder(dataset_dir).run_dir(report)
-
-
 # What the source datasets' own distributions say about their licences (read from their public pages /
 # repositories; see ../shared/data/rs_real/SOURCES.md). Matched on the source's name or kind.
 KNOWN_SOURCES: dict[str, dict[str, str]] = {
