@@ -349,7 +349,9 @@ class Source:
         if self.allow_outside_root:
             return None
         real = image_path.resolve()
-        roots = self.roots()
+        roots = self.__dict__.get("_roots")
+        if roots is None:  # resolved once per source, not once per image
+            roots = self.__dict__["_roots"] = self.roots()
         if any(real == root or real.is_relative_to(root) for root in roots):
             return None
         plain = Path(os.path.normpath(image_path.absolute()))
