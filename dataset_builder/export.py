@@ -240,8 +240,12 @@ def plan_build(
 ) -> tuple[Plan, Path]:
     """Stages 1 and 2: the input's results, staged, split and sharded in ``folder.staging`` (a finished
     plan of the same input and settings is reused). The image staging is opened first, so the source
-    analysis (sources, caption CSV) stages each image's cell from its one read of the file."""
-    with ImageStaging(folder.staging, config.keep_original) as images:
+    analysis (sources, caption CSV) stages each image's cell from its one read of the file. (A caption
+    CSV is analysed only when the plan is made; sources are analysed before it is known whether a
+    staged plan can be reused, so a rerun over an existing plan does not stage cells: the plan reads
+    the files it needs.)"""
+    rerun = bool(inp.sources) and (folder.staging / "plan.json").is_file()
+    with ImageStaging(folder.staging, config.keep_original, hand_over=not rerun) as images:
         return _plan_build(inp, folder, config, report, pool, images)
 
 

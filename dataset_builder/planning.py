@@ -354,11 +354,13 @@ class ImageStaging:
     from here (:meth:`take`) instead of reading their files again, and appends the cells of the others.
     :meth:`commit` renames the file to ``images.arrow``; closing it uncommitted (a reused plan, an error)
     removes it. Memory: one small index entry per handed-over image not yet planned; the bytes stream
-    to disk.
+    to disk. With ``hand_over=False`` it takes no cell from the analysis (a rerun that will most likely
+    reuse its plan: the cells would be written only to be thrown away).
     """
 
-    def __init__(self, staging: Path, keep_original: bool = False):
+    def __init__(self, staging: Path, keep_original: bool = False, hand_over: bool = True):
         self.keep_original = keep_original
+        self.hand_over = hand_over
         self.target = Path(staging) / IMAGES_FILE
         self.path = tmp_path(self.target)
         self.target.parent.mkdir(parents=True, exist_ok=True)
@@ -368,7 +370,12 @@ class ImageStaging:
     def add(self, record: ImageRecord, cell: ImageCell, size: int, phash: str | None) -> None:
         """Stage the cell the analysis made of ``record``'s image (no perceptual hash: not taken; the
         plan reads the file)."""
-        if self.writer is None or not _valid_phash(phash) or record.image_id in self._handed:
+        if (
+            not self.hand_over
+            or self.writer is None
+            or not _valid_phash(phash)
+            or record.image_id in self._handed
+        ):
             return
         index = self.writer.append(cell)
         self._handed[record.image_id] = (str(record.image), StagedRef(int(size), phash, index))
@@ -579,6 +586,7 @@ def _make_plan(
     report_local = SkipReport()
     staging.mkdir(parents=True, exist_ok=True)
     (staging / "plan.json").unlink(missing_ok=True)  # an interrupted re-plan leaves no stale plan
+    (staging / IMAGES_FILE).unlink(missing_ok=True)  # nor the old cells next to the new ones
     all_path = staging / "all.jsonl"
     ids: list[str] = []
     hashes: list[int | None] = []

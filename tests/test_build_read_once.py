@@ -67,7 +67,10 @@ PROBE = textwrap.dedent(
     d = export_dataset(root / "d", captions_csv=str(csv), num_proc=2, **kw)
     phase["name"] = "rerun"
     export_dataset(root / "c", captions_csv=str(csv), **kw)
+    phase["name"] = "sources_rerun"
+    export_dataset(root / "a", sources=[f"folder:{root / 'scenes'}"], mpgi_dir=str(root / "run"), **kw)
     phase["name"] = None
+    leftovers = [sorted(p.name for p in (root / x / ".staging").iterdir() if p.is_file()) for x in "abcd"]
     import pyarrow.parquet as pq
 
     def cells(out):  # every config's image cells, by config and content id
@@ -85,6 +88,7 @@ PROBE = textwrap.dedent(
         "images": [x["images"] for x in (a, b, c, d)],
         "cells": len(built[0]),
         "same_cells": all(x == built[0] for x in built),
+        "staging_files": leftovers,
     }))
     """
 )
@@ -136,3 +140,39 @@ def test_the_handed_over_cells_are_the_cells_a_run_dir_build_makes(counts):
 def test_a_rerun_reuses_the_staged_plan_and_reads_no_image(counts):
     assert not any(counts["opens"].get("rerun", {}).values())
     assert counts["decodes"].get("rerun", 0) == 0
+
+
+def test_a_sources_rerun_reads_each_image_once_for_mpgi_and_stages_nothing(counts):
+    """A rerun from sources analyses the images again (MpGI takes the records) before the staged plan is
+    found reusable: one read each, and no cell is staged only to be thrown away; every build leaves
+    just its plan's ``images.arrow`` (no temporary cell file)."""
+    assert sorted(counts["opens"]["sources_rerun"].values()) == [1] * 6
+    assert counts["staging_files"] == [["images.arrow", "plan.json"]] * 4
+
+
+def test_handed_over_images_still_pass_the_path_checks(tmp_path):
+    """A cell the analysis handed over is embedded only after the plan's path checks: with
+    ``allowed_roots`` elsewhere every image of a caption CSV is refused, naming the root to add."""
+    import numpy as np
+    from PIL import Image
+
+    from hqrs.dataset_builder.export import export_dataset
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.tif")
+    csv = tmp_path / "caps.csv"
+    csv.write_text("filepath,caption\nimg/0.tif,a field\nimg/1.tif,a road\n")
+    kw = dict(captions_csv=str(csv), configs=("default",), split_ratios="1,0,0", progress=False)
+    with pytest.raises(ValueError, match="read no usable image"):
+        export_dataset(tmp_path / "out", allowed_roots=[str(tmp_path / "elsewhere")], **kw)
+    report = json.loads((tmp_path / "out" / "build_report.json").read_text())
+    assert [i["reason"] for i in report["skipped_items"]] == [
+        f"image refused at build time: {str(tmp_path / 'img' / f'{i}.tif')!r} resolves to "
+        f"{str((tmp_path / 'img' / f'{i}.tif').resolve())!r}, outside the allowed roots "
+        f"{tmp_path / 'elsewhere'} (add its folder with --allow-root)"
+        for i in range(2)
+    ]
+    assert export_dataset(tmp_path / "ok", allowed_roots=[str(tmp_path / "img")], **kw)["images"] == 2
