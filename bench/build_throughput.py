@@ -5,8 +5,9 @@ PNG) repeated to N records; every copy gets a few distinct trailing bytes so eac
 (own content id), as in a real build. A released-caption CSV (2 captions per image) is the input.
 
 * ours: ``export_dataset(OUT, captions_csv=CSV, configs=("default",), num_proc=P)`` — source adapter
-  (read once, content id, one decode for the truncation check + perceptual hash), split planning with
-  near-duplicate groups, staging, parquet shards with embedded bytes (TIFF re-encoded to PNG), card,
+  (each file read once: content id, one decode for the truncation check + perceptual hash, and the
+  image's cell made from that read, a TIFF's PNG from that decode, staged as the records flow), split
+  planning with near-duplicate groups (no file read again), parquet shards with embedded bytes, card,
   report. Variants: ``num_proc`` 1 and 2, and ``keep_original`` (TIFF embedded as is);
 * baseline: ``Dataset.from_dict({"image": paths, "captions": ...}).cast_column("image", Image())
   .to_parquet(FILE)`` on the same files, as the issue names it. NOTE: in datasets 5 ``to_parquet``
@@ -15,6 +16,11 @@ PNG) repeated to N records; every copy gets a few distinct trailing bytes so eac
 * baseline-embed: the same plus ``with_format("arrow").map(embed_table_storage, batched=True)``
   before ``to_parquet`` — what ``push_to_hub`` does so the parquet holds the image bytes: the
   like-for-like baseline (reads the bytes; no decode, no hash, no conversion, no splits).
+
+``--stages`` also prints the CPU milliseconds per image of each step of our image analysis on the same
+files (read, SHA-256 content id, decode as the analysis decodes, perceptual hash, PNG cell of a TIFF /
+BMP), by format and averaged over the input mix, next to the baseline's whole CPU per image (the slope
+between ``--records`` and a quarter of it): the steps the baseline does not do bound our ratio.
 
 Each run is a fresh subprocess (imports included on both sides); peak RSS is its ``ru_maxrss``; CPU
 seconds (the subprocess and its pool workers) are reported next to wall time, and their ratio is the
@@ -124,6 +130,58 @@ def _child(mode: str, csv_path: str, out: str) -> None:
     )
 
 
+def stage_costs(csv_path: Path, rounds: int = 3) -> dict[str, dict[str, float]]:
+    """CPU ms per image of each analysis step, by file extension, on the images of ``csv_path``."""
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    from hqrs.dataset_builder.sources.images import (
+        _cell_png,
+        _draft_for_phash,
+        _to_pil_rgb8,
+        needs_encoding,
+        perceptual_hash,
+    )
+
+    files = sorted({p for p in (csv_path.parent / "images").iterdir()})
+    totals: dict[str, dict[str, float]] = {}
+    counts: dict[str, int] = {}
+
+    def timed(ext: str, step: str, fn, *args):
+        start = time.process_time()
+        out = fn(*args)
+        totals.setdefault(ext, {}).setdefault(step, 0.0)
+        totals[ext][step] += time.process_time() - start
+        return out
+
+    def decode(data: bytes) -> Image.Image:  # as the analysis decodes: JPEGs at the hash's reduced size
+        im = Image.open(io.BytesIO(data))
+        _draft_for_phash(im)
+        im.load()
+        return im
+
+    for _ in range(rounds):
+        for path in files:
+            ext = path.suffix.lower()
+            counts[ext] = counts.get(ext, 0) + 1
+            data = timed(ext, "read", path.read_bytes)
+            timed(ext, "sha256", lambda d: hashlib.sha256(d).hexdigest(), data)
+            im = timed(ext, "decode", decode, data)
+            timed(ext, "phash", lambda i: perceptual_hash(_to_pil_rgb8(i)), im)
+            if needs_encoding(path):
+                timed(ext, "png_cell", _cell_png, im)
+    out = {ext: {k: 1000 * v / counts[ext] for k, v in steps.items()} for ext, steps in totals.items()}
+    n = sum(counts.values())
+    mix: dict[str, float] = {}
+    for ext, steps in out.items():
+        for k, v in steps.items():
+            mix[k] = mix.get(k, 0.0) + v * counts[ext] / n
+    out["mix"] = mix
+    return out
+
+
 def run_child(mode: str, csv_path: Path, out: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     proc = subprocess.run(
@@ -150,6 +208,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median is reported)")
     parser.add_argument(
         "--modes", default=",".join(MODES), help=f"comma-separated subset of {', '.join(MODES)}"
+    )
+    parser.add_argument(
+        "--stages", action="store_true", help="CPU per image of each analysis step vs the baseline's"
     )
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -194,8 +255,26 @@ def main() -> None:
                 print(
                     f"cpu-time ratio {m} / {base}: {cpu[base] / cpu[m]:.2f} ({cpu[m]:.2f}s vs {cpu[base]:.2f}s)"
                 )
+        if args.stages:
+            base = next(m for m in ("baseline-embed", "baseline") if m in modes)
+            small = make_inputs(tmp / "in-quarter", max(1, args.records // 4))
+            quarter = run_child(base, small, tmp / "quarter")
+            shutil.rmtree(tmp / "quarter", ignore_errors=True)
+            per_image = 1000 * (cpu[base] - quarter["cpu"]) / (args.records - max(1, args.records // 4))
+            costs = stage_costs(csv_path)
+            print(f"{base}: {per_image:.3f} ms CPU per image (slope), {cpu[base]:.2f}s in all")
+            for ext, steps in costs.items():
+                parts = ", ".join(f"{k} {v:.3f}" for k, v in steps.items())
+                print(f"  ours {ext:5s} ms CPU per image: {parts}; sum {sum(steps.values()):.3f}")
+            analysis = sum(costs["mix"].values()) - costs["mix"]["read"]  # the baseline reads too
+            need = cpu[base] + args.records * analysis / 1000
+            print(
+                f"analysis steps the baseline does not do (sha256, decode, phash, PNG cells): {analysis:.3f} "
+                f"ms/image; if everything else cost only what the whole baseline costs, ours would need "
+                f"{need:.2f}s CPU: cpu-time ratio bound {cpu[base] / need:.2f}"
+            )
         rss = {}
-        for n in (int(v) for v in args.rss_records.split(",")):
+        for n in (int(v) for v in args.rss_records.split(",") if v):
             csv_n = make_inputs(tmp / f"in{n}", n)
             rss[n] = run_child("ours", csv_n, tmp / f"ours{n}")
             print(f"peak RSS at {n} records: {rss[n]['peak_rss_mb']:.0f} MB ({rss[n]['seconds']:.1f}s)")

@@ -45,10 +45,10 @@ from .build_folder import SPLITS, BuildFolder, tmp_path
 from .dataset_card import write_build_card
 from .mpgi import iter_results, load_recipe, run_mpgi
 from .parallel import bounded_map, make_pool
-from .planning import IMAGES_FILE, Plan, SplitSettings, StagedImages, iter_planned, make_plan
+from .planning import IMAGES_FILE, ImageStaging, Plan, SplitSettings, StagedImages, iter_planned, make_plan
 from .records import Caption, MpGIResult, atomic_write_bytes, check_image_id
 from .rows import CONFIG_NAMES, FEATURES, caption_length, encode_rows, label_text, nonempty_captions, rows_for
-from .sources import DUPLICATE_REASON, captions_csv_spec, iter_records, load_source, load_sources
+from .sources import DUPLICATE_REASON, CellSink, captions_csv_spec, iter_records, load_source, load_sources
 from .sources.base import SkipReport
 from .sources.images import ImageCell, encode_cell, needs_encoding
 
@@ -169,11 +169,14 @@ class BuildReport:
 # --------------------------------------------------------------------------------------------- 1. input
 
 
-def results_from_captions_csv(spec: str, report: SkipReport, pool=None) -> Iterator[MpGIResult]:
+def results_from_captions_csv(
+    spec: str, report: SkipReport, pool=None, cells: CellSink | None = None
+) -> Iterator[MpGIResult]:
     """Results from a released caption CSV: the CSV captions are the final captions (image analysis in
-    ``pool``'s workers if given)."""
+    ``pool``'s workers if given; image cells handed to ``cells`` if given, see
+    :meth:`~hqrs.dataset_builder.sources.base.Source.records`)."""
     # the same duplicate check as the --source path (iter_records): one skip per exact duplicate
-    for record in iter_records([load_source(captions_csv_spec(spec)[0])], report, pool):
+    for record in iter_records([load_source(captions_csv_spec(spec)[0])], report, pool, cells):
         captions = [
             Caption(text=t, length=caption_length(t), sources=["released"]) for t in record.references
         ]
@@ -193,10 +196,17 @@ def _tree_fingerprint(path: Path) -> list[Any]:
 
 
 def input_results(
-    inp: BuildInput, folder: BuildFolder, report: SkipReport, pool=None, progress: bool = False
+    inp: BuildInput,
+    folder: BuildFolder,
+    report: SkipReport,
+    pool=None,
+    progress: bool = False,
+    cells: CellSink | None = None,
 ) -> tuple[Iterator[MpGIResult], list[Any]]:
     """Stage 1: the MpGI results to build from and the fingerprint of that input. ``sources`` run
     through MpGI first (into ``inp.mpgi_dir`` or ``folder.mpgi_cache``; image analysis in ``pool``).
+    The source analysis of ``sources`` or a caption CSV hands each image's cell to ``cells`` (the
+    build's :class:`~hqrs.dataset_builder.planning.ImageStaging`), so the plan need not read it again.
 
     Raises:
         ValueError: no input, or a run directory that is not one.
@@ -204,7 +214,7 @@ def input_results(
     if inp.sources:
         run_dir = Path(inp.mpgi_dir) if inp.mpgi_dir else folder.mpgi_cache
         run_mpgi(
-            iter_records(load_sources(list(inp.sources)), report, pool),
+            iter_records(load_sources(list(inp.sources)), report, pool, cells),
             load_recipe(inp.recipe),
             run_dir,
             progress=progress,
@@ -214,7 +224,7 @@ def input_results(
     elif inp.captions_csv:
         csv_path = captions_csv_spec(inp.captions_csv)[1]
         fingerprint = ["csv", inp.captions_csv, _tree_fingerprint(csv_path)]
-        return results_from_captions_csv(inp.captions_csv, report, pool), fingerprint
+        return results_from_captions_csv(inp.captions_csv, report, pool, cells), fingerprint
     else:
         raise ValueError("a build needs an input: run_dir=, captions_csv= or sources=")
     if not (run_dir / "recipe.json").is_file():
@@ -229,8 +239,20 @@ def plan_build(
     inp: BuildInput, folder: BuildFolder, config: BuildConfig, report: SkipReport, pool=None
 ) -> tuple[Plan, Path]:
     """Stages 1 and 2: the input's results, staged, split and sharded in ``folder.staging`` (a finished
-    plan of the same input and settings is reused)."""
-    results, input_fp = input_results(inp, folder, report, pool, config.progress)
+    plan of the same input and settings is reused). The image staging is opened first, so the source
+    analysis (sources, caption CSV) stages each image's cell from its one read of the file. (A caption
+    CSV is analysed only when the plan is made; sources are analysed before it is known whether a
+    staged plan can be reused, so a rerun over an existing plan does not stage cells: the plan reads
+    the files it needs.)"""
+    rerun = bool(inp.sources) and (folder.staging / "plan.json").is_file()
+    with ImageStaging(folder.staging, config.keep_original, hand_over=not rerun) as images:
+        return _plan_build(inp, folder, config, report, pool, images)
+
+
+def _plan_build(
+    inp: BuildInput, folder: BuildFolder, config: BuildConfig, report: SkipReport, pool, images: ImageStaging
+) -> tuple[Plan, Path]:
+    results, input_fp = input_results(inp, folder, report, pool, config.progress, images)
     settings = config.split
     fingerprint = hashlib.sha256(
         json.dumps(
@@ -249,6 +271,7 @@ def plan_build(
         progress=config.progress,
         pool=pool,
         keep_original=config.keep_original,
+        images=images,
     )
     return plan, staging
 

@@ -21,6 +21,7 @@ image (id, perceptual hash, byte size). Then:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -28,16 +29,16 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from .build_folder import SPLITS
+from .build_folder import SPLITS, tmp_path
 from .parallel import bounded_map
-from .records import MpGIResult, atomic_write_bytes, check_image_id, content_id, file_content_id
+from .records import ImageRecord, MpGIResult, atomic_write_bytes, check_image_id, content_id, file_content_id
 from .sources import IMAGE_EXTENSIONS, duplicate_reason, load_sources
 from .sources.base import SkipReport, bad_text
 from .sources.images import (
@@ -254,6 +255,20 @@ def _valid_phash(phash: Any) -> bool:
     return isinstance(phash, str) and len(phash) == 16 and set(phash) <= set("0123456789abcdef")
 
 
+def _stage(args: tuple) -> StagedCell | StagedRef | str:
+    """:func:`stage_image`, or for an image the analysis staged (``(path, image_id, allowed_roots,
+    StagedRef)``, run in this process) the same path checks without reading the file again."""
+    if isinstance(args[-1], StagedRef):
+        path, image_id, allowed_roots, ref = args
+        try:
+            check_image_id(image_id)
+            _resolve_input_image(path, allowed_roots)
+        except (OSError, ValueError) as exc:
+            return str(exc)
+        return ref
+    return stage_image(args)
+
+
 def stage_image(args: tuple[str, str, tuple[str, ...], bool, str | None]) -> StagedCell | str:
     """Read the image of one result once, verify it (:func:`read_verified`) and make its cell and (when
     ``phash`` is not a valid one) its perceptual hash from one decode at most; a pool job.
@@ -283,6 +298,16 @@ def stage_image(args: tuple[str, str, tuple[str, ...], bool, str | None]) -> Sta
 IMAGES_FILE = "images.arrow"  # the staged image cells, one record batch per staged image
 
 
+@dataclass(frozen=True)
+class StagedRef:
+    """An image whose cell the source analysis of this build already staged (:class:`ImageStaging`):
+    its size, perceptual hash and the index of its cell."""
+
+    size: int
+    phash: str
+    index: int
+
+
 def _cell_schema():
     import pyarrow as pa
 
@@ -303,10 +328,9 @@ class StagedImagesWriter:
         self.count = 0
 
     def append(self, cell: ImageCell) -> int:
-        batch = self._pa.RecordBatch.from_pydict(
-            {"bytes": [cell.bytes], "path": [cell.path]}, schema=self._schema
-        )
-        self._ipc.write_batch(batch)
+        pa = self._pa
+        columns = [pa.array([cell.bytes], pa.binary()), pa.array([cell.path], pa.string())]
+        self._ipc.write_batch(pa.RecordBatch.from_arrays(columns, schema=self._schema))
         self.count += 1
         return self.count - 1
 
@@ -315,6 +339,70 @@ class StagedImagesWriter:
         self._sink.close()
 
     def __enter__(self) -> StagedImagesWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ImageStaging:
+    """The image cells of a plan being made, written to a temporary file next to ``images.arrow``.
+
+    A build opens it before it reads its input: the source analysis hands every image's cell over
+    (:meth:`add`, the :class:`~hqrs.dataset_builder.sources.CellSink` of
+    :meth:`~hqrs.dataset_builder.sources.base.Source.records`), so :func:`make_plan` takes those images
+    from here (:meth:`take`) instead of reading their files again, and appends the cells of the others.
+    :meth:`commit` renames the file to ``images.arrow``; closing it uncommitted (a reused plan, an error)
+    removes it. Memory: one small index entry per handed-over image not yet planned; the bytes stream
+    to disk. With ``hand_over=False`` it takes no cell from the analysis (a rerun that will most likely
+    reuse its plan: the cells would be written only to be thrown away).
+    """
+
+    def __init__(self, staging: Path, keep_original: bool = False, hand_over: bool = True):
+        self.keep_original = keep_original
+        self.hand_over = hand_over
+        self.target = Path(staging) / IMAGES_FILE
+        self.path = tmp_path(self.target)
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.writer: StagedImagesWriter | None = StagedImagesWriter(self.path)
+        self._handed: dict[str, tuple[str, StagedRef]] = {}
+
+    def add(self, record: ImageRecord, cell: ImageCell, size: int, phash: str | None) -> None:
+        """Stage the cell the analysis made of ``record``'s image (no perceptual hash: not taken; the
+        plan reads the file)."""
+        if (
+            not self.hand_over
+            or self.writer is None
+            or not _valid_phash(phash)
+            or record.image_id in self._handed
+        ):
+            return
+        index = self.writer.append(cell)
+        self._handed[record.image_id] = (str(record.image), StagedRef(int(size), phash, index))
+
+    def take(self, image_id: str, path: str) -> StagedRef | None:
+        """The staged cell of ``image_id`` when the analysis handed it over for the file ``path``."""
+        handed = self._handed.pop(image_id, None)
+        return handed[1] if handed is not None and handed[0] == str(path) else None
+
+    def append(self, cell: ImageCell) -> int:
+        return self.writer.append(cell)
+
+    def commit(self) -> None:
+        """Close the file and make it the plan's ``images.arrow``."""
+        self.writer.close()
+        self.writer = None
+        os.replace(self.path, self.target)
+
+    def close(self) -> None:
+        """Drop what was staged unless committed."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+            self.path.unlink(missing_ok=True)
+        self._handed.clear()
+
+    def __enter__(self) -> ImageStaging:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -342,6 +430,27 @@ class StagedImages:
         return ImageCell(batch.column(0)[0].as_py(), batch.column(1)[0].as_py())
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _plain(obj: Any) -> Any:
+    """``dataclasses.asdict`` for JSON (the same dict up to tuples, which JSON writes as lists), without
+    its deep copies: a tenth of the cost per staged result."""
+    kind = type(obj)
+    if kind in (str, int, float, bool) or obj is None:
+        return obj
+    if kind in (list, tuple):
+        return [_plain(v) for v in obj]
+    if kind is dict:
+        return {k: _plain(v) for k, v in obj.items()}
+    names = _FIELD_NAMES.get(kind)
+    if names is None and is_dataclass(obj):
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in fields(obj))
+    if names is not None:
+        return {name: _plain(getattr(obj, name)) for name in names}
+    return obj
+
+
 @dataclass
 class PlannedImage:
     """One staged image, as planning hands it to the writers: the MpGI result, the index of its cell in
@@ -352,7 +461,7 @@ class PlannedImage:
     size: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "size": self.size, "result": self.result.to_dict()}
+        return {"index": self.index, "size": self.size, "result": _plain(self.result)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PlannedImage:
@@ -434,25 +543,50 @@ def make_plan(
     *,
     pool=None,
     keep_original: bool = False,
+    images: ImageStaging | None = None,
 ) -> Plan:
     """Stage ``results`` (streaming) and plan splits and shards; reuses a finished plan with the same
     fingerprint (which must cover ``keep_original``). ``report`` receives the skipped results.
 
-    Each result's image file is read here once (:func:`stage_image`: verified; decoded only for a missing
-    perceptual hash, in ``pool``'s workers for TIFF / BMP when given) and its bytes staged in
-    ``images.arrow``; the writers read the cells from there (TIFF / BMP as read: the writer makes their
-    PNG)."""
-    existing = load_plan(staging, fingerprint)
-    if existing is not None:
-        logger.info("reusing the staged plan in %s", staging)
-        if report is not None:  # what reading the input reported when the plan was made
-            report.items.extend(existing.skips)
-            report.records.update(existing.records)
-        return existing
+    A result whose image the build's source analysis already staged in ``images`` (same content id and
+    file) is taken from there (its path checked again, its file not read); every other result's image
+    file is read here once (:func:`stage_image`: verified; decoded only for a missing perceptual hash,
+    in ``pool``'s workers for TIFF / BMP when given) and its bytes staged. The cells end in
+    ``images.arrow``; the writers read them from there (TIFF / BMP read here are staged as read: the
+    writer makes their PNG)."""
+    with contextlib.ExitStack() as stack:
+        if images is None:
+            images = stack.enter_context(ImageStaging(staging, keep_original))
+        existing = load_plan(staging, fingerprint)
+        if existing is not None:
+            images.close()  # the results are not read: the analysis (if any) staged nothing planned
+            logger.info("reusing the staged plan in %s", staging)
+            if report is not None:  # what reading the input reported when the plan was made
+                report.items.extend(existing.skips)
+                report.records.update(existing.records)
+            return existing
+        return _make_plan(
+            results, settings, staging, fingerprint, report, progress, pool, keep_original, images
+        )
+
+
+def _make_plan(
+    results: Iterable[MpGIResult],
+    settings: SplitSettings,
+    staging: Path,
+    fingerprint: str,
+    report: SkipReport | None,
+    progress: bool,
+    pool,
+    keep_original: bool,
+    images: ImageStaging,
+) -> Plan:
     report = report if report is not None else SkipReport()
     items_before, records_before = len(report.items), Counter(report.records)
     report_local = SkipReport()
     staging.mkdir(parents=True, exist_ok=True)
+    (staging / "plan.json").unlink(missing_ok=True)  # an interrupted re-plan leaves no stale plan
+    (staging / IMAGES_FILE).unlink(missing_ok=True)  # nor the old cells next to the new ones
     all_path = staging / "all.jsonl"
     ids: list[str] = []
     hashes: list[int | None] = []
@@ -483,22 +617,28 @@ def make_plan(
             else:
                 yield result
 
-    def job(result: MpGIResult) -> tuple[str, str, tuple[str, ...], bool, str | None]:
-        record = result.record
+    def handed(results: Iterable[MpGIResult]) -> Iterator[tuple[MpGIResult, StagedRef | None]]:
+        for result in results:  # taken as results flow: the analysis may run just ahead (caption CSV)
+            yield result, images.take(result.record.image_id, result.record.image)
+
+    def job(item: tuple[MpGIResult, StagedRef | None]) -> tuple:
+        record, ref = item[0].record, item[1]
+        if ref is not None:
+            return record.image, record.image_id, settings.allowed_roots, ref
         phash = record.meta.get("phash")
         return record.image, record.image_id, settings.allowed_roots, keep_original, phash
 
-    staged = bounded_map(
-        stage_image,
-        candidates(),
-        pool,
-        remote=lambda r: (
-            needs_encoding(r.record.image, keep_original) and not _valid_phash(r.record.meta.get("phash"))
-        ),
-        arg=job,
-    )
-    with open(all_path, "wb") as out, StagedImagesWriter(staging / IMAGES_FILE) as cells:
-        for result, got in staged:
+    def remote(item: tuple[MpGIResult, StagedRef | None]) -> bool:
+        record = item[0].record
+        return (
+            item[1] is None
+            and needs_encoding(record.image, keep_original)
+            and not _valid_phash(record.meta.get("phash"))
+        )
+
+    staged = bounded_map(_stage, handed(candidates()), pool, remote=remote, arg=job)
+    with open(all_path, "wb") as out:
+        for (result, _), got in staged:
             record = result.record
             if record.image_id in seen:  # a duplicate of an image accepted while this one was read
                 report_local.skip(
@@ -513,19 +653,22 @@ def make_plan(
                     record.image, f"image refused at build time: {got}", kind="result", source=record.source
                 )
                 continue
-            doc = PlannedImage(result, cells.count, got.size).to_dict()
+            index = got.index if isinstance(got, StagedRef) else images.writer.count  # the next cell
+            doc = PlannedImage(result, index, got.size).to_dict()
             try:  # a lone surrogate cannot be written as UTF-8: a skip with the place named
                 line = json.dumps(doc, ensure_ascii=False, default=_json_default).encode("utf-8")
             except UnicodeEncodeError:
                 bad = bad_text(doc["result"]) or "the result holds text that is not valid Unicode"
                 report_local.skip(record.image, bad, kind="result", source=record.source)
                 continue
-            cells.append(got.cell)
+            if not isinstance(got, StagedRef):
+                images.append(got.cell)
             seen[record.image_id] = record.image
             ids.append(record.image_id)
             hashes.append(int(got.phash, 16))
             sizes.append(got.size)
             out.write(line + b"\n")
+    images.commit()
 
     groups = near_duplicate_groups(hashes, settings.near_dup_distance)
     group_key: dict[int, str] = {}
@@ -652,6 +795,7 @@ __all__ = [
     "IMAGES_FILE",
     "SPLITS",
     "EvalSet",
+    "ImageStaging",
     "Plan",
     "PhashIndex",
     "PlannedImage",
@@ -659,6 +803,7 @@ __all__ = [
     "SplitSettings",
     "StagedCell",
     "StagedImages",
+    "StagedRef",
     "hamming",
     "load_eval_sets",
     "make_plan",

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from ..records import ImageRecord
-from .analysis import AnnotatedImage, analyse, to_records
+from .analysis import AnnotatedImage, CellSink, analyse, to_records
 from .base import SkipReport, Source, parse_spec
 from .coco import CocoSource
 from .dota import DotaSource
@@ -52,6 +52,7 @@ __all__ = [
     "KIND_ALIASES",
     "SOURCE_KINDS",
     "AnnotatedImage",
+    "CellSink",
     "ImageSettings",
     "SkipItem",
     "SkipReport",
@@ -153,14 +154,17 @@ def duplicate_reason(first: str, image_id: str) -> str:
     return f"{DUPLICATE_REASON} {first} (image_id {image_id}); kept the first"
 
 
-def iter_records(sources: Iterable[Source], report: SkipReport, pool=None) -> Iterator[ImageRecord]:
-    """All records of several sources, in order (image analysis in ``pool``'s workers if given).
+def iter_records(
+    sources: Iterable[Source], report: SkipReport, pool=None, cells: CellSink | None = None
+) -> Iterator[ImageRecord]:
+    """All records of several sources, in order (image analysis in ``pool``'s workers if given; each
+    image's embedded cell handed to ``cells`` when given, see :meth:`Source.records`).
 
     Exact duplicates (a second image with the same bytes, i.e. the same ``image_id``, in any of the
     sources) are skipped with :func:`duplicate_reason`, counted in ``report`` like every other skip."""
     seen: dict[str, str] = {}
     for source in sources:
-        for record in source.records(report, pool):
+        for record in source.records(report, pool, cells):
             first = seen.get(record.image_id)
             if first is not None:
                 report.records[record.source] -= 1  # counted as read by the source; a skip instead

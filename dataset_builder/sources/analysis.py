@@ -26,12 +26,20 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from ..parallel import bounded_map
 from ..records import ImageRecord, MaskSummary, ObjectAnnotation
 from .geometry import clip_object, resized, scale_factor, tile_origins
-from .images import ImageSettings, LoadedImage, SkipItem, load_image, perceptual_hash, store_converted
+from .images import (
+    ImageCell,
+    ImageSettings,
+    LoadedImage,
+    SkipItem,
+    load_image,
+    perceptual_hash,
+    store_converted,
+)
 from .report import SkipReport
 
 #: ``mask_fn(rect, scale) -> (summary, objects)``: a segmentation mask summarised over ``rect``
@@ -63,6 +71,17 @@ class AnnotatedImage:
     mask_fn: MaskFn | None = None
 
 
+class CellSink(Protocol):
+    """Where the analysis hands each image's embedded cell over (a build's image staging, so that the
+    plan does not read the file again): ``keep_original`` says how the cells are made (see
+    :func:`~.images.cell_from_bytes`), :meth:`add` receives them in the main process, in input order."""
+
+    keep_original: bool
+
+    def add(self, record: ImageRecord, cell: ImageCell, size: int, phash: str | None) -> None:
+        """``cell`` of ``record``'s image file (``size`` bytes), with its perceptual hash."""
+
+
 class Analysed(NamedTuple):
     """An annotated image and the result of reading it: the loaded image, or why it cannot be used."""
 
@@ -70,11 +89,12 @@ class Analysed(NamedTuple):
     image: LoadedImage | SkipItem
 
 
-def _load(job: tuple[Path, ImageSettings]) -> LoadedImage | SkipItem:
-    """:func:`load_image` with its skip returned (a pool worker's job: a picklable path and settings)."""
-    path, settings = job
+def _load(job: tuple[Path, ImageSettings, bool | None]) -> LoadedImage | SkipItem:
+    """:func:`load_image` with its skip returned (a pool worker's job: a picklable path, settings and
+    ``keep_original`` of the cell to make, ``None`` for no cell)."""
+    path, settings, keep_original = job
     try:
-        return load_image(path, settings)
+        return load_image(path, settings, cell=keep_original is not None, keep_original=bool(keep_original))
     except SkipItem as exc:
         return exc
 
@@ -83,7 +103,9 @@ def _is_large(image: LoadedImage, settings: ImageSettings) -> bool:
     return max(image.width, image.height) > settings.max_side and settings.large != "keep"
 
 
-def analyse(items: Iterable[AnnotatedImage], settings: ImageSettings, pool=None) -> Iterator[Analysed]:
+def analyse(
+    items: Iterable[AnnotatedImage], settings: ImageSettings, pool=None, *, cells: bool | None = None
+) -> Iterator[Analysed]:
     """Read every item's image once (:func:`~.images.load_image` with ``settings``), in input order.
 
     Args:
@@ -91,34 +113,41 @@ def analyse(items: Iterable[AnnotatedImage], settings: ImageSettings, pool=None)
         settings: the source's image settings.
         pool: a process pool (:func:`hqrs.dataset_builder.parallel.make_pool`) whose workers read the
             images; ``None`` reads them here, one at a time, as the records are consumed.
+        cells: ``None``: no embedded cell; otherwise each image's :class:`~.images.ImageCell` is made
+            from the same read (``LoadedImage.cell``), ``cells`` being its ``keep_original``.
 
     Yields:
         ``Analysed(item, image)``: ``image`` is a :class:`LoadedImage` (its ``pixels`` kept for a
         large scene that is tiled or resized) or the :class:`SkipItem` with the reason.
     """
-    jobs = bounded_map(_load, items, pool, arg=lambda item: (item.image, settings))
+    jobs = bounded_map(_load, items, pool, arg=lambda item: (item.image, settings, cells))
     for item, image in jobs:
         if isinstance(image, LoadedImage) and _is_large(image, settings) and image.pixels is None:
-            image = _load((item.image, settings))  # analysed without pixels: tiling / resizing needs them
+            image = _load((item.image, settings, None))  # without pixels: tiling / resizing needs them
         yield Analysed(item, image)
 
 
 def to_records(
-    analysed: Iterable[Analysed], settings: ImageSettings, report: SkipReport
+    analysed: Iterable[Analysed], settings: ImageSettings, report: SkipReport, cells: CellSink | None = None
 ) -> Iterator[ImageRecord]:
     """The record(s) of each analysed image; everything left out goes to ``report`` with its reason.
 
     An unusable image is an ``image`` skip; a size that differs from the annotation's a ``row`` skip
     (the image's own size is used); a box outside the image an ``object`` skip. A scene whose longer
     side exceeds ``settings.max_side`` becomes one resized record (``large="resize"``) or one record
-    per tile (``large="tile"``), unless ``large="keep"``.
+    per tile (``large="tile"``), unless ``large="keep"``. An image analysed with its cell hands it to
+    ``cells`` (:meth:`CellSink.add`) just before its record is yielded.
     """
     for item, image in analysed:
-        yield from _item_records(item, image, settings, report)
+        yield from _item_records(item, image, settings, report, cells)
 
 
 def _item_records(
-    item: AnnotatedImage, loaded: LoadedImage | SkipItem, settings: ImageSettings, report: SkipReport
+    item: AnnotatedImage,
+    loaded: LoadedImage | SkipItem,
+    settings: ImageSettings,
+    report: SkipReport,
+    cells: CellSink | None = None,
 ) -> Iterator[ImageRecord]:
     where, source = item.where, item.source
     if isinstance(loaded, SkipItem):
@@ -144,7 +173,10 @@ def _item_records(
     mask_fn = item.mask_fn
     if not _is_large(loaded, settings):
         mask, extra = mask_fn((0, 0, loaded.width, loaded.height), 1.0) if mask_fn else (None, [])
-        yield _record(loaded, objects + extra, mask, meta, fields_)
+        record = _record(loaded, objects + extra, mask, meta, fields_)
+        if cells is not None and loaded.cell is not None:
+            cells.add(record, loaded.cell, loaded.file_size, loaded.phash)
+        yield record
     elif settings.large == "resize":
         yield _resize(loaded, objects, mask_fn, meta, fields_, settings, report, source, where)
     else:

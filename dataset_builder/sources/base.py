@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
 from ..records import ImageRecord, ObjectAnnotation
-from .analysis import AnnotatedImage, MaskFn, analyse, to_records
+from .analysis import AnnotatedImage, CellSink, MaskFn, analyse, to_records
 from .images import IMAGE_EXTENSIONS, ImageSettings
 from .report import SkipReport
 
@@ -295,16 +295,21 @@ class Source:
         """Record a skipped ``file`` (an image, or with ``kind="object"`` an annotation) of this source."""
         report.skip(file, reason, kind=kind, source=self.source_name)
 
-    def records(self, report: SkipReport | None = None, pool=None) -> Iterator[ImageRecord]:
+    def records(
+        self, report: SkipReport | None = None, pool=None, cells: CellSink | None = None
+    ) -> Iterator[ImageRecord]:
         """Yield every usable record; everything else goes to ``report`` with its file and reason.
 
         :meth:`read`, then :func:`~.analysis.analyse` and :func:`~.analysis.to_records`, lazily. With
         ``pool`` (:func:`hqrs.dataset_builder.parallel.make_pool`) the per-image analysis (read,
-        decode-verify, perceptual hash) runs in its workers; records come out in the same order.
+        decode-verify, perceptual hash) runs in its workers; records come out in the same order. With
+        ``cells`` (a build's image staging) each image's embedded cell is made from that same read and
+        handed to ``cells.add`` before its record is yielded.
         """
         report = report if report is not None else SkipReport()
-        analysed = analyse(self.read(report), self.image_settings, pool if self.pooled else None)
-        for record in to_records(analysed, self.image_settings, report):
+        keep = None if cells is None else cells.keep_original
+        analysed = analyse(self.read(report), self.image_settings, pool if self.pooled else None, cells=keep)
+        for record in to_records(analysed, self.image_settings, report, cells):
             report.ok(record.source)
             yield record
 
@@ -344,7 +349,9 @@ class Source:
         if self.allow_outside_root:
             return None
         real = image_path.resolve()
-        roots = self.roots()
+        roots = self.__dict__.get("_roots")
+        if roots is None:  # resolved once per source, not once per image
+            roots = self.__dict__["_roots"] = self.roots()
         if any(real == root or real.is_relative_to(root) for root in roots):
             return None
         plain = Path(os.path.normpath(image_path.absolute()))

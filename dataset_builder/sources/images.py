@@ -224,6 +224,8 @@ class LoadedImage:
     phash: str | None = None
     converted: str | None = None  # why it was converted, None when the original is used
     pixels: Image.Image | None = None  # decoded 8-bit image, kept only while tiling/resizing
+    cell: ImageCell | None = None  # its embedded cell, made from this read (``load_image(cell=True)``)
+    file_size: int | None = None  # bytes of ``path`` (with ``cell``)
 
 
 def _default_bands(samples: int) -> tuple[int, ...]:
@@ -734,6 +736,11 @@ class ImageCell:
         return {"bytes": self.bytes, "path": self.path}
 
 
+def _cell_png(im: Image.Image) -> bytes:
+    """The lossless PNG cell of a decoded TIFF / BMP (modes a browser does not show become RGB)."""
+    return cell_png_bytes(im if im.mode in _CELL_MODES else im.convert("RGB"))
+
+
 def needs_encoding(path: str | Path, keep_original: bool = False) -> bool:
     """Whether :func:`cell_from_bytes` re-encodes the file (TIFF, BMP: browsers do not all show them)."""
     return not keep_original and Path(path).suffix.lower() not in WEB_EXTENSIONS
@@ -763,8 +770,7 @@ def cell_from_bytes(
             _draft_for_phash(im)
             return cell, perceptual_hash(_to_pil_rgb8(im))
         im.load()
-        stored = im if im.mode in _CELL_MODES else im.convert("RGB")
-        cell = ImageCell(cell_png_bytes(stored), f"{image_id}.png")
+        cell = ImageCell(_cell_png(im), f"{image_id}.png")
         return cell, perceptual_hash(_to_pil_rgb8(im)) if phash else None
 
 
@@ -823,12 +829,25 @@ _READ_WHOLE_LIMIT = 256 << 20  # files up to this size are read once into memory
 _READ_WHOLE_TIFF = 16 << 20  # TIFFs above this are read block by block (conversion memory stays bounded)
 
 
-def load_image(path: str | Path, settings: ImageSettings, *, keep_pixels: bool = False) -> LoadedImage:
+def load_image(
+    path: str | Path,
+    settings: ImageSettings,
+    *,
+    keep_pixels: bool = False,
+    cell: bool = False,
+    keep_original: bool = False,
+) -> LoadedImage:
     """Apply the guards and the 8-bit conversion to one image file (see the module docstring).
 
     The file is read once: its bytes give the content id and are decoded once for the truncation check
     and the perceptual hash together (JPEGs at reduced size through DCT scaling unless the full pixels
     are needed for tiling / resizing / conversion).
+
+    With ``cell``, the image's embedded :class:`ImageCell` (what :func:`cell_from_bytes` makes of the
+    file the record points to, ``keep_original`` as there) comes from that same read and decode:
+    JPEG / PNG / WebP bytes as they are, a TIFF / BMP as the PNG of the pixels decoded for the hash, a
+    converted image as its PNG. Not for a large scene that is tiled / resized, nor for a file too big to
+    be read whole (its record's file is read again by the plan).
 
     Raises:
         SkipItem: the file cannot be used; the reason names what is wrong with it and the fix.
@@ -928,12 +947,33 @@ def load_image(path: str | Path, settings: ImageSettings, *, keep_pixels: bool =
                 phash = perceptual_hash(pixels) if settings.phash else None
             else:
                 pixels = phash = None
+            made = None
+            if cell and not large and data is not None and why is None:
+                made = _original_cell(im if needs_pixels else None, data, suffix, image_id, keep_original)
+    kept = pixels if full else None
     if patched_jpeg is not None:
         new_path, image_id = _store_bytes(patched_jpeg, settings, path.stem, ".jpg")
-        return LoadedImage(new_path, image_id, width, height, phash, why, pixels if full else None)
+        made = ImageCell(patched_jpeg, f"{image_id}.jpg") if cell and not large else None
+        return LoadedImage(new_path, image_id, width, height, phash, why, kept, made, len(patched_jpeg))
     if why is not None:
         if pixels.mode not in ("L", "RGB"):
             pixels = pixels.convert("RGB")
         new_path, image_id = store_converted(pixels, settings, path.stem)
-        return LoadedImage(new_path, image_id, width, height, phash, why, pixels if full else None)
-    return LoadedImage(path, image_id, width, height, phash, None, pixels if full else None)
+        if cell and not large:  # the PNG just written (not the input file): embedded as it is
+            png = new_path.read_bytes()
+            made = ImageCell(png, f"{image_id}.png") if content_id(png) == image_id else None
+        size = len(made.bytes) if made is not None else None
+        return LoadedImage(new_path, image_id, width, height, phash, why, kept, made, size)
+    return LoadedImage(path, image_id, width, height, phash, None, kept, made, len(data) if made else None)
+
+
+def _original_cell(
+    decoded: Image.Image | None, data: bytes, suffix: str, image_id: str, keep_original: bool
+) -> ImageCell:
+    """:func:`cell_from_bytes` of ``data`` (an unconverted file), from its pixels already ``decoded``
+    (loaded) when the cell is a re-encoded PNG."""
+    if suffix in WEB_EXTENSIONS or keep_original:
+        return ImageCell(data, f"{image_id}{'.jpg' if suffix == '.jpeg' else suffix}")
+    if decoded is None:
+        return cell_from_bytes(data, suffix, image_id, keep_original)[0]
+    return ImageCell(_cell_png(decoded), f"{image_id}.png")
