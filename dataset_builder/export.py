@@ -41,7 +41,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .build_folder import SPLITS, BuildFolder, tmp_path
+from .build_folder import FORMATS, SPLITS, BuildFolder, tmp_path
 from .dataset_card import write_build_card
 from .mpgi import iter_results, load_recipe, run_mpgi
 from .parallel import bounded_map, make_pool
@@ -54,7 +54,7 @@ from .sources.images import ImageCell, encode_cell, needs_encoding
 
 logger = logging.getLogger("hqrs.export")
 
-FORMATS = ("parquet", "open_clip-csv", "webdataset")
+
 ROW_GROUP_ROWS = 100  # datasets' row group size for image datasets
 EXIT_SKIPPED = 3  # `hqrs build --strict` exit status when anything was skipped
 
