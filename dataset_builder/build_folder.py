@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,6 +194,45 @@ class BuildFolder:
                     continue
                 found.append(shard)
         return found
+
+    def format_artefacts(self, fmt: str) -> list[Path]:
+        """What a build of format ``fmt`` writes and no other format does, as far as it exists: parquet
+        ``README.md`` (the card) and ``data/``; webdataset ``<split>-XXXXX-of-YYYYY.tar``; open_clip-csv
+        ``<split>.csv``, ``images/`` and ``.parts/``. A build of another format removes them (see
+        :func:`hqrs.dataset_builder.export.build`), so the folder holds one format's files only.
+
+        Raises:
+            ValueError: ``fmt`` is not one of :data:`FORMATS`.
+        """
+        if fmt not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+        if fmt == "parquet":
+            names = [CARD, DATA]
+        elif fmt == "webdataset":
+            names = sorted(p.name for p in self.root.glob("*-of-*.tar") if parse_shard(p.name, "tar"))
+        else:
+            names = [f"{split}.csv" for split in SPLITS] + ["images", ".parts"]
+        return [self.root / n for n in names if (self.root / n).is_symlink() or (self.root / n).exists()]
+
+    def remove(self, path: Path) -> None:
+        """Delete ``path`` (a file, or a folder with what it holds) of this folder; a link is removed
+        itself, never followed (ValueError when ``path`` is not under ``root``)."""
+        inside(self.root, str(Path(path).parent.relative_to(self.root)))
+        if path.is_symlink() or not path.is_dir():
+            path.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(path)
+
+    def remove_empty_config_dirs(self) -> None:
+        """Remove the ``data/<config>/`` folders left without any file (a config a rerun no longer writes),
+        and ``data/`` when it is left empty."""
+        for config in self.config_dirs():
+            folder = self.root / DATA / config
+            if not folder.is_symlink() and not any(folder.iterdir()):
+                folder.rmdir()
+        data = self.root / DATA
+        if data.is_dir() and not data.is_symlink() and not any(data.iterdir()):
+            data.rmdir()
 
     def remove_stale_tmp(self) -> int:
         """Remove the ``.NAME.PID.tmp`` files of builds that were killed (their PID no longer runs)."""

@@ -41,7 +41,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .build_folder import FORMATS, SPLITS, BuildFolder, tmp_path
+from .build_folder import CARD, FORMATS, SPLITS, BuildFolder, tmp_path
 from .dataset_card import write_build_card
 from .mpgi import iter_results, load_recipe, run_mpgi
 from .parallel import bounded_map, make_pool
@@ -195,6 +195,13 @@ def _tree_fingerprint(path: Path) -> list[Any]:
     return [str(path.resolve()), out]
 
 
+def _noting_ids(records: Iterable[Any], ids: set[str]) -> Iterator[Any]:
+    """``records`` unchanged, adding each image id to ``ids`` as it passes."""
+    for record in records:
+        ids.add(record.image_id)
+        yield record
+
+
 def input_results(
     inp: BuildInput,
     folder: BuildFolder,
@@ -204,7 +211,10 @@ def input_results(
     cells: CellSink | None = None,
 ) -> tuple[Iterator[MpGIResult], list[Any]]:
     """Stage 1: the MpGI results to build from and the fingerprint of that input. ``sources`` run
-    through MpGI first (into ``inp.mpgi_dir`` or ``folder.mpgi_cache``; image analysis in ``pool``).
+    through MpGI first (into ``inp.mpgi_dir`` or ``folder.mpgi_cache``; image analysis in ``pool``), and
+    only the results of the images these sources gave are built: a run directory reused with other
+    sources keeps its earlier results (MpGI does not redo them when they come back), but they are not
+    part of this build.
     The source analysis of ``sources`` or a caption CSV hands each image's cell to ``cells`` (the
     build's :class:`~hqrs.dataset_builder.planning.ImageStaging`), so the plan need not read it again.
 
@@ -213,12 +223,16 @@ def input_results(
     """
     if inp.sources:
         run_dir = Path(inp.mpgi_dir) if inp.mpgi_dir else folder.mpgi_cache
+        ids: set[str] = set()  # the images this input gave: the run directory may hold others too
         run_mpgi(
-            iter_records(load_sources(list(inp.sources)), report, pool, cells),
+            _noting_ids(iter_records(load_sources(list(inp.sources)), report, pool, cells), ids),
             load_recipe(inp.recipe),
             run_dir,
             progress=progress,
         )
+        ids_digest = hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+        fingerprint = ["sources", ids_digest, _tree_fingerprint(run_dir / "passes")]
+        return (r for r in iter_results(run_dir) if r.image_id in ids), fingerprint
     elif inp.run_dir:
         run_dir = Path(inp.run_dir)
     elif inp.captions_csv:
@@ -488,16 +502,30 @@ def _tasks(
 def _drop_stale_shards(folder: BuildFolder, tasks: list[_Task], stamp: dict[str, Any]) -> None:
     """A rerun reuses a finished shard only when it was written for the same plan (inputs, split
     settings, shard size, image encoding); every other shard in the folder (another plan's, or one this
-    plan does not name, e.g. of another shard count or config) is deleted, so it holds this plan only."""
+    plan does not name, e.g. of another shard count or config) is deleted, so it holds this plan only.
+
+    When the folder's earlier build (its stamp) was of another format, that format's other files go too
+    (:meth:`~hqrs.dataset_builder.build_folder.BuildFolder.format_artefacts`: the parquet card and
+    ``data/``, the CSV files and ``images/``), and an open_clip-csv rerun of another plan starts with no
+    ``images/`` and ``<split>.csv`` of the earlier one: the folder holds what a fresh build writes."""
     path = folder.stamp
     try:
-        same = json.loads(path.read_text(encoding="utf-8")) == stamp
+        old = json.loads(path.read_text(encoding="utf-8"))
+        old = old if isinstance(old, dict) else {}
     except (OSError, ValueError):
-        same = False
+        old = None
+    same = old is not None and old.get("plan") == stamp["plan"]
+    if old is not None:  # an hqrs build wrote here (a stamp of an older version names no format)
+        old_fmt = old.get("format") or folder.format()
+        if old_fmt in FORMATS and (old_fmt != stamp["format"] or not same):
+            for artefact in folder.format_artefacts(old_fmt):
+                if old_fmt != stamp["format"] or artefact.name != CARD:  # the card is rewritten
+                    folder.remove(artefact)
     wanted = {Path(t.out) for t in tasks}
     for shard in folder.existing_shards():
         if not same or shard not in wanted:
             shard.unlink()
+    folder.remove_empty_config_dirs()
     atomic_write_bytes(path, json.dumps(stamp).encode())
 
 
@@ -551,7 +579,7 @@ def build(
             stack.enter_context(pool)
         plan, staging = plan_build(inp, folder, config, report, pool)
         tasks = _tasks(fmt, configs, plan, staging, folder, config.keep_original)
-        _drop_stale_shards(folder, tasks, {"plan": plan.fingerprint})
+        _drop_stale_shards(folder, tasks, {"plan": plan.fingerprint, "format": fmt})
         shards = write_shards(tasks, pool, config.progress)
 
     written = configs if fmt == "parquet" else ()
@@ -562,8 +590,10 @@ def build(
         split_bytes.setdefault(shard.config, {}).setdefault(shard.split, 0)
         split_rows[shard.config][shard.split] += shard.rows
         split_bytes[shard.config][shard.split] += shard.bytes
-    if fmt == "parquet":
+    if fmt == "parquet" and plan.stats["images"]:
         write_card(folder.root, configs, split_rows, split_bytes)
+    elif fmt == "parquet":  # no image: no card naming data files that are not there
+        folder.card.unlink(missing_ok=True)
     elif fmt == "open_clip-csv":
         _join_csv_parts(folder, tasks)
 

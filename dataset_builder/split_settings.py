@@ -40,9 +40,13 @@ def parse_ratios(value: str | Iterable[float]) -> tuple[float, float, float]:
         parts = [float(v) for v in (value.split(",") if isinstance(value, str) else value)]
     except (TypeError, ValueError):
         parts = []
-    if len(parts) != 3 or any(not p >= 0 for p in parts) or not 0 < sum(parts) < float("inf"):
+    if len(parts) != 3 or any(not 0 <= p < float("inf") for p in parts):
         raise ValueError(
             f"split ratios must be three non-negative numbers train,validation,test, got {value!r}"
+        )
+    if not 0 < sum(parts) < float("inf"):
+        raise ValueError(
+            f"split ratios must sum to more than 0 (e.g. 0.9,0.05,0.05), got {value!r} (sum {sum(parts):g})"
         )
     total = sum(parts)
     return tuple(p / total for p in parts)  # type: ignore[return-value]

@@ -58,7 +58,11 @@ def register(subparsers, parents) -> None:
     src.add_argument(
         "--demo", action="store_true", help="generate the demo scene set into OUT/demo_scenes and build it"
     )
-    p.add_argument("--recipe", default="offline", help="MpGI recipe name or YAML path (default: offline)")
+    p.add_argument(
+        "--recipe",
+        default=None,
+        help="MpGI recipe name or YAML path for --source / --demo (default: offline)",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument(
         "--run-dir",
@@ -133,6 +137,33 @@ def register(subparsers, parents) -> None:
     p.set_defaults(func=run)
 
 
+def _check_applicable(args: argparse.Namespace) -> None:
+    """A given option that cannot apply to this input or format is an error naming it (never ignored).
+
+    Raises:
+        ValueError: ``--recipe`` / ``--run-dir`` (a new MpGI run's) with ``--from-run`` or
+            ``--captions-csv``; ``--config`` with a format other than parquet.
+    """
+    reuses = (
+        "--from-run reuses that run's recipe"
+        if args.from_run
+        else "--captions-csv holds the final captions (no MpGI run)"
+        if args.captions_csv
+        else None
+    )
+    if reuses:
+        for flag, value in (("--recipe", args.recipe), ("--run-dir", args.run_dir)):
+            if value is not None:
+                raise ValueError(
+                    f"{flag} {value!r} applies to a new MpGI run (--source, --demo); {reuses}: drop {flag}"
+                )
+    if args.config and args.fmt != "parquet":
+        raise ValueError(
+            f"--config {','.join(args.config)} applies to --format parquet; --format {args.fmt} writes "
+            "one layout (drop --config)"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from ..dataset_builder.build_folder import BuildFolder
     from ..dataset_builder.export import EXIT_SKIPPED, export_dataset
@@ -142,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
     inputs = [bool(args.source), bool(args.from_run), bool(args.captions_csv), bool(args.demo)]
     if sum(inputs) != 1:
         raise ValueError("give exactly one input: --source, --from-run, --captions-csv or --demo")
+    _check_applicable(args)
     sources = list(args.source or [])
     ratios = args.split_ratios or DEFAULT_RATIOS
     if args.demo:
@@ -154,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         run_dir=args.from_run,
         captions_csv=args.captions_csv,
         sources=sources,
-        recipe=args.recipe,
+        recipe=args.recipe or "offline",
         mpgi_dir=args.run_dir or (str(folder.mpgi_run) if sources else None),
         configs=tuple(args.config or ("default", "full", "pairs")),
         fmt=args.fmt,
