@@ -84,7 +84,7 @@ class CommandParser(argparse.ArgumentParser):
 
     def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
         action = super().add_argument(*args, **kwargs)
-        self.options.append(action)
+        self.options.append(_repeatable(action, kwargs))
         return action
 
     def add_argument_group(self, *args: Any, **kwargs: Any) -> Any:
@@ -98,6 +98,12 @@ class CommandParser(argparse.ArgumentParser):
         return self.subcommands
 
 
+def _repeatable(action: argparse.Action, kwargs: dict[str, Any]) -> argparse.Action:
+    """Mark ``action.repeatable``: it collects its values in a list (``action="append"``/``"extend"``)."""
+    action.repeatable = kwargs.get("action") in ("append", "extend")
+    return action
+
+
 class _RecordedGroup:
     """An argument group whose ``add_argument`` also records the action in its parser's :attr:`options`."""
 
@@ -107,7 +113,7 @@ class _RecordedGroup:
 
     def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
         action = self.group.add_argument(*args, **kwargs)
-        self.recorded.append(action)
+        self.recorded.append(_repeatable(action, kwargs))
         return action
 
     def add_mutually_exclusive_group(self, **kwargs: Any) -> Any:
@@ -230,15 +236,18 @@ _YES_NO = {"true": True, "yes": True, "on": True, "false": False, "no": False, "
 def _takes_list(action: argparse.Action) -> bool:
     """Whether the option collects several values (``action="append"``/``"extend"``, ``nargs`` ``*``, ``+``
     or a number)."""
-    return (
-        isinstance(action, (argparse._AppendAction, argparse._ExtendAction))
-        or action.nargs
-        in (
-            "*",
-            "+",
-        )
-        or isinstance(action.nargs, int)
-    )
+    return getattr(action, "repeatable", False) or action.nargs in ("*", "+") or isinstance(action.nargs, int)
+
+
+def _reads_bool(action: argparse.Action) -> bool:
+    """Whether a bool is a value of this non-flag option: ``--bf16 [BOOL]`` (``nargs="?"``, ``const=True``) or
+    a ``type`` that reads text as a bool (transformers' ``string_to_bool``: ``--disable-tqdm BOOL``)."""
+    if action.nargs == "?" and isinstance(action.const, bool):
+        return True
+    try:
+        return callable(action.type) and isinstance(action.type("true"), bool)
+    except (TypeError, ValueError, argparse.ArgumentTypeError):
+        return False
 
 
 def _config_value(action: argparse.Action, key: str, value: Any, path: Path, *, by_flag: bool) -> Any:
@@ -281,7 +290,7 @@ def _config_value(action: argparse.Action, key: str, value: Any, path: Path, *, 
         raise ValueError(f"{where} needs at least one value, got an empty list")
     if isinstance(action.nargs, int) and len(items) != action.nargs:
         raise ValueError(f"{where} takes {action.nargs} values, got {value!r}")
-    reads_bool = action.nargs == "?" and isinstance(action.const, bool)
+    reads_bool = _reads_bool(action)
     out = []
     for item in items:
         if isinstance(item, (list, dict)):

@@ -358,3 +358,15 @@ def test_every_leaf_help_lists_the_common_options():
     # and they still work after a lazily built command
     args = cli.parse_args(["train", "clip", "--model", "m", "--dataset", "d", "--output-dir", "o", "-vv"])
     assert args.verbose == 2 and args.config_file is None
+
+
+def test_config_file_mapping_for_a_name_value_option(tmp_path):
+    """`trainer-arg:` as a mapping (or one NAME=VALUE string) becomes the list the command line would give."""
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(
+        "model: m\ndataset: d\noutput-dir: o\ntrainer-arg: {adam_beta2: 0.98, optim: adamw_torch}\n"
+    )
+    args = cli.parse_args(["train", "clip", "--config-file", str(cfg)])
+    assert args.trainer_args == ["adam_beta2=0.98", 'optim="adamw_torch"']
+    cfg.write_text("model: m\ndataset: d\noutput-dir: o\ntrainer-arg: adam_beta2=0.98\n")
+    assert cli.parse_args(["train", "clip", "--config-file", str(cfg)]).trainer_args == ["adam_beta2=0.98"]
