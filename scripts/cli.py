@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import sys
@@ -83,7 +84,7 @@ class CommandParser(argparse.ArgumentParser):
 
     def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
         action = super().add_argument(*args, **kwargs)
-        self.options.append(action)
+        self.options.append(_repeatable(action, kwargs))
         return action
 
     def add_argument_group(self, *args: Any, **kwargs: Any) -> Any:
@@ -97,6 +98,12 @@ class CommandParser(argparse.ArgumentParser):
         return self.subcommands
 
 
+def _repeatable(action: argparse.Action, kwargs: dict[str, Any]) -> argparse.Action:
+    """Mark ``action.repeatable``: it collects its values in a list (``action="append"``/``"extend"``)."""
+    action.repeatable = kwargs.get("action") in ("append", "extend")
+    return action
+
+
 class _RecordedGroup:
     """An argument group whose ``add_argument`` also records the action in its parser's :attr:`options`."""
 
@@ -106,7 +113,7 @@ class _RecordedGroup:
 
     def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
         action = self.group.add_argument(*args, **kwargs)
-        self.recorded.append(action)
+        self.recorded.append(_repeatable(action, kwargs))
         return action
 
     def add_mutually_exclusive_group(self, **kwargs: Any) -> Any:
@@ -116,14 +123,14 @@ class _RecordedGroup:
         return getattr(self.group, name)
 
 
-def _common_parent() -> argparse.ArgumentParser:
-    parent = argparse.ArgumentParser(add_help=False)
-    group = parent.add_argument_group("common options")
+def _add_common_options(parser: argparse.ArgumentParser, config_default: Any = None) -> None:
+    """The "common options" group of every runnable command: ``--config-file``, ``-v``, ``-q``."""
+    group = parser.add_argument_group("common options")
     group.add_argument(
         "--config-file",
         metavar="YAML",
         type=Path,
-        default=None,
+        default=config_default,
         help="YAML (or JSON) mapping of this command's options (keys as option names); command-line flags "
         "override it",
     )
@@ -134,6 +141,11 @@ def _common_parent() -> argparse.ArgumentParser:
     group.add_argument(
         "-q", "--quiet", action="count", default=argparse.SUPPRESS, help="less logging (-qq: errors only)"
     )
+
+
+def _common_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    _add_common_options(parent)
     return parent
 
 
@@ -168,9 +180,23 @@ def leaf_parser(
     lazy = kwargs.pop("lazy_parser", None)
     if lazy is not None:  # -h/--help and every option go to the full parser; no abbreviations of them
         kwargs.update(add_help=False, allow_abbrev=False)
+        lazy = _with_common_options(lazy)
     sub = subparsers.add_parser(name, parents=parents, **kwargs)
     sub.set_defaults(_leaf=sub, lazy_parser=lazy)
     return sub
+
+
+def _with_common_options(factory: Any) -> Any:
+    """``factory`` whose parser also shows (and takes) the common options, so that the help of a lazily
+    built command lists ``--config-file``, ``-v`` and ``-q`` like every other command's. The leaf parses
+    them first; here they default to nothing, so they never overwrite what the leaf parsed."""
+
+    def build(prog: str) -> argparse.ArgumentParser:
+        full = factory(prog)
+        _add_common_options(full, config_default=argparse.SUPPRESS)
+        return full
+
+    return build
 
 
 _NOT_CONFIG = ("help", "config_file", "verbose", "quiet", argparse.SUPPRESS)
@@ -202,6 +228,94 @@ def _flag_names(parser: CommandParser) -> list[str]:
         }
         | {a.dest.replace("_", "-") for a in parser.options if not a.option_strings}
     )
+
+
+_YES_NO = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def _takes_list(action: argparse.Action) -> bool:
+    """Whether the option collects several values (``action="append"``/``"extend"``, ``nargs`` ``*``, ``+``
+    or a number)."""
+    return getattr(action, "repeatable", False) or action.nargs in ("*", "+") or isinstance(action.nargs, int)
+
+
+def _reads_bool(action: argparse.Action) -> bool:
+    """Whether a bool is a value of this non-flag option: ``--bf16 [BOOL]`` (``nargs="?"``, ``const=True``) or
+    a ``type`` that reads text as a bool (transformers' ``string_to_bool``: ``--disable-tqdm BOOL``)."""
+    if action.nargs == "?" and isinstance(action.const, bool):
+        return True
+    try:
+        return callable(action.type) and isinstance(action.type("true"), bool)
+    except (TypeError, ValueError, argparse.ArgumentTypeError):
+        return False
+
+
+def _config_value(action: argparse.Action, key: str, value: Any, path: Path, *, by_flag: bool) -> Any:
+    """The value of ``action`` that ``key: value`` in the config file at ``path`` gives, checked against the
+    option's kind as argparse checks a command line.
+
+    A flag (``nargs=0``: ``store_true``/``store_false``/``store_const``) takes a bool (YAML ``true``/``false``,
+    ``yes``/``no``); by its flag name (``no-progress: true``) it stores the flag's constant. Any other option
+    refuses a bool (unless its own type reads one: ``--bf16 [BOOL]``), runs each value through the option's
+    ``type`` (numbers included: ``shard-size: 1.5`` is an error for an ``int``) and ``choices``; an option that
+    collects values (``append``, ``nargs``) takes a list, or one value as a one-element list; a ``NAME=VALUE``
+    option also takes a mapping.
+
+    Raises:
+        ValueError: naming the file, the key, the bad value and what the option takes.
+    """
+    where = f"--config-file {str(path)!r}: {key}"
+    if action.nargs == 0:
+        flag = (
+            value
+            if isinstance(value, bool)
+            else _YES_NO.get(value.lower())
+            if isinstance(value, str)
+            else None
+        )
+        if flag is None:
+            raise ValueError(f"{where} is a flag: use true or false, got {value!r}")
+        if by_flag or not isinstance(action.const, bool):
+            return action.const if flag else action.default
+        return flag
+    many = _takes_list(action)
+    if not many and isinstance(value, dict):
+        value = json.dumps(value)  # what the command line takes for a mapping (--lr-scheduler-kwargs '{...}')
+    if many and isinstance(value, dict) and action.metavar == "NAME=VALUE":
+        value = [f"{k}={json.dumps(v)}" for k, v in value.items()]
+    items = value if many and isinstance(value, list) else [value]
+    if not many and isinstance(value, (list, dict)):
+        raise ValueError(f"{where} takes one value, got a {type(value).__name__}: {value!r}")
+    if many and action.nargs == "+" and not items:
+        raise ValueError(f"{where} needs at least one value, got an empty list")
+    if isinstance(action.nargs, int) and len(items) != action.nargs:
+        raise ValueError(f"{where} takes {action.nargs} values, got {value!r}")
+    reads_bool = _reads_bool(action)
+    out = []
+    for item in items:
+        if isinstance(item, (list, dict)):
+            raise ValueError(f"{where}: each value must be a single value, got {item!r}")
+        if isinstance(item, bool) and not reads_bool:
+            usage = " ".join(
+                [max(action.option_strings, key=len, default=""), str(action.metavar or action.dest.upper())]
+            ).strip()
+            raise ValueError(
+                f"{where} takes a value ({usage}), not the bool {item!r}: it is not a flag "
+                f"(quote it if you mean the text {str(item).lower()!r})"
+            )
+        if item is None:
+            raise ValueError(f"{where} has no value; give one or remove the key")
+        if action.type is not None and not (reads_bool and isinstance(item, bool)):
+            try:
+                item = action.type(item if isinstance(item, str) else str(item))
+            except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+                raise ValueError(f"{where}={item!r}: {exc}") from None
+        elif not isinstance(item, (str, bool)):
+            item = str(item)  # argparse hands an untyped option the text
+        if action.choices is not None and item not in action.choices:
+            raise ValueError(f"{where}={item!r} is not one of {sorted(map(str, action.choices))}")
+        out.append(item)
+    return out if many else out[0]
 
 
 def apply_config_file(leaf: CommandParser, path: Path) -> list[str]:
@@ -242,21 +356,7 @@ def apply_config_file(leaf: CommandParser, path: Path) -> list[str]:
             raise ValueError(
                 f"--config-file {str(path)!r}: unknown option {key!r} for '{leaf.prog}'; known: {known}"
             )
-        if isinstance(value, str) and action.type is not None:
-            try:
-                value = action.type(value)
-            except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
-                raise ValueError(f"--config-file {str(path)!r}: {key}={value!r}: {exc}") from None
-        if action.choices is not None and value not in action.choices:
-            raise ValueError(
-                f"--config-file {str(path)!r}: {key}={value!r} is not one of {sorted(map(str, action.choices))}"
-            )
-        if action.nargs == 0 and dest != action.dest:  # a flag by its name (no-progress: true)
-            if not isinstance(value, bool):
-                raise ValueError(
-                    f"--config-file {str(path)!r}: {key} is a flag: use true or false, got {value!r}"
-                )
-            value = action.const if value else action.default
+        value = _config_value(action, str(key), value, path, by_flag=dest != action.dest)
         defaults[action.dest] = value
         action.required = False
         if not action.option_strings and action.nargs is None:

@@ -278,3 +278,95 @@ def test_command_parser_records_every_option_and_subcommand():
     with pytest.raises(SystemExit):
         parser.parse_args(["--c", "--d", "x"])  # the exclusive group still works
     assert parser.parse_args(["--b", "3", "run", "p"]).b == 3
+
+
+def _config_error(tmp_path, capsys, text: str, argv=("build",)) -> str:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    assert cli.main([*argv, "--config-file", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("hqrs: error: ")
+    return err.strip().removeprefix("hqrs: error: ").replace(repr(str(cfg)), "FILE")
+
+
+def test_config_file_values_are_checked_as_argparse_checks_them(tmp_path, capsys):
+    """#1: a value from --config-file gets the option's kind, as on the command line: one string for a
+    repeatable option is a one-element list (not one source per character), a bool only for a flag and a
+    flag only a bool, each value through the option's type and choices."""
+    spec = "dota:rs_real/detection_dota/labelTxt?images=rs_real/detection_dota/images"
+    cfg = tmp_path / "ok.yaml"
+    cfg.write_text(f"source: '{spec}'\nout: o\nshard-size: 500\ndemo: no\n")
+    args = cli.parse_args(["build", "--config-file", str(cfg)])
+    assert (args.source, args.shard_size, args.demo) == ([spec], "500", False)
+    cfg.write_text(f"source: ['{spec}', 'folder:x']\nout: o\nno-progress: yes\n")
+    args = cli.parse_args(["build", "--config-file", str(cfg)])
+    assert (args.source, args.progress) == ([spec, "folder:x"], False)
+    assert _config_error(tmp_path, capsys, "out: o\nshard-size: true\n") == (
+        "--config-file FILE: shard-size takes a value (--shard-size SHARD_SIZE), not the bool True: it is not "
+        "a flag (quote it if you mean the text 'true')"
+    )
+    assert _config_error(tmp_path, capsys, "out: o\ndemo: yes-please\n") == (
+        "--config-file FILE: demo is a flag: use true or false, got 'yes-please'"
+    )
+    assert _config_error(tmp_path, capsys, "out: [a, b]\n") == (
+        "--config-file FILE: out takes one value, got a list: ['a', 'b']"
+    )
+    assert _config_error(tmp_path, capsys, "source: [true]\nout: o\n") == (
+        "--config-file FILE: source takes a value (--source SPEC), not the bool True: it is not a flag "
+        "(quote it if you mean the text 'true')"
+    )
+    assert _config_error(tmp_path, capsys, "out: o\nformat: csv\n") == (
+        "--config-file FILE: format='csv' is not one of ['open_clip-csv', 'parquet', 'webdataset']"
+    )
+
+
+def test_config_file_number_goes_through_the_option_type(tmp_path, capsys):
+    parser = cli.CommandParser(prog="x")
+    sub = parser.add_subparsers(dest="cmd")
+    leaf = cli.leaf_parser(sub, "run", [])
+    count = leaf.add_argument("--count", type=int)
+    many = leaf.add_argument("--ratio", type=float, nargs="+")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("count: 3\nratio: 0.5\n")
+    assert cli.apply_config_file(leaf, cfg) == ["count", "ratio"]
+    assert (count.default, many.default) == (3, [0.5])
+    for text, message in [
+        ("count: 1.5\n", "count=1.5: invalid literal for int() with base 10: '1.5'"),
+        ("count: true\n", "count takes a value (--count COUNT), not the bool True"),
+        ("ratio: []\n", "ratio needs at least one value, got an empty list"),
+        ("ratio: [0.5, [1]]\n", "ratio: each value must be a single value, got [1]"),
+    ]:
+        cfg.write_text(text)
+        with pytest.raises(ValueError) as exc:
+            cli.apply_config_file(leaf, cfg)
+        assert str(exc.value).startswith(f"--config-file {str(cfg)!r}: {message}")
+
+
+def test_every_leaf_help_lists_the_common_options():
+    """#2: `hqrs train clip --help` (a lazily built parser) lists --config-file, -v, -q like every command."""
+    leaves = 0
+    for path, parser in _all_parsers(cli.build_parser()):
+        if parser.get_default("_leaf") is not parser and not path.endswith("(full)"):
+            continue
+        if parser.get_default("lazy_parser") is not None and not path.endswith("(full)"):
+            continue  # its help is the full parser's
+        text = parser.format_help()
+        for option in ("--config-file YAML", "-v, --verbose", "-q, --quiet"):
+            assert option in text, f"{path} --help does not list {option}"
+        leaves += 1
+    assert leaves > 15
+    # and they still work after a lazily built command
+    args = cli.parse_args(["train", "clip", "--model", "m", "--dataset", "d", "--output-dir", "o", "-vv"])
+    assert args.verbose == 2 and args.config_file is None
+
+
+def test_config_file_mapping_for_a_name_value_option(tmp_path):
+    """`trainer-arg:` as a mapping (or one NAME=VALUE string) becomes the list the command line would give."""
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(
+        "model: m\ndataset: d\noutput-dir: o\ntrainer-arg: {adam_beta2: 0.98, optim: adamw_torch}\n"
+    )
+    args = cli.parse_args(["train", "clip", "--config-file", str(cfg)])
+    assert args.trainer_args == ["adam_beta2=0.98", 'optim="adamw_torch"']
+    cfg.write_text("model: m\ndataset: d\noutput-dir: o\ntrainer-arg: adam_beta2=0.98\n")
+    assert cli.parse_args(["train", "clip", "--config-file", str(cfg)]).trainer_args == ["adam_beta2=0.98"]

@@ -84,8 +84,102 @@ def test_karpathy_real(rs_real):
     assert len(ucm[0].references) == 5
     rsicd, report = _records(f"karpathy:{rs_real}/rsicd/dataset_rsicd_subset.json")
     assert len(report) == 0 and len(rsicd) == 95 and rsicd[0].labels == ["Airport"]
-    test_only, _ = _records(f"karpathy:{rs_real}/sydney_captions/dataset_sydney_subset.json?splits=test")
-    assert all(r.split == "test" for r in test_only)
+    train_only, _ = _records(f"karpathy:{rs_real}/sydney_captions/dataset_sydney_subset.json?splits=train")
+    assert len(train_only) == 2 and all(r.split == "train" for r in train_only)
+
+
+def test_splits_no_entry_has_names_the_splits_found(rs_real, tmp_path, capsys):
+    """A ``splits=`` value no entry has (a typo, the wrong file) is not an empty build: an error when nothing
+    matched, a counted file skip when another listed split did; both list the splits the source holds."""
+    from hqrs.scripts import cli
+
+    rsicd = f"{rs_real}/rsicd/dataset_rsicd_subset.json"
+    with pytest.raises(ValueError) as exc:
+        _records(f"karpathy:{rsicd}?splits=tset")
+    assert str(exc.value) == (
+        f"source 'karpathy:{rsicd}': splits=tset: no entry has split 'tset'; the splits in it: test (95)"
+    )
+    recs, report = _records(f"karpathy:{rsicd}?splits=test,tset")
+    assert len(recs) == 95 and len(report) == 1
+    assert (
+        report.items[0]["reason"]
+        == "splits=test,tset: no entry has split 'tset'; the splits in it: test (95)"
+    )
+    # a format whose entries carry no split
+    with pytest.raises(
+        ValueError, match=r"splits=test: no entry has split 'test'; its entries carry no split$"
+    ):
+        _records(f"folder:{rs_real}/aid_classification?splits=test")
+    # through the CLI: one error line, no traceback
+    argv = [
+        "build",
+        "--out",
+        str(tmp_path / "o"),
+        "--source",
+        f"karpathy:{rsicd}?images={rs_real}/rsicd/images&splits=tset",
+    ]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"hqrs: error: source 'karpathy:{rsicd}': splits=tset: no entry has split 'tset'; the splits in it: test (95)"
+    )
+
+
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        ("large=shrink", "bad value for option 'large': expected one of keep, tile, resize, got 'shrink'"),
+        (
+            "tile_size=-4",
+            "bad value for option 'tile_size': expected an integer of at least 16 (pixels), got '-4'",
+        ),
+        (
+            "bands=0",
+            "bad value for option 'bands': expected 1 or 3 one-based band indices, e.g. 4,3,2, got '0'",
+        ),
+        (
+            "stretch=98,2",
+            "bad value for option 'stretch': expected two percentiles LOW,HIGH with 0 <= LOW < HIGH <= 100, "
+            "e.g. 2,98, got '98,2'",
+        ),
+        (
+            "max_pixels=lots",
+            "bad value for option 'max_pixels': expected a positive number of pixels (e.g. 4e8), got 'lots'",
+        ),
+        (
+            "max_memory=inf",
+            "bad value for option 'max_memory': expected a positive number of bytes (e.g. 8e9), got 'inf'",
+        ),
+        (
+            "min_clip_fraction=2",
+            "bad value for option 'min_clip_fraction': expected a fraction in (0, 1], got '2'",
+        ),
+        ("verify=perhaps", "bad value for option 'verify': expected a boolean (true/false), got 'perhaps'"),
+        ("tile_overlap=2000", "tile_overlap must be in [0, tile_size=1024), got 2000"),
+        (
+            "label_from_filename=maybe",
+            "bad value for option 'label_from_filename': expected a boolean (true/false), got 'maybe'",
+        ),
+    ],
+)
+def test_option_errors_name_source_option_value_and_expected(tmp_path, query, message):
+    """#3: every option error (shared image options, a format's own, checks across options) names the source,
+    the option, the bad value and what it takes."""
+    (tmp_path / "d.json").write_text('{"images": []}')
+    with pytest.raises(ValueError) as exc:
+        load_source(f"karpathy:{tmp_path}/d.json?{query}")
+    assert str(exc.value) == f"source 'karpathy:{tmp_path}/d.json': {message}"
+
+
+def test_option_errors_from_a_yaml_mapping_refuse_a_bool_for_a_number(tmp_path):
+    with pytest.raises(ValueError) as exc:
+        load_source({"kind": "folder", "path": str(tmp_path), "tile_size": True})
+    assert str(exc.value) == (
+        f"source 'folder:{tmp_path}': bad value for option 'tile_size': expected an integer of at least 16 "
+        "(pixels), got True"
+    )
+    source = load_source({"kind": "folder", "path": str(tmp_path), "tile_size": 512, "stretch": [1, 99]})
+    assert source.image_settings.tile_size == 512 and source.image_settings.stretch == (1.0, 99.0)
 
 
 def test_folder_real(rs_real):

@@ -33,6 +33,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -41,7 +42,7 @@ from urllib.parse import parse_qsl
 
 from ..records import ImageRecord, ObjectAnnotation
 from .analysis import AnnotatedImage, CellSink, MaskFn, analyse, to_records
-from .images import IMAGE_EXTENSIONS, ImageSettings
+from .images import IMAGE_EXTENSIONS, LARGE_MODES, ImageSettings
 from .report import SkipReport
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "Source",
     "annotation_files",
     "bad_text",
+    "checked",
     "is_int",
     "option",
     "parse_bool",
@@ -81,28 +83,68 @@ def parse_list(value: Any) -> list[str]:
     return [v.strip() for v in str(value).split(",") if v.strip()]
 
 
-def _parse_int_tuple(value: Any) -> tuple[int, ...]:
+def checked(parse: Callable[[Any], Any], expected: str, ok: Callable[[Any], bool] | None = None) -> Callable:
+    """A parser that applies ``parse`` and then ``ok`` to the result; a value either rejects (or a YAML
+    bool given for a number or a list) raises ``ValueError("expected {expected}, got VALUE")``.
+
+    Use it for an option's ``parse`` (:func:`option`) so the error says what the option takes.
+    """
+
+    def parser(value: Any) -> Any:
+        try:
+            if isinstance(value, bool) and parse is not parse_bool:
+                raise TypeError("a bool")
+            out = parse(value)
+            good = ok is None or ok(out)
+        except (TypeError, ValueError, OverflowError):
+            good = False
+        if not good:
+            raise ValueError(f"expected {expected}, got {value!r}")
+        return out
+
+    return parser
+
+
+def _int_tuple(value: Any) -> tuple[int, ...]:
     return tuple(int(v) for v in parse_list(value))
 
 
-def _parse_float_tuple(value: Any) -> tuple[float, ...]:
+def _float_tuple(value: Any) -> tuple[float, ...]:
     return tuple(float(v) for v in parse_list(value))
 
 
+def _number(value: Any) -> int:
+    return int(float(value))  # 4e8 and 400000000 alike
+
+
+def _at_least(n: int) -> Callable[[Any], bool]:
+    return lambda v: v >= n
+
+
 _IMAGE_OPTION_PARSERS: dict[str, Callable[[Any], Any]] = {
-    "max_pixels": lambda v: int(float(v)),
+    "max_pixels": checked(_number, "a positive number of pixels (e.g. 4e8)", _at_least(1)),
     "verify": parse_bool,
-    "large": str,
-    "max_side": int,
-    "tile_size": int,
-    "tile_overlap": int,
-    "min_clip_fraction": float,
-    "bands": _parse_int_tuple,
-    "stretch": _parse_float_tuple,
+    "large": checked(str, f"one of {', '.join(LARGE_MODES)}", lambda v: v in LARGE_MODES),
+    "max_side": checked(int, "an integer of at least 16 (pixels)", _at_least(16)),
+    "tile_size": checked(int, "an integer of at least 16 (pixels)", _at_least(16)),
+    "tile_overlap": checked(int, "an integer >= 0 and below tile_size (pixels)", _at_least(0)),
+    "min_clip_fraction": checked(float, "a fraction in (0, 1]", lambda v: 0.0 < v <= 1.0),
+    "bands": checked(
+        _int_tuple,
+        "1 or 3 one-based band indices, e.g. 4,3,2",
+        lambda v: len(v) in (1, 3) and min(v) >= 1,
+    ),
+    "stretch": checked(
+        _float_tuple,
+        "two percentiles LOW,HIGH with 0 <= LOW < HIGH <= 100, e.g. 2,98",
+        lambda v: len(v) == 2 and 0.0 <= v[0] < v[1] <= 100.0,
+    ),
     "cache_dir": str,
     "phash": parse_bool,
-    "max_memory": lambda v: int(float(v)),
+    "max_memory": checked(_number, "a positive number of bytes (e.g. 8e9)", _at_least(1)),
 }
+# the plain Python types as option parsers: what a bad value should have been
+_EXPECTED = {int: "an integer", float: "a number", str: "text"}
 assert set(_IMAGE_OPTION_PARSERS) == {f.name for f in fields(ImageSettings)}
 
 
@@ -247,6 +289,7 @@ class Source:
         self, path: str | Path, options: dict[str, Any] | None = None, *, base_dir: Path | None = None
     ):
         self.path = self._resolve(path, base_dir)
+        self._given = f"{self.kind}:{path}"  # the source as the user wrote it, for messages
         groups = (_parsers(CommonOptions), _IMAGE_OPTION_PARSERS, _parsers(self.Options))
         parsed: tuple[dict[str, Any], ...] = ({}, {}, {})
         for key, value in dict(options or {}).items():
@@ -256,26 +299,37 @@ class Source:
                     break
             else:
                 known = sorted({k for parsers in groups for k in parsers})
-                raise ValueError(
-                    f"source '{self.kind}:{path}': unknown option {key!r}; known: {', '.join(known)}"
-                )
-        common = CommonOptions(**parsed[0])
+                raise ValueError(f"source '{self._given}': unknown option {key!r}; known: {', '.join(known)}")
+        # checks across options (tile_overlap below tile_size), named with the source too
+        common, self.image_settings, self.options = (
+            self._make(cls, values)
+            for cls, values in zip((CommonOptions, ImageSettings, self.Options), parsed)
+        )
         self.images_dir = self._resolve(common.images, base_dir) if common.images else None
         self.name = common.name
         self.splits = common.splits
         self.allow_outside_root = common.allow_outside_root
-        self.image_settings = ImageSettings(**parsed[1])
-        self.options = self.Options(**parsed[2])
         if not self.path.exists():
             raise ValueError(f"source '{self.kind}': PATH {str(self.path)!r} does not exist")
 
     def _parse(self, key: str, value: Any, parser: Callable[[Any], Any]) -> Any:
+        """``parser(value)``; a bad value is a ``ValueError`` naming the source, the option, the value and
+        what the option takes (every option of every kind goes through here)."""
         try:
+            if parser in _EXPECTED and isinstance(value, bool):
+                raise ValueError("a bool")
             return parser(value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            why = f"expected {_EXPECTED[parser]}, got {value!r}" if parser in _EXPECTED else str(exc)
+            if repr(value) not in why:
+                why = f"{why} (got {value!r})"
+            raise ValueError(f"source '{self._given}': bad value for option {key!r}: {why}") from None
+
+    def _make(self, cls: type, values: dict[str, Any]) -> Any:
+        try:
+            return cls(**values)
         except (TypeError, ValueError) as exc:
-            raise ValueError(
-                f"source '{self.kind}:{self.path}': bad value for option {key!r}: {exc}"
-            ) from None
+            raise ValueError(f"source '{self._given}': {exc}") from None
 
     @staticmethod
     def _resolve(path: str | Path, base_dir: Path | None) -> Path:
@@ -308,10 +362,40 @@ class Source:
         """
         report = report if report is not None else SkipReport()
         keep = None if cells is None else cells.keep_original
-        analysed = analyse(self.read(report), self.image_settings, pool if self.pooled else None, cells=keep)
+        analysed = analyse(self._read(report), self.image_settings, pool if self.pooled else None, cells=keep)
         for record in to_records(analysed, self.image_settings, report, cells):
             report.ok(record.source)
             yield record
+
+    def _read(self, report: SkipReport) -> Iterator[AnnotatedImage]:
+        """:meth:`read`, then the check that every ``splits=`` value matched an entry (:meth:`emit` counts
+        the splits it sees)."""
+        self.__dict__["_splits_seen"] = Counter()
+        yield from self.read(report)
+        self._check_splits(report)
+
+    def _check_splits(self, report: SkipReport) -> None:
+        """A ``splits=`` value no entry has is a typo or the wrong file: an error when nothing matched
+        (the build would read nothing), else a ``file`` skip; both list the splits the source holds."""
+        seen: Counter = self.__dict__.get("_splits_seen") or Counter()
+        if self.splits is None or not seen:
+            return
+        missing = sorted(self.splits - set(seen))
+        if not missing:
+            return
+        held = sorted(str(s) for s in seen if s is not None)
+        found = (
+            f"the splits in it: {', '.join(f'{s} ({seen[s]})' for s in held)}"
+            if held
+            else "its entries carry no split"
+        )
+        if None in seen and held:
+            found += f", and {seen[None]} entr(ies) without one"
+        what = " or ".join(repr(s) for s in missing)
+        message = f"splits={','.join(sorted(self.splits))}: no entry has split {what}; {found}"
+        if len(missing) == len(self.splits):
+            raise ValueError(f"source '{self._given}': {message}")
+        self.skip(report, self.path, message, kind="file")
 
     def read(self, report: SkipReport) -> Iterator[AnnotatedImage]:  # pragma: no cover - abstract
         """The format's reader: one :class:`~.analysis.AnnotatedImage` per image (through :meth:`emit`);
@@ -445,8 +529,12 @@ class Source:
         reason for a missing or non-regular file, one outside :meth:`roots`, or text UTF-8 cannot
         hold (:func:`bad_text`). ``fields_`` are further :class:`ImageRecord` fields.
         """
-        if self.splits is not None and fields_.get("split") not in self.splits:
-            return  # another split (splits=...): not read, not analysed, not reported
+        if self.splits is not None:
+            split = fields_.get("split")
+            seen = self.__dict__.setdefault("_splits_seen", Counter())
+            seen[split] += 1
+            if split not in self.splits:
+                return  # another split (splits=...): not read, not analysed; a typo: _check_splits
         where = str(annotation_file or image_path)
         if image_path is None or not Path(image_path).is_file():
             self.skip(report, where, f"image not found ({why_missing(image_path)})")
