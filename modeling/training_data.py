@@ -59,7 +59,10 @@ __all__ = [
     "ImageTextCollator",
     "RSAugment",
     "StreamingImageCaptionDataset",
+    "check_parquet_files",
+    "is_hqrs_build",
     "load_training_dataset",
+    "require_parquet_build",
     "split_by_image",
 ]
 
@@ -218,6 +221,67 @@ def _pick_split(obj: Any, split: str, source: str) -> Any:
     return obj
 
 
+def is_hqrs_build(root: str | os.PathLike) -> bool:
+    """Whether ``root`` is a folder written by ``hqrs build`` (any ``--format``): it holds parquet shards in
+    the build layout, a ``build_report.json`` or the export stamp. Such a folder is read only as a build
+    (through its format), never as a class folder or a generic ``datasets`` folder."""
+    folder = BuildFolder(root)
+    if not Path(root).is_dir():
+        return False
+    if folder.is_build():
+        return True
+    try:
+        return folder.report.is_file() or folder.stamp.is_file()
+    except ValueError:  # a link planted in the folder that leads out of it
+        return True
+
+
+def require_parquet_build(root: str | os.PathLike, reader: str) -> BuildFolder | None:
+    """The :class:`BuildFolder` of ``root`` when it is a parquet ``hqrs build`` folder, ``None`` when it is
+    no build at all (see :func:`is_hqrs_build`).
+
+    Raises:
+        ValueError: ``root`` is a build in another ``--format`` (``open_clip-csv``, ``webdataset``:
+            ``reader`` reads only parquet builds) or a build without shards; the message names the folder,
+            its format and the fix (rebuild with ``--format parquet``).
+    """
+    if not is_hqrs_build(root):
+        return None
+    folder = BuildFolder(root)
+    fmt = folder.format()
+    if fmt == "parquet":
+        return folder
+    fix = f"rebuild with `hqrs build ... --format parquet --out DIR` and give {reader} that folder"
+    if fmt is None:
+        raise ValueError(
+            f"{str(root)!r} is an hqrs build folder without shards (no data/<config>/*.parquet, .tar or "
+            f".csv; an unfinished build?); {fix}"
+        )
+    raise ValueError(
+        f"{str(root)!r} is an hqrs build in --format {fmt}, which {reader} does not read (it reads the "
+        f"parquet configs of a build); {fix}"
+    )
+
+
+def check_parquet_files(files: list[str] | list[Path]) -> None:
+    """Open the footer of every parquet file (cheap: no row is read).
+
+    Raises:
+        ValueError: a file is not readable parquet (truncated or damaged shard); the message names the
+            file and the fix (rebuild).
+    """
+    import pyarrow.parquet as pq
+
+    for file in files:
+        try:
+            pq.ParquetFile(file).close()
+        except Exception as exc:  # ArrowInvalid / OSError: truncated, damaged or not parquet
+            raise ValueError(
+                f"{str(file)!r} is not a readable parquet shard ({type(exc).__name__}: {exc}); it is "
+                "truncated or damaged: rebuild the folder with `hqrs build` (or restore the file)"
+            ) from None
+
+
 def _builder_layout_files(root: Path, config: str) -> dict[str, list[str]] | None:
     """``{split: [files]}`` of the builder's hub layout ``data/<config>/<split>-*.parquet``, or ``None``."""
     return BuildFolder(root).shard_files(config) or None
@@ -255,26 +319,46 @@ def load_training_dataset(
         if (root / "state.json").is_file() or (root / "dataset_dict.json").is_file():
             ds = _pick_split(load_from_disk(str(root)), split, text)
             return ds.to_iterable_dataset() if streaming and isinstance(ds, Dataset) else ds
+        build = require_parquet_build(root, "hqrs train")
         layout = _builder_layout_files(root, config or "default")
         if layout is not None:
             if split not in layout:
                 raise ValueError(
                     f"dataset folder {text!r} has no split {split!r} in data/{config}/; found {sorted(layout)}"
                 )
+            check_parquet_files(layout[split])
             return load_dataset(
                 "parquet", data_files={split: layout[split]}, split=split, streaming=streaming
             )
         found = BuildFolder(root).config_dirs() if config else []
-        if found:
+        if found or build is not None:
             raise ValueError(
-                f"dataset folder {text!r} has no configuration {config!r} (data/{config}/); found {found}"
+                f"dataset folder {text!r} has no configuration {config!r} (data/{config}/); found "
+                f"{build.configs() if build is not None else found} (use --config)"
             )
-        return load_dataset(str(root), name=config, split=split, streaming=streaming)
+        return _load_folder(root, text, config, split, streaming)
     if root.exists():
         raise ValueError(f"dataset {text!r} is a file; give its folder or a Hub repository id")
     if text.startswith((".", "/", "~")) or text.count("/") > 1:
         raise ValueError(f"dataset folder {text!r} does not exist")
     return load_dataset(text, name=config, split=split, streaming=streaming)
+
+
+def _load_folder(root: Path, text: str, config: str | None, split: str, streaming: bool) -> Any:
+    """A folder that is no build and no ``save_to_disk`` folder, read by ``datasets.load_dataset``'s
+    folder rules; what it cannot read is one ``ValueError`` naming the folder and what is accepted."""
+    from datasets import load_dataset
+    from datasets.exceptions import DatasetGenerationError
+
+    try:
+        return load_dataset(str(root), name=config, split=split, streaming=streaming)
+    except (ValueError, DatasetGenerationError, FileNotFoundError) as exc:  # CastError is a ValueError
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ValueError(
+            f"dataset folder {text!r} is not an hqrs build (no data/<config>/*.parquet), not a save_to_disk "
+            f"folder, and datasets cannot read its config {config!r} split {split!r} as a table "
+            f"({type(exc).__name__}: {first[:200]}); give a folder written by `hqrs build --format parquet`"
+        ) from None
 
 
 def split_by_image(
