@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from PIL import Image, UnidentifiedImageError
+
 from hqrs.dataset_builder.build_folder import CARD, BuildFolder
 
 from .cards import MODEL_KINDS, model_kind, render_dataset_card, render_model_card
@@ -222,8 +224,6 @@ def check_plot(path: str | Path) -> str:
         ValueError: ``path`` is not an image of those formats (by content: a JSON file, an image that does
             not decode, another image format) or its suffix names another format; the message names the file.
     """
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"plot {str(path)!r} not found")
