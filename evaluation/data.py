@@ -23,7 +23,7 @@ from hqrs.dataset_builder.build_folder import BuildFolder
 from hqrs.dataset_builder.imaging import decode_image
 from hqrs.dataset_builder.io import load_json_utf8
 from hqrs.dataset_builder.sources import SkipReport, load_source, parse_spec
-from hqrs.modeling.training_data import check_parquet_files, is_hqrs_build, require_parquet_build
+from hqrs.modeling.build_input import check_parquet_files, is_hqrs_build, require_parquet_build
 
 
 @dataclass

@@ -39,7 +39,7 @@ from hqrs.dataset_builder.mpgi.engine import iter_results
 from hqrs.dataset_builder.mpgi.integrate import check_caption
 from hqrs.dataset_builder.records import MpGIResult
 from hqrs.dataset_builder.rules import rule_facts
-from hqrs.modeling.training_data import is_hqrs_build, require_parquet_build
+from hqrs.modeling.build_input import is_hqrs_build, require_parquet_build
 
 from .data import open_dataset
 
