@@ -23,6 +23,7 @@ from hqrs.dataset_builder.build_folder import BuildFolder
 from hqrs.dataset_builder.imaging import decode_image
 from hqrs.dataset_builder.io import load_json_utf8
 from hqrs.dataset_builder.sources import SkipReport, load_source, parse_spec
+from hqrs.modeling.build_input import check_parquet_files, is_hqrs_build, require_parquet_build
 
 
 @dataclass
@@ -273,9 +274,12 @@ def _open_dataset(
     import datasets
 
     path = Path(spec)
-    if BuildFolder(path).is_data_dir() and _readme_configs(path.parent):  # data/ of a build
+    if BuildFolder(path).is_data_dir() and is_hqrs_build(path.parent):  # data/ of a build
         path = path.parent
+    build = require_parquet_build(path, "hqrs eval") if path.is_dir() else None
     configs = _readme_configs(path) if path.is_dir() else []
+    if build is not None:  # read through its format: the parquet configs (the card's, else data/'s)
+        return _open_build(spec, build, configs or build.configs(), config, split, default_split)
     if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
         if config is not None:
             raise ValueError(f"{str(spec)!r} is a save_to_disk folder without configs; drop --config")
@@ -293,11 +297,13 @@ def _open_dataset(
                 f"{str(spec)!r} is one parquet file and has no splits; drop --split {split!r} (or give the "
                 "folder of a split-named layout such as data/test-00000-of-00001.parquet)"
             )
+        check_parquet_files([path])
         ds = datasets.load_dataset("parquet", data_files=[str(path)], split="train")
         return ds, None, None, [ds]
     elif path.is_dir() and any(path.rglob("*.parquet")):
         if config is not None:
             raise ValueError(f"{str(spec)!r} has no README.md declaring configs; drop --config")
+        check_parquet_files(sorted(path.rglob("*.parquet")))
         try:  # the datasets layout rules: split names from file / folder names
             ds = datasets.load_dataset(str(path))
         except (datasets.exceptions.DatasetGenerationError, datasets.table.CastError) as exc:
@@ -310,6 +316,34 @@ def _open_dataset(
             f"--dataset {str(spec)!r} is neither a class folder, a datasets folder (save_to_disk), a folder "
             "written by hqrs build nor parquet"
         )
+    return _pick(spec, ds, config, split, default_split)
+
+
+def _open_build(spec, build: BuildFolder, configs: list[str], config, split, default_split):
+    """One config of a parquet ``hqrs build`` folder; every shard's footer is checked first, so a
+    truncated shard is a ``ValueError`` naming it rather than an error deep inside ``datasets``."""
+    import datasets
+
+    config = config or ("default" if "default" in configs else configs[0])
+    if config not in configs:
+        raise ValueError(f"{str(spec)!r} has no config {config!r}; configs: {configs} (use --config)")
+    files = build.shard_files(config)
+    if not files:
+        raise ValueError(
+            f"{str(spec)!r}: config {config!r} has no parquet shards under data/{config}/; rebuild the folder "
+            "with `hqrs build --format parquet`"
+        )
+    check_parquet_files([f for split_files in files.values() for f in split_files])
+    if build.card_configs():
+        ds = datasets.load_dataset(str(build.root), config)
+    else:  # shards without a card: the split names come from the file names
+        ds = datasets.load_dataset("parquet", data_files=files)
+    return _pick(spec, ds, config, split, default_split)
+
+
+def _pick(spec, ds, config, split, default_split):
+    import datasets
+
     if isinstance(ds, datasets.DatasetDict):
         names = list(ds)
         if split == "all":
@@ -431,6 +465,12 @@ def load_classification(
     path = Path(text.removeprefix("folder:").split("?")[0])
     if not path.exists():
         raise FileNotFoundError(f"--dataset {text!r} does not exist")
+    if is_hqrs_build(path):  # read only through its format (never as a class folder)
+        if text.startswith("folder:"):
+            raise ValueError(
+                f"--dataset {text!r} is a folder written by hqrs build, not a class folder; drop 'folder:'"
+            )
+        return load_hf_classification(path, image_column, label_column, split, config)
     is_class_folder = text.startswith("folder:") or (
         path.is_dir()
         and not (path / "state.json").is_file()

@@ -39,6 +39,7 @@ from hqrs.dataset_builder.mpgi.engine import iter_results
 from hqrs.dataset_builder.mpgi.integrate import check_caption
 from hqrs.dataset_builder.records import MpGIResult
 from hqrs.dataset_builder.rules import rule_facts
+from hqrs.modeling.build_input import is_hqrs_build, require_parquet_build
 
 from .data import open_dataset
 
@@ -174,17 +175,19 @@ def load_dataset_captions(
         split = "all"
     if not path.exists():
         raise FileNotFoundError(f"dataset {str(path)!r} does not exist")
-    if BuildFolder(path).is_data_dir() and (path / "default").is_dir():  # the data/ folder of a build
+    if BuildFolder(path).is_data_dir() and is_hqrs_build(path.parent):  # the data/ folder of a build
         path = path.parent
-    is_run = path.is_dir() and (path / "recipe.json").is_file()
+    # a build folder is read only through its format (its .staging/ and mpgi_run/ are not its data)
+    build = require_parquet_build(path, "hqrs eval dataset")
+    is_run = build is None and path.is_dir() and (path / "recipe.json").is_file()
     is_jsonl = path.suffix == ".jsonl" or (
-        path.is_dir() and not BuildFolder(path).has_data() and any(path.rglob("*.jsonl"))
+        build is None and path.is_dir() and not BuildFolder(path).has_data() and any(path.rglob("*.jsonl"))
     )
     if (is_run or is_jsonl) and (split != "all" or config is not None):
         raise ValueError(f"{str(path)!r} is an MpGI run / results file: it has no splits or configs")
     if is_run:  # an MpGI run directory
         return _from_results(path.name, iter_results(path), images)
-    if BuildFolder(path).has_data():  # the folder `hqrs build` writes
+    if build is not None or BuildFolder(path).has_data():  # the folder `hqrs build` writes
         data = _load_hf(path, caption_column, images, name=path.name, split=split, config=config)
         run_dir = _build_run_dir(path)
         if run_dir is not None:  # the records behind the rows: facts for the consistency check

@@ -24,7 +24,7 @@ from hqrs.dataset_builder import PAPER_CITATION
 from hqrs.dataset_builder.build_folder import BuildFolder
 from hqrs.dataset_builder.dataset_card import TAGS, dataset_card, infos_from_folder
 from hqrs.dataset_builder.io import load_json_utf8
-from hqrs.evaluation.results import SCHEMA, model_index_entry, weights_sha256
+from hqrs.evaluation.results import SCHEMA, TASK_NAMES, model_index_entry, weights_sha256
 from hqrs.modeling.families import FAMILIES, REPO_PLACEHOLDER, ModelFamily
 
 RS_TAGS = TAGS  # the tags every hqrs card carries (dataset cards add "image-captioning")
@@ -62,6 +62,10 @@ def model_kind(model_dir: str | Path) -> ModelFamily:
             f"{config_path}: model_type {model_type!r} is not publishable by hqrs; expected one of {sorted(MODEL_KINDS)}"
         )
     return MODEL_KINDS[model_type]
+
+
+DATASET_TASK = "dataset-quality"  # the task of `hqrs eval dataset`'s report: statistics of a dataset
+MODEL_TASKS = tuple(task for task in TASK_NAMES if task != DATASET_TASK)  # what a model-index holds
 
 
 def load_eval_results(
@@ -120,6 +124,18 @@ def _eval_results_of(raw, path, expected, model_dir, foreign, EvalResult, model_
         raise ValueError(
             f"evaluation results {str(path)!r} are not an `hqrs eval` results JSON ({type(exc).__name__}: {exc})"
         ) from None
+    task = entry["task"].get("type")
+    if task not in MODEL_TASKS:  # a dataset report (`hqrs eval dataset`) measures data, not this model
+        what = "a dataset report (`hqrs eval dataset`)" if task == DATASET_TASK else f"task {task!r}"
+        raise ValueError(
+            f"evaluation results {str(path)!r} are {what}, not an evaluation of a model "
+            f"({', '.join(MODEL_TASKS)}); drop it from --results"
+            + (
+                " (it belongs on the dataset card: `hqrs push dataset --stats`)"
+                if task == DATASET_TASK
+                else ""
+            )
+        )
     if expected is not None:
         model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
         got = model.get("weights_sha256")
@@ -425,6 +441,13 @@ def stats_table(stats: dict[str, Any] | None) -> dict[str, Any]:
             f"{type(stats).__name__}"
         )
     if stats.get("schema") == SCHEMA:
+        task = (stats.get("task") or {}).get("type") if isinstance(stats.get("task"), dict) else None
+        if task != DATASET_TASK:
+            raise ValueError(
+                f"dataset statistics are an `hqrs eval` result of task {task!r}, not a dataset report "
+                f"(`hqrs eval dataset`'s dataset_quality.json); give that file (a model's results go to "
+                "`hqrs push model --results`)"
+            )
         table = {}
         if (stats.get("dataset") or {}).get("num_images") is not None:
             table["images"] = stats["dataset"]["num_images"]

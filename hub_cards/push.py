@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from PIL import Image, UnidentifiedImageError
+
 from hqrs.dataset_builder.build_folder import CARD, BuildFolder
 
 from .cards import MODEL_KINDS, model_kind, render_dataset_card, render_model_card
@@ -168,11 +170,20 @@ def stage_dataset(
     Raises:
         ValueError: a ``--format webdataset`` / ``open_clip-csv`` build (only parquet builds are pushed;
             the message names the format and says to rebuild with ``--format parquet``), a folder that is no
-            build, bad ``stats`` / ``sources``, or what :func:`check_folder` refuses.
+            build, bad ``stats`` / ``sources``, a plot that is no image (:func:`check_plot`) or what
+            :func:`check_folder` refuses.
     """
     _validate_repo_id(repo_id)
     build, staged = BuildFolder(dataset_dir), BuildFolder(out_dir)
     plots = [Path(plot) for plot in plots or []]
+    for plot in plots:
+        check_plot(plot)
+    names = [plot.name for plot in plots]
+    if len(set(names)) < len(names):
+        same = sorted({str(p) for p in plots if names.count(p.name) > 1})
+        raise ValueError(
+            f"plots {same} have the same file name and would overwrite each other in stats/; rename one"
+        )
     # rendered first: a folder that is no (parquet) build, bad stats / sources fail before anything is
     # written to out_dir
     card = render_dataset_card(
@@ -183,9 +194,6 @@ def stage_dataset(
         sources=sources,
         license=license,
     )
-    for plot in plots:
-        if not plot.is_file():
-            raise FileNotFoundError(f"plot {str(plot)!r} not found")
     _prepare_out(staged.root)
     for path in build.publish_files():
         target = staged.path(build.relative(path))
@@ -201,6 +209,47 @@ def stage_dataset(
     card.save(staged.card)
     check_folder(staged.root, "dataset", recipe_secret_names(build.run_dir()))
     return _plan(staged.root, repo_id, "dataset")
+
+
+# What a dataset card shows as a plot (``![name](stats/NAME)``): the image formats the Hub renders in a
+# card, recognised by their content (the suffix must agree, so the file is served as what it is).
+PLOT_FORMATS = {"PNG": (".png",), "JPEG": (".jpg", ".jpeg"), "GIF": (".gif",), "WEBP": (".webp",)}
+
+
+def check_plot(path: str | Path) -> str:
+    """The image format of ``--plot`` file ``path`` (``"PNG"``, ``"JPEG"``, ``"GIF"``, ``"WEBP"`` or ``"SVG"``).
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        ValueError: ``path`` is not an image of those formats (by content: a JSON file, an image that does
+            not decode, another image format) or its suffix names another format; the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"plot {str(path)!r} not found")
+    expected = "a PNG, JPEG, GIF, WebP or SVG image (e.g. the *.png `hqrs eval dataset` writes)"
+    suffix = path.suffix.lower()
+    if suffix == ".svg":
+        head = path.read_bytes()[:4096].lstrip().lower()
+        if b"<svg" not in head or not (head.startswith((b"<?xml", b"<svg", b"<!--", b"<!doctype svg"))):
+            raise ValueError(f"plot {str(path)!r} is named .svg but is not an SVG image; give {expected}")
+        return "SVG"
+    try:
+        with Image.open(path) as image:
+            fmt = image.format or "?"
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(
+            f"plot {str(path)!r} is not an image ({type(exc).__name__}: {exc}); give {expected}"
+        ) from None
+    if fmt not in PLOT_FORMATS:
+        raise ValueError(f"plot {str(path)!r} is a {fmt} image, which a card does not show; give {expected}")
+    if suffix not in PLOT_FORMATS[fmt]:
+        raise ValueError(
+            f"plot {str(path)!r} is a {fmt} image named {suffix or 'without a suffix'}; rename it to "
+            f"{path.stem}{PLOT_FORMATS[fmt][0]}"
+        )
+    return fmt
 
 
 _ABS_PATH = re.compile(r"(?<![\w./])/(?:[^/\s\"'?&=]+/)*[^/\s\"'?&=]+")
@@ -489,4 +538,4 @@ def _is_transport_error(exc: BaseException) -> bool:
     )
 
 
-__all__ = ["MODEL_KINDS", "PushPlan", "check_folder", "push", "stage_dataset", "stage_model"]
+__all__ = ["MODEL_KINDS", "PushPlan", "check_folder", "check_plot", "push", "stage_dataset", "stage_model"]

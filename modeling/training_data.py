@@ -46,6 +46,8 @@ from PIL import Image
 from hqrs.dataset_builder.build_folder import BuildFolder
 from hqrs.dataset_builder.imaging import decode_image
 
+from .build_input import check_parquet_files, require_parquet_build
+
 if TYPE_CHECKING:  # pragma: no cover
     from datasets import Dataset, IterableDataset
 
@@ -255,26 +257,46 @@ def load_training_dataset(
         if (root / "state.json").is_file() or (root / "dataset_dict.json").is_file():
             ds = _pick_split(load_from_disk(str(root)), split, text)
             return ds.to_iterable_dataset() if streaming and isinstance(ds, Dataset) else ds
+        build = require_parquet_build(root, "hqrs train")
         layout = _builder_layout_files(root, config or "default")
         if layout is not None:
             if split not in layout:
                 raise ValueError(
                     f"dataset folder {text!r} has no split {split!r} in data/{config}/; found {sorted(layout)}"
                 )
+            check_parquet_files(layout[split])
             return load_dataset(
                 "parquet", data_files={split: layout[split]}, split=split, streaming=streaming
             )
         found = BuildFolder(root).config_dirs() if config else []
-        if found:
+        if found or build is not None:
             raise ValueError(
-                f"dataset folder {text!r} has no configuration {config!r} (data/{config}/); found {found}"
+                f"dataset folder {text!r} has no configuration {config!r} (data/{config}/); found "
+                f"{build.configs() if build is not None else found} (use --config)"
             )
-        return load_dataset(str(root), name=config, split=split, streaming=streaming)
+        return _load_folder(root, text, config, split, streaming)
     if root.exists():
         raise ValueError(f"dataset {text!r} is a file; give its folder or a Hub repository id")
     if text.startswith((".", "/", "~")) or text.count("/") > 1:
         raise ValueError(f"dataset folder {text!r} does not exist")
     return load_dataset(text, name=config, split=split, streaming=streaming)
+
+
+def _load_folder(root: Path, text: str, config: str | None, split: str, streaming: bool) -> Any:
+    """A folder that is no build and no ``save_to_disk`` folder, read by ``datasets.load_dataset``'s
+    folder rules; what it cannot read is one ``ValueError`` naming the folder and what is accepted."""
+    from datasets import load_dataset
+    from datasets.exceptions import DatasetGenerationError
+
+    try:
+        return load_dataset(str(root), name=config, split=split, streaming=streaming)
+    except (ValueError, DatasetGenerationError, FileNotFoundError) as exc:  # CastError is a ValueError
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ValueError(
+            f"dataset folder {text!r} is not an hqrs build (no data/<config>/*.parquet), not a save_to_disk "
+            f"folder, and datasets cannot read its config {config!r} split {split!r} as a table "
+            f"({type(exc).__name__}: {first[:200]}); give a folder written by `hqrs build --format parquet`"
+        ) from None
 
 
 def split_by_image(

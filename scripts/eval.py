@@ -89,7 +89,8 @@ def register(subparsers, parents) -> None:
         "--dataset",
         required=True,
         metavar="SPEC",
-        help="class folder (DIR or folder:DIR), datasets folder or parquet",
+        help="class folder (DIR or folder:DIR), a folder written by `hqrs build --format parquet`, datasets "
+        "folder or parquet",
     )
     z.add_argument(
         "--templates", default=None, help="template set name (see zeroshot_templates.yaml) or a file"
