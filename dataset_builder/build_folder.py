@@ -306,6 +306,42 @@ class BuildFolder:
             return "open_clip-csv"
         return None
 
+    def is_hqrs_build(self) -> bool:
+        """Whether the folder was written by ``hqrs build`` (any ``--format``): parquet shards in the build
+        layout, a ``build_report.json`` or the export stamp. Such a folder is read only as a build (through
+        its format), never as a class folder of its sub-folders nor through its internal files."""
+        if not self.root.is_dir():
+            return False
+        if self.is_build():
+            return True
+        try:
+            return self.report.is_file() or self.stamp.is_file()
+        except ValueError:  # a link planted in the folder that leads out of it
+            return True
+
+    def require_parquet(self, reader: str) -> BuildFolder | None:
+        """``self`` when it is a parquet build, ``None`` when it is no build at all (:meth:`is_hqrs_build`).
+
+        Raises:
+            ValueError: a build in another ``--format`` (``reader`` reads only parquet builds) or a build
+                without shards; the message names the folder, its format and the fix.
+        """
+        if not self.is_hqrs_build():
+            return None
+        fmt = self.format()
+        if fmt == "parquet":
+            return self
+        fix = f"rebuild with `hqrs build ... --format parquet --out DIR` and give {reader} that folder"
+        if fmt is None:
+            raise ValueError(
+                f"{str(self.root)!r} is an hqrs build folder without shards (no data/<config>/*.parquet, .tar "
+                f"or .csv; an unfinished build?); {fix}"
+            )
+        raise ValueError(
+            f"{str(self.root)!r} is an hqrs build in --format {fmt}, which {reader} does not read (it reads "
+            f"the parquet configs of a build); {fix}"
+        )
+
     def publish_files(self) -> list[Path]:
         """The files of the folder a Hub dataset repo holds (:data:`PUBLISH_GLOBS`: parquet shards,
         the build report, plots), sorted; the card is rendered at push time."""
@@ -353,7 +389,27 @@ class BuildFolder:
         return [str(c.get("config_name", "default")) for c in configs if isinstance(c, dict)]
 
 
+def check_parquet_files(files: list[str] | list[Path]) -> None:
+    """Open the footer of every parquet file (cheap: no row is read).
+
+    Raises:
+        ValueError: a file is not readable parquet (truncated or damaged shard); the message names the
+            file and the fix (rebuild).
+    """
+    import pyarrow.parquet as pq
+
+    for file in files:
+        try:
+            pq.ParquetFile(file).close()
+        except Exception as exc:  # ArrowInvalid / OSError: truncated, damaged or not parquet
+            raise ValueError(
+                f"{str(file)!r} is not a readable parquet shard ({type(exc).__name__}: {exc}); it is "
+                "truncated or damaged: rebuild the folder with `hqrs build` (or restore the file)"
+            ) from None
+
+
 __all__ = [
+    "check_parquet_files",
     "CARD",
     "DATA",
     "FORMATS",

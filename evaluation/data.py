@@ -19,11 +19,10 @@ from typing import Any
 
 from PIL import Image
 
-from hqrs.dataset_builder.build_folder import BuildFolder
+from hqrs.dataset_builder.build_folder import BuildFolder, check_parquet_files
 from hqrs.dataset_builder.imaging import decode_image
 from hqrs.dataset_builder.io import load_json_utf8
 from hqrs.dataset_builder.sources import SkipReport, load_source, parse_spec
-from hqrs.modeling.build_input import check_parquet_files, is_hqrs_build, require_parquet_build
 
 
 @dataclass
@@ -274,9 +273,9 @@ def _open_dataset(
     import datasets
 
     path = Path(spec)
-    if BuildFolder(path).is_data_dir() and is_hqrs_build(path.parent):  # data/ of a build
+    if BuildFolder(path).is_data_dir() and BuildFolder(path.parent).is_hqrs_build():  # data/ of a build
         path = path.parent
-    build = require_parquet_build(path, "hqrs eval") if path.is_dir() else None
+    build = BuildFolder(path).require_parquet("hqrs eval") if path.is_dir() else None
     configs = _readme_configs(path) if path.is_dir() else []
     if build is not None:  # read through its format: the parquet configs (the card's, else data/'s)
         return _open_build(spec, build, configs or build.configs(), config, split, default_split)
@@ -465,7 +464,7 @@ def load_classification(
     path = Path(text.removeprefix("folder:").split("?")[0])
     if not path.exists():
         raise FileNotFoundError(f"--dataset {text!r} does not exist")
-    if is_hqrs_build(path):  # read only through its format (never as a class folder)
+    if BuildFolder(path).is_hqrs_build():  # read only through its format (never as a class folder)
         if text.startswith("folder:"):
             raise ValueError(
                 f"--dataset {text!r} is a folder written by hqrs build, not a class folder; drop 'folder:'"

@@ -39,7 +39,6 @@ from hqrs.dataset_builder.mpgi.engine import iter_results
 from hqrs.dataset_builder.mpgi.integrate import check_caption
 from hqrs.dataset_builder.records import MpGIResult
 from hqrs.dataset_builder.rules import rule_facts
-from hqrs.modeling.build_input import is_hqrs_build, require_parquet_build
 
 from .data import open_dataset
 
@@ -175,10 +174,12 @@ def load_dataset_captions(
         split = "all"
     if not path.exists():
         raise FileNotFoundError(f"dataset {str(path)!r} does not exist")
-    if BuildFolder(path).is_data_dir() and is_hqrs_build(path.parent):  # the data/ folder of a build
+    if (
+        BuildFolder(path).is_data_dir() and BuildFolder(path.parent).is_hqrs_build()
+    ):  # the data/ folder of a build
         path = path.parent
     # a build folder is read only through its format (its .staging/ and mpgi_run/ are not its data)
-    build = require_parquet_build(path, "hqrs eval dataset")
+    build = BuildFolder(path).require_parquet("hqrs eval dataset")
     is_run = build is None and path.is_dir() and (path / "recipe.json").is_file()
     is_jsonl = path.suffix == ".jsonl" or (
         build is None and path.is_dir() and not BuildFolder(path).has_data() and any(path.rglob("*.jsonl"))

@@ -43,10 +43,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hqrs.dataset_builder.build_folder import BuildFolder
+from hqrs.dataset_builder.build_folder import BuildFolder, check_parquet_files
 from hqrs.dataset_builder.imaging import decode_image
-
-from .build_input import check_parquet_files, require_parquet_build
 
 if TYPE_CHECKING:  # pragma: no cover
     from datasets import Dataset, IterableDataset
@@ -257,7 +255,7 @@ def load_training_dataset(
         if (root / "state.json").is_file() or (root / "dataset_dict.json").is_file():
             ds = _pick_split(load_from_disk(str(root)), split, text)
             return ds.to_iterable_dataset() if streaming and isinstance(ds, Dataset) else ds
-        build = require_parquet_build(root, "hqrs train")
+        build = BuildFolder(root).require_parquet("hqrs train")
         layout = _builder_layout_files(root, config or "default")
         if layout is not None:
             if split not in layout:

@@ -103,7 +103,6 @@ LAYER_OF = {
     "hqrs.modeling.rs_coca_files": "modeling",
     "hqrs.modeling.training": "modeling",
     "hqrs.modeling.training_data": "modeling",
-    "hqrs.modeling.build_input": "modeling",
     "hqrs.modeling.training_lora": "modeling",
     # evaluation
     "hqrs.evaluation": "evaluation",
