@@ -80,7 +80,11 @@ def test_rebuild_with_other_sources_keeps_only_this_input(rs_real, tmp_path, cap
 def test_failing_input_into_an_earlier_build_gives_none_of_its_images(rs_real, tmp_path, capsys):
     out = tmp_path / "X"
     assert _hqrs(capsys, "--out", str(out), "--source", _dota(rs_real))[0] == 0
-    code, err = _hqrs(capsys, "--out", str(out), "--source", _sydney(rs_real, "&splits=bogus"))
+    # every entry of this input is skipped (its images folder is empty): the build reads no image
+    empty = tmp_path / "no_images"
+    empty.mkdir()
+    sydney = rs_real / "sydney_captions" / "dataset_sydney_subset.json"
+    code, err = _hqrs(capsys, "--out", str(out), "--source", f"karpathy:{sydney}?images={empty}")
     assert code == 1
     assert err.startswith("hqrs: error: the build read no usable image") and err.count("\n") == 1
     # no shard, no card of the earlier build: nothing loads as if it were this input's
