@@ -237,3 +237,19 @@ def test_flag_message_rewrites_fields_not_words():
     assert train_cmd.flag_message(text, types) == (
         "--lora-r and --save-steps and --fp16 and model and seed and self.lora_r and IntervalStrategy.STEPS"
     )
+
+
+def test_build_trainer_refuses_a_fraction_of_a_stream_before_loading(tmp_path):
+    from hqrs.modeling.training import build_trainer
+
+    with pytest.raises(
+        ValueError, match=r"^a fractional eval_split needs a map-style dataset; name an eval split"
+    ):
+        build_trainer(
+            "clip",
+            str(tmp_path / "no-model"),  # loading it would fail with another error
+            str(tmp_path),
+            eval_split=0.1,
+            streaming=True,
+            training_args={"output_dir": str(tmp_path / "out"), "max_steps": 2, "use_cpu": True},
+        )
