@@ -435,6 +435,8 @@ def build_trainer(
         raise ValueError(
             "streaming datasets have no length: set max_steps (--max-steps) to the number of optimizer steps"
         )
+    if isinstance(eval_split, float) and streaming:  # checked before the model loads
+        raise ValueError("a fractional eval_split needs a map-style dataset; name an eval split instead")
     seed = args.data_seed if args.data_seed is not None else args.seed
     options = _data_options(data, augment, seed)
     loaded, processor = load_model_and_processor(kind, model, processor=processor)
@@ -442,8 +444,6 @@ def build_trainer(
     train_rows = load_training_dataset(dataset, config=config, split=split, streaming=streaming)
     eval_rows = None
     if isinstance(eval_split, float):
-        if streaming:
-            raise ValueError("a fractional eval_split needs a map-style dataset; name an eval split instead")
         train_rows, eval_rows = split_by_image(
             train_rows, eval_split, seed=seed, image_id_column=options.image_id_column
         )

@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -210,7 +211,66 @@ def parse_train_arguments(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     values["output_dir"] = str(values["output_dir"])
     values.pop("resume_from_checkpoint", None)  # hqrs resolves it (``last``) and hands it to train()
     values.update(remove_unused_columns=False, label_names=["image_ids"])
-    return HfArgumentParser(_dataclass_types()).parse_dict(values, allow_extra_keys=True)
+    types = _dataclass_types()
+    try:
+        command, lora, training_args = HfArgumentParser(types).parse_dict(values, allow_extra_keys=True)
+    except ValueError as exc:  # a check in a dataclass's __post_init__: name the flag, not the field
+        raise ValueError(flag_message(str(exc), types)) from None
+    _check_report_to(training_args.report_to)
+    _check_command(command)
+    return command, lora, training_args
+
+
+def _check_command(command: TrainCommandArguments) -> None:
+    """Checks across hqrs's own options, before anything loads."""
+    if command.merge and not command.lora:
+        raise ValueError("--merge folds LoRA adapters into the model; it needs --lora")
+    fraction = _eval_split(command.eval_split)
+    if isinstance(fraction, float):
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(
+                f"--eval-split {command.eval_split!r}: a fraction of the training images must be in (0, 1); "
+                "or name a split"
+            )
+        if command.streaming:
+            raise ValueError(
+                f"--eval-split {command.eval_split!r} holds out a fraction of the images, which needs the "
+                "whole dataset: drop --streaming or name an eval split"
+            )
+
+
+def flag_message(message: str, types: tuple[type, ...]) -> str:
+    """``message`` of a dataclass check on one line, with its fields named as ``hqrs train`` flags.
+
+    ``LoraArguments.lora_r``, ``--load_best_model_at_end`` and a bare field name with ``_`` or a digit
+    (``warmup_steps``, ``fp16``) become ``--lora-r``, ``--load-best-model-at-end``, ``--warmup-steps``;
+    plain words (``model``, ``seed``) are left alone unless prefixed.
+    """
+    names = {f.name for t in types for f in dataclasses.fields(t) if f.init}
+    owners = "|".join(t.__name__ for t in types)
+
+    def flag(match: re.Match) -> str:
+        name, prefixed = match.group(2), bool(match.group(1))
+        if name in names and (prefixed or re.search(r"[_0-9]", name)):
+            return "--" + name.replace("_", "-")
+        return match.group(0)
+
+    text = re.sub(rf"(?<![\w.-])((?:{owners})\.|--)?([A-Za-z_]\w*)(?![\w-])", flag, message)
+    return " ".join(text.split())
+
+
+def _check_report_to(report_to: Any) -> None:
+    """``--report-to`` names transformers integrations (its ``INTEGRATION_TO_CALLBACK``): checked before the
+    model loads, not when the Trainer is built."""
+    from transformers.integrations import INTEGRATION_TO_CALLBACK
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    unknown = [n for n in names if n not in INTEGRATION_TO_CALLBACK]
+    if unknown:
+        valid = ", ".join(["all", "none", *sorted(INTEGRATION_TO_CALLBACK)])
+        raise ValueError(
+            f"--report-to {', '.join(map(repr, unknown))}: not an integration; valid values: {valid}"
+        )
 
 
 def _saved_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
@@ -261,8 +321,6 @@ def run(args: argparse.Namespace) -> int:
     from hqrs.modeling.training_lora import merge_lora
 
     command, lora, training_args = parse_train_arguments(args)
-    if command.merge and not command.lora:
-        raise ValueError("--merge folds LoRA adapters into the model; it needs --lora")
     resume = _resume_target(getattr(args, "resume_from_checkpoint", None))
     output_dir = Path(training_args.output_dir)
     data = DataOptions(

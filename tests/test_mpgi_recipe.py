@@ -362,10 +362,18 @@ def test_override_values_are_validated_and_named():
         "recipe 'hqrs.dataset_builder.recipes/cpu-tiny.yaml': integrator.sampling.top_p: "
         "expected a number in (0, 1], got 1.5"
     )
-    with pytest.raises(RecipeError, match=r"override 'generators\.3\.n': generators\.3 is not an index"):
+    with pytest.raises(RecipeError) as info:
         load_recipe("cpu-tiny", ["generators.3.n=2"])
-    with pytest.raises(RecipeError, match="is inside a value that is not a mapping or list"):
+    assert (
+        str(info.value)
+        == "--set generators.3.n: recipe 'cpu-tiny' has no generators[3] (it has 1 generators)"
+    )
+    with pytest.raises(RecipeError) as info:
         load_recipe("cpu-tiny", ["integrator.max_repairs.x=2"])
+    assert (
+        str(info.value)
+        == "--set integrator.max_repairs.x: integrator.max_repairs is 1, not a mapping or a list"
+    )
     assert load_recipe("cpu-tiny", ["generators.0.sampling.seed=3"]).generators[0].sampling["seed"] == 3
 
 
@@ -429,3 +437,97 @@ def test_cli_bad_recipe_is_one_error_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("hqrs: error: recipe ") and "name: expected a name" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_set_into_a_list_the_recipe_lacks_names_the_index(tmp_path, capsys):
+    """A numeric --set segment indexes a list; a list the recipe does not have (offline: no generators) is
+    an empty one, never a mapping {'0': ...} that fails later as 'generators: expected a list'."""
+    from hqrs.scripts import cli
+
+    with pytest.raises(RecipeError) as info:
+        load_recipe("offline", ["generators.0.sampling.max_tokens=64"])
+    assert str(info.value) == (
+        "--set generators.0.sampling.max_tokens: recipe 'offline' has no generators[0] (it has 0 generators)"
+    )
+    with pytest.raises(RecipeError) as info:
+        load_recipe("cpu-tiny", ["generators.first.n=2"])
+    assert (
+        str(info.value)
+        == "--set generators.first.n: generators is a list; index its items by number (generators.0...)"
+    )
+    # a missing mapping on the way is still created (a new backend, executor options)
+    recipe = load_recipe("offline", ["execution.slurm.partition=gpu", "generators=[]"])
+    assert recipe.execution.slurm == {"partition": "gpu"} and recipe.generators == []
+    argv = ["mpgi", "run", "--recipe", "offline", "--set", "generators.0.sampling.max_tokens=64"]
+    assert cli.main([*argv, "--source", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "hqrs: error: --set generators.0.sampling.max_tokens: recipe 'offline' has no generators[0] "
+        "(it has 0 generators)"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_all_bad_values_of_a_section_are_listed_at_once(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: x\nintegrator:\n  sampling: {temperature: -1, top_p: 7, seed: a}\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert str(info.value) == (
+        f"recipe {str(path.resolve())!r}: integrator.sampling.temperature: expected a non-negative number, "
+        "got -1; integrator.sampling.top_p: expected a number in (0, 1], got 7; "
+        "integrator.sampling.seed: expected an integer, got 'a'"
+    )
+    # the cross-key checks of the recipe too: every undefined backend, not only the first
+    data = {
+        "name": "x",
+        "generators": [{"name": "a", "backend": "m1", "perspective": "scene"}],
+        "integrator": {"backend": "m2"},
+    }
+    with pytest.raises(RecipeError) as info:
+        recipe_from_dict(data)
+    assert str(info.value) == (
+        "generators[0].backend: 'm1' is not defined under backends (defined: none); "
+        "integrator.backend: 'm2' is neither 'template' nor defined under backends (defined: none)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1e9", "integrator.sampling.top_p: expected a number in (0, 1], got 1000000000.0"),
+        ("-1e-3", "integrator.sampling.top_p: expected a number in (0, 1], got -0.001"),
+        ("'1e-3'", "integrator.sampling.top_p: expected a number in (0, 1], got '1e-3'"),
+        ("1e-3", None),
+        (".5", None),
+    ],
+)
+def test_set_and_file_numbers_follow_yaml_1_2(value, expected, tmp_path):
+    """YAML 1.1 (PyYAML) reads 1e9 as a string; recipes and --set values read it as the number it is."""
+    name = "hqrs.dataset_builder.recipes/offline.yaml"
+    if expected is None:
+        top_p = load_recipe("offline", [f"integrator.sampling.top_p={value}"]).integrator.sampling["top_p"]
+        assert top_p == float(value)
+        return
+    with pytest.raises(RecipeError) as info:
+        load_recipe("offline", [f"integrator.sampling.top_p={value}"])
+    assert str(info.value) == f"recipe {name!r}: {expected}"
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: x\nintegrator:\n  sampling: {{top_p: {value}}}\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert str(info.value) == f"recipe {str(path.resolve())!r}: {expected}"
+
+
+def test_recipe_that_is_a_folder_or_missing_says_what_a_recipe_is(tmp_path):
+    names = ", ".join(shipped_recipes())
+    with pytest.raises(RecipeError) as info:
+        load_recipe(tmp_path)
+    assert str(info.value) == (
+        f"recipe {str(tmp_path)!r} is a folder; a recipe is a shipped name ({names}) or a YAML file"
+    )
+    with pytest.raises(RecipeError) as info:
+        load_recipe(tmp_path / "nope.yaml")
+    assert str(info.value) == (
+        f"recipe {str(tmp_path / 'nope.yaml')!r} does not exist; a recipe is a shipped name ({names}) or a YAML file"
+    )

@@ -185,3 +185,71 @@ def test_config_file_for_train_checks_types_and_names(tmp_path, capsys):
     assert cli.main(["train", "clip", "--config-file", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "unknown option 'learnig-rate'" in err and "learning-rate" in err and "learning_rate" not in err
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--lora-r", "0"], "--lora-r must be a positive int, got 0"),
+        (["--lora-dropout", "1"], "--lora-dropout must be in [0, 1), got 1.0"),
+        (["--warmup-steps", "-1"], "Got --warmup-steps = -1.0, Expected value --warmup-steps >= 0"),
+        (
+            ["--eval-strategy", "steps", "--save-strategy", "epoch", "--load-best-model-at-end"],
+            "--load-best-model-at-end requires the save and eval strategy to match, except when "
+            '--save-strategy="best", but found - Evaluation strategy: IntervalStrategy.STEPS '
+            "- Save strategy: SaveStrategy.EPOCH",
+        ),
+        (
+            ["--report-to", "wandbx"],
+            "--report-to 'wandbx': not an integration; valid values: all, none, azure_ml, clearml, codecarbon, "
+            "comet_ml, dagshub, dvclive, flyte, kubeflow, mlflow, neptune, swanlab, tensorboard, trackio, wandb",
+        ),
+        (
+            ["--eval-split", "1.5"],
+            "--eval-split '1.5': a fraction of the training images must be in (0, 1); or name a split",
+        ),
+        (
+            ["--eval-split", "0.1", "--streaming", "--max-steps", "2"],
+            "--eval-split '0.1' holds out a fraction of the images, which needs the whole dataset: drop "
+            "--streaming or name an eval split",
+        ),
+        (["--merge"], "--merge folds LoRA adapters into the model; it needs --lora"),
+    ],
+)
+def test_option_errors_name_the_flag_before_the_model_loads(tmp_path, capsys, options, message):
+    """Every check of a dataclass field while parsing `hqrs train` names the flag (not `LoraArguments.lora_r`),
+    on one line, before the model loads: the model folder here does not exist, which would be the error
+    if the option were checked later."""
+    if "wandbx" in message:  # the valid values are transformers' own list of integrations
+        from transformers.integrations import INTEGRATION_TO_CALLBACK
+
+        assert message.endswith(", ".join(sorted(INTEGRATION_TO_CALLBACK)))
+    missing, out = tmp_path / "no-model", tmp_path / "out"
+    argv = ["train", "clip", "--model", str(missing), "--dataset", str(tmp_path), "--output-dir", str(out)]
+    assert cli.main([*argv, *options]) == 1
+    assert capsys.readouterr().err == f"hqrs: error: {message}\n"
+    assert not out.exists()
+
+
+def test_flag_message_rewrites_fields_not_words():
+    types = train_cmd._dataclass_types()
+    text = "LoraArguments.lora_r and --save_steps and fp16 and model and seed and self.lora_r and IntervalStrategy.STEPS"
+    assert train_cmd.flag_message(text, types) == (
+        "--lora-r and --save-steps and --fp16 and model and seed and self.lora_r and IntervalStrategy.STEPS"
+    )
+
+
+def test_build_trainer_refuses_a_fraction_of_a_stream_before_loading(tmp_path):
+    from hqrs.modeling.training import build_trainer
+
+    with pytest.raises(
+        ValueError, match=r"^a fractional eval_split needs a map-style dataset; name an eval split"
+    ):
+        build_trainer(
+            "clip",
+            str(tmp_path / "no-model"),  # loading it would fail with another error
+            str(tmp_path),
+            eval_split=0.1,
+            streaming=True,
+            training_args={"output_dir": str(tmp_path / "out"), "max_steps": 2, "use_cpu": True},
+        )

@@ -37,7 +37,7 @@ import re
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -168,10 +168,22 @@ _SAMPLING_CHECKS: dict[str, tuple[Callable[[Any], Any], str]] = {
 }
 
 
+class _Problems(ValueError):
+    """Several :class:`_Problem` of one value, reported together (every bad key of a section at once)."""
+
+    def __init__(self, problems: list[_Problem]) -> None:
+        super().__init__("; ".join(p.message for p in problems))
+        self.problems = problems
+
+
 def _check_sampling(sampling: dict[str, Any]) -> dict[str, Any]:
-    for key, (test, expected) in _SAMPLING_CHECKS.items():
-        if key in sampling and not test(sampling[key]):
-            raise _Problem(f"{expected}, got {sampling[key]!r}", key)
+    problems = [
+        _Problem(f"{expected}, got {_show(sampling[key])}", key)
+        for key, (test, expected) in _SAMPLING_CHECKS.items()
+        if key in sampling and not test(sampling[key])
+    ]
+    if problems:
+        raise problems[0] if len(problems) == 1 else _Problems(problems)
     return sampling
 
 
@@ -449,32 +461,43 @@ class Recipe:
     @model_validator(mode="after")
     def _references_resolve(self) -> Recipe:
         defined = f"(defined: {sorted(self.backends) or 'none'})"
+        problems = []
         if TEMPLATE_INTEGRATOR in self.backends:
-            raise _Problem(
-                f"{TEMPLATE_INTEGRATOR!r} is reserved for the template integrator",
-                "backends",
-                TEMPLATE_INTEGRATOR,
+            problems.append(
+                _Problem(
+                    f"{TEMPLATE_INTEGRATOR!r} is reserved for the template integrator",
+                    "backends",
+                    TEMPLATE_INTEGRATOR,
+                )
             )
         names: set[str] = set()
         for i, gen in enumerate(self.generators):
             if gen.name in names or gen.name in ("rule", "references"):
-                raise _Problem(
-                    f"{gen.name!r} is used twice (or is the reserved 'rule' or 'references')",
-                    "generators",
-                    i,
-                    "name",
+                problems.append(
+                    _Problem(
+                        f"{gen.name!r} is used twice (or is the reserved 'rule' or 'references')",
+                        "generators",
+                        i,
+                        "name",
+                    )
                 )
             names.add(gen.name)
             if gen.backend not in self.backends:
-                raise _Problem(
-                    f"{gen.backend!r} is not defined under backends {defined}", "generators", i, "backend"
+                problems.append(
+                    _Problem(
+                        f"{gen.backend!r} is not defined under backends {defined}", "generators", i, "backend"
+                    )
                 )
         if self.integrator.backend != TEMPLATE_INTEGRATOR and self.integrator.backend not in self.backends:
-            raise _Problem(
-                f"{self.integrator.backend!r} is neither 'template' nor defined under backends {defined}",
-                "integrator",
-                "backend",
+            problems.append(
+                _Problem(
+                    f"{self.integrator.backend!r} is neither 'template' nor defined under backends {defined}",
+                    "integrator",
+                    "backend",
+                )
             )
+        if problems:
+            raise problems[0] if len(problems) == 1 else _Problems(problems)
         return self
 
     @classmethod
@@ -592,6 +615,9 @@ def describe_errors(error: ValidationError, root: type) -> str:
         loc = tuple(p for p in err["loc"] if p != "[key]")
         kind, ctx = err["type"], err.get("ctx") or {}
         problem = ctx.get("error")
+        if isinstance(problem, _Problems):
+            messages += [f"{_path(loc + p.path)}: {p.message}" for p in problem.problems]
+            continue
         if isinstance(problem, _Problem):
             loc += problem.path
             text = problem.message if problem.path else f"{problem.message}, got {_show(err['input'])}"
@@ -646,11 +672,48 @@ def _expand_env(value: Any, where: str = "") -> Any:
     return _ENV_RE.sub(sub, value)
 
 
-def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | list[str] | None) -> dict[str, Any]:
+class _YAMLLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's float rule: ``1e9``, ``1e-3`` and ``5.`` are numbers, as a user
+    means them (YAML 1.1, which PyYAML follows, reads a float without a dot as a string)."""
+
+
+_YAMLLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse the text of a recipe file or of a ``--set`` value (safe loader, YAML 1.2 floats)."""
+    return yaml.load(text, Loader=_YAMLLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _field_type(loc: list[str]) -> Any:
+    """The declared type at ``loc`` (raw keys of a recipe mapping) below :class:`Recipe`; ``None`` if unknown."""
+    tp: Any = Recipe
+    for part in loc:
+        if dataclasses.is_dataclass(tp):
+            fields = tp.__pydantic_fields__
+            if part not in fields:
+                return None
+            tp = fields[part].annotation
+        elif get_origin(tp) in (list, dict):
+            tp = get_args(tp)[-1]
+        else:
+            return None
+    return tp
+
+
+def apply_overrides(
+    data: dict[str, Any], overrides: dict[str, Any] | list[str] | None, recipe: str | None = None
+) -> dict[str, Any]:
     """Set dotted keys (``backends.tiny.endpoint_url``, ``generators.0.n``) in a raw recipe mapping.
 
-    ``overrides`` is a mapping or a list of ``KEY=VALUE`` strings (values parsed as YAML); the values are
-    validated with the rest of the recipe afterwards.
+    ``overrides`` is a mapping or a list of ``KEY=VALUE`` strings (values parsed as YAML, with YAML 1.2
+    floats: ``1e9`` is a number); the values are validated with the rest of the recipe afterwards. A numeric
+    key indexes a list; an index the recipe (named ``recipe`` in errors) does not have is a
+    :class:`RecipeError`: ``--set generators.0.n: recipe 'offline' has no generators[0] (it has 0 generators)``.
     """
     if isinstance(overrides, list | tuple):
         parsed = {}
@@ -658,26 +721,41 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | list[str] 
             key, sep, raw = item.partition("=")
             if not sep:
                 raise RecipeError(
-                    f"override {item!r}: expected KEY=VALUE, e.g. backends.llm.endpoint_url=http://..."
+                    f"--set {item!r}: expected KEY=VALUE, e.g. backends.llm.endpoint_url=http://..."
                 )
-            parsed[key.strip()] = yaml.safe_load(raw)
+            try:
+                parsed[key.strip()] = load_yaml(raw)
+            except yaml.YAMLError as e:
+                problem = " ".join(str(getattr(e, "problem", None) or e).split())
+                raise RecipeError(f"--set {item!r}: the value is not valid YAML ({problem})") from None
         overrides = parsed
+    name = f"recipe {recipe!r}" if recipe else "the recipe"
     for dotted, value in (overrides or {}).items():
-        *parents, last = parts = dotted.split(".")
+        parts = dotted.split(".")
         node: Any = data
         for i, part in enumerate(parts):
-            where = ".".join(parts[: i + 1])
-            if isinstance(node, list) and not (part.isdigit() and int(part) < len(node)):
-                raise RecipeError(f"override {dotted!r}: {where} is not an index of a {len(node)}-item list")
-            if not isinstance(node, list | dict):
-                raise RecipeError(
-                    f"override {dotted!r}: {where} is inside a value that is not a mapping or list"
-                )
+            above = _path(tuple(int(p) if p.isdigit() else p for p in parts[:i]))
+            if isinstance(node, dict) and node.get(part) is None and i + 1 < len(parts):
+                # a missing (or empty) key on the way: a new mapping, or an empty list where the schema has one
+                declared = _field_type(parts[: i + 1])
+                node[part] = [] if get_origin(declared) is list else {}
+            if isinstance(node, list):
+                if not part.isdigit():
+                    raise RecipeError(
+                        f"--set {dotted}: {above} is a list; index its items by number ({above}.0...)"
+                    )
+                if int(part) >= len(node):
+                    items = parts[i - 1] if i else "items"
+                    raise RecipeError(
+                        f"--set {dotted}: {name} has no {above}[{part}] (it has {len(node)} {items})"
+                    )
+            elif not isinstance(node, dict):
+                raise RecipeError(f"--set {dotted}: {above} is {_show(node)}, not a mapping or a list")
             key = int(part) if isinstance(node, list) else part
-            if i == len(parents):
+            if i == len(parts) - 1:
                 node[key] = value
             else:
-                node = node[key] if isinstance(node, list) else node.setdefault(key, {})
+                node = node[key]
     return data
 
 
@@ -732,7 +810,11 @@ def load_recipe(
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
-            raise RecipeError(f"recipe file {str(path)!r} does not exist")
+            what = "is a folder" if path.is_dir() else "does not exist"
+            raise RecipeError(
+                f"recipe {str(path)!r} {what}; a recipe is a shipped name ({', '.join(shipped_recipes())}) "
+                "or a YAML file"
+            )
         text, source = path.read_text(encoding="utf-8"), str(path.resolve())
     else:
         name = str(name_or_path)
@@ -748,9 +830,9 @@ def load_recipe(
         )
         source = f"hqrs.dataset_builder.recipes/{name}.yaml"
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
         raise RecipeError(f"recipe {source}: not valid YAML: {e}") from None
     if isinstance(data, dict):
-        data = apply_overrides(data, overrides)
+        data = apply_overrides(data, overrides, recipe=str(name_or_path))
     return recipe_from_dict(data, source_path=source)
