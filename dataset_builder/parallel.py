@@ -30,12 +30,33 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def effective_num_proc(num_proc: int) -> int:
+    """``num_proc`` capped at :func:`available_cpus` (with a warning, as ``datasets`` does for more
+    processes than shards): more worker interpreters than CPUs only cost memory and start-up time, and a
+    huge value would try to start that many processes."""
+    cpus = available_cpus()
+    if int(num_proc) > cpus:
+        logger.warning(
+            "num_proc=%d is more than the %d available CPUs; using %d processes", num_proc, cpus, cpus
+        )
+        return cpus
+    return int(num_proc)
+
+
 def make_pool(num_proc: int):
-    """A pool of ``num_proc`` fresh interpreters (``spawn``: safe after pyarrow / torch started threads),
-    or ``None`` for ``num_proc <= 1``. Use it as a context manager."""
-    if int(num_proc) <= 1:
+    """A pool of ``num_proc`` fresh interpreters (``spawn``: safe after pyarrow / torch started threads;
+    at most :func:`available_cpus`), or ``None`` for ``num_proc <= 1``. Use it as a context manager."""
+    num_proc = effective_num_proc(num_proc)
+    if num_proc <= 1:
         return None
-    return multiprocessing.get_context("spawn").Pool(int(num_proc))
+    return multiprocessing.get_context("spawn").Pool(num_proc)
 
 
 def _apply_chunk(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
@@ -496,7 +517,9 @@ __all__ = [
     "EXECUTORS",
     "ExecutorConfigError",
     "StageIncompleteError",
+    "available_cpus",
     "bounded_map",
+    "effective_num_proc",
     "check_executor",
     "init_ray",
     "make_executor",

@@ -94,7 +94,7 @@ def register(subparsers, parents) -> None:
         "--num-proc",
         type=int,
         default=1,
-        help="worker processes for image analysis (decode-check, perceptual hash) and PNG encoding (default 1)",
+        help="worker processes for image analysis (decode-check, perceptual hash) and PNG encoding (default 1; at most the available CPUs)",
     )
     p.add_argument(
         "--keep-original",

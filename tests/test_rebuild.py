@@ -4,6 +4,7 @@ what a fresh build of that format writes, options that cannot apply are errors."
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import datasets
@@ -12,6 +13,7 @@ import pytest
 
 from hqrs.dataset_builder.build_folder import BuildFolder
 from hqrs.dataset_builder.export import export_dataset
+from hqrs.dataset_builder.parallel import available_cpus, effective_num_proc
 from hqrs.scripts.cli import main
 
 
@@ -160,3 +162,16 @@ def test_options_that_cannot_apply_are_errors(tmp_path, capsys, argv, message):
     code, err = _hqrs(capsys, "--out", str(tmp_path / "out"), *argv)
     assert code == 1 and err == message + "\n"
     assert not (tmp_path / "out" / "data").exists()
+
+
+def test_num_proc_beyond_the_cpus_is_capped_with_a_warning(tmp_path, capsys, caplog):
+    """`--num-proc 1000000` used to try to start a million interpreters (hung, leaked semaphores)."""
+    cpus = available_cpus()
+    assert effective_num_proc(1) == 1 and effective_num_proc(cpus) == cpus
+    with caplog.at_level(logging.WARNING, logger="hqrs.parallel"):
+        assert effective_num_proc(1_000_000) == cpus
+    assert f"num_proc=1000000 is more than the {cpus} available CPUs; using {cpus} processes" in caplog.text
+    out = tmp_path / "demo"
+    code, err = _hqrs(capsys, "--demo", "--out", str(out), "--num-proc", "1000000")
+    assert code == 0, err
+    assert json.loads((out / "build_report.json").read_text())["images"] > 0
