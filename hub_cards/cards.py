@@ -507,7 +507,9 @@ def _mpgi_text(report: dict[str, Any], manifest: dict[str, Any]) -> str:
     totals = manifest.get("totals") or {}
     if totals:
         lines.append(
-            f"- **records:** {totals.get('ok', 0)} captioned, {totals.get('failed', 0)} failed; tokens: "
+            f"- **MpGI run totals** (every record of the run directory, which can also hold records of "
+            f"earlier inputs; this build's images are counted below): {totals.get('ok', 0)} captioned, "
+            f"{totals.get('failed', 0)} failed; tokens: "
             f"{totals.get('prompt_tokens', 0)} prompt, {totals.get('completion_tokens', 0)} completion"
         )
     packages = manifest.get("packages") or {}

@@ -14,6 +14,7 @@ import pytest
 from hqrs.dataset_builder.build_folder import BuildFolder
 from hqrs.dataset_builder.export import export_dataset
 from hqrs.dataset_builder.parallel import available_cpus, effective_num_proc
+from hqrs.hub_cards.cards import render_dataset_card
 from hqrs.scripts.cli import main
 
 
@@ -175,3 +176,15 @@ def test_num_proc_beyond_the_cpus_is_capped_with_a_warning(tmp_path, capsys, cap
     code, err = _hqrs(capsys, "--demo", "--out", str(out), "--num-proc", "1000000")
     assert code == 0, err
     assert json.loads((out / "build_report.json").read_text())["images"] > 0
+
+
+def test_pushed_card_says_run_totals_are_the_run_directorys(rs_real, tmp_path, capsys):
+    """The MpGI run of `OUT/mpgi_run` keeps earlier inputs' records: its totals are labelled as the run's,
+    and the build's own image count is the build report's."""
+    out = tmp_path / "X"
+    assert _hqrs(capsys, "--out", str(out), "--source", _dota(rs_real))[0] == 0
+    assert _hqrs(capsys, "--out", str(out), "--source", _sydney(rs_real))[0] == 0
+    text = str(render_dataset_card(out, "me/x"))
+    assert "- **MpGI run totals** (every record of the run directory, which can also hold records of" in text
+    assert "5 captioned" in text  # 3 DOTA + 2 Sydney records in the run directory
+    assert "- **images:** 2;" in text  # this build: the two Sydney images
