@@ -218,7 +218,23 @@ def parse_train_arguments(args: argparse.Namespace) -> tuple[Any, Any, Any]:
         raise ValueError(flag_message(str(exc), types)) from None
     _check_report_to(training_args.report_to)
     _check_command(command)
+    _check_training(training_args)
     return command, lora, training_args
+
+
+def _check_training(training_args: Any) -> None:
+    """Values transformers accepts (or rejects only once the model is loaded) that cannot train a model."""
+    if training_args.max_steps <= 0 and training_args.num_train_epochs <= 0:
+        raise ValueError(
+            f"--num-train-epochs {training_args.num_train_epochs:g} trains nothing: give --num-train-epochs > 0 "
+            "or --max-steps > 0"
+        )
+    if training_args.learning_rate < 0:
+        raise ValueError(f"--learning-rate must be >= 0, got {training_args.learning_rate:g}")
+    for flag in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        value = getattr(training_args, flag)
+        if value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
 
 
 def _check_command(command: TrainCommandArguments) -> None:

@@ -214,6 +214,13 @@ def test_config_file_for_train_checks_types_and_names(tmp_path, capsys):
             "--streaming or name an eval split",
         ),
         (["--merge"], "--merge folds LoRA adapters into the model; it needs --lora"),
+        (
+            ["--num-train-epochs", "0"],
+            "--num-train-epochs 0 trains nothing: give --num-train-epochs > 0 or --max-steps > 0",
+        ),
+        (["--learning-rate", "-1"], "--learning-rate must be >= 0, got -1"),
+        (["--per-device-train-batch-size", "0"], "--per-device-train-batch-size must be >= 1, got 0"),
+        (["--gradient-accumulation-steps", "0"], "--gradient-accumulation-steps must be >= 1, got 0"),
     ],
 )
 def test_option_errors_name_the_flag_before_the_model_loads(tmp_path, capsys, options, message):
