@@ -267,6 +267,11 @@ class BuildFolder:
     def parent(self) -> BuildFolder:
         return BuildFolder(self.root.parent)
 
+    def meant_build(self) -> BuildFolder:
+        """The build a user who gave this folder means: its parent when this is a build's ``data/`` folder,
+        else the folder itself."""
+        return self.parent if self.is_data_dir() and self.parent.is_hqrs_build() else self
+
     def has_data(self) -> bool:
         """Whether ``data/`` exists (a parquet build, or a folder laid out like one)."""
         return (self.root / DATA).is_dir()

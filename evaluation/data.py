@@ -273,8 +273,7 @@ def _open_dataset(
     import datasets
 
     path = Path(spec)
-    if BuildFolder(path).is_data_dir() and BuildFolder(path.parent).is_hqrs_build():  # data/ of a build
-        path = path.parent
+    path = BuildFolder(path).meant_build().root  # a build's data/ folder means the build
     build = BuildFolder(path).require_parquet("hqrs eval") if path.is_dir() else None
     configs = _readme_configs(path) if path.is_dir() else []
     if build is not None:  # read through its format: the parquet configs (the card's, else data/'s)

@@ -174,10 +174,7 @@ def load_dataset_captions(
         split = "all"
     if not path.exists():
         raise FileNotFoundError(f"dataset {str(path)!r} does not exist")
-    if (
-        BuildFolder(path).is_data_dir() and BuildFolder(path.parent).is_hqrs_build()
-    ):  # the data/ folder of a build
-        path = path.parent
+    path = BuildFolder(path).meant_build().root  # the data/ folder of a build means the build
     # a build folder is read only through its format (its .staging/ and mpgi_run/ are not its data)
     build = BuildFolder(path).require_parquet("hqrs eval dataset")
     is_run = build is None and path.is_dir() and (path / "recipe.json").is_file()
